@@ -1,0 +1,22 @@
+# cocon-pipeline: CoCon multi-view self-supervised video learning as a Snakemake workflow.
+# Only includes and the final targets live here; helpers are in rules/common.smk, logic in cocon/.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/dataset.smk"
+include: "rules/frames.smk"
+include: "rules/flow.smk"
+include: "rules/summary.smk"
+
+
+rule all:
+    input:
+        preprocess_targets(),
+    default_target: True

@@ -1,0 +1,127 @@
+"""Configuration: the JSON schema, defaults and the checks that the schema cannot express.
+
+Snakemake validates `config` with the same schema (rules/common.smk calls `validate` then `check`);
+`load_config` does the same for stages run by hand, so both paths reject the same mistakes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).with_name("schemas") / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration value that is wrong; the message starts with the dotted key."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(f"config key '{key}': {message}")
+
+
+def _schema() -> dict:
+    with open(SCHEMA_PATH, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def _with_defaults(validator_class):
+    """A validator class that fills in `default`s, recursing into defaults it has just set."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    default = sub["default"]
+                    instance[name] = dict(default) if isinstance(default, dict) else (
+                        list(default) if isinstance(default, list) else default
+                    )
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def validate(cfg: dict) -> dict:
+    """Fill defaults into `cfg` in place and validate it; raises ConfigError naming the key."""
+    schema = _schema()
+    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = errors[0]
+        key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+        if err.validator == "additionalProperties":
+            extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+            name = ".".join([*map(str, err.absolute_path), extra[0]]) if extra else key
+            raise ConfigError(name, f"unknown key (allowed: {', '.join(sorted(err.schema['properties']))})")
+        raise ConfigError(key, err.message)
+    check(cfg)
+    return cfg
+
+
+def check(cfg: dict) -> None:
+    """Cross-field checks that JSON schema cannot state; `cfg` must already hold its defaults."""
+    ds = cfg["dataset"]
+    fmt = ds["format"]
+    if fmt in ("ucf101", "hmdb51", "kinetics400"):
+        for key in ("root", "manifest"):
+            if not ds.get(key):
+                raise ConfigError(f"dataset.{key}", f"is required for dataset.format '{fmt}'")
+    if fmt == "csv" and not ds.get("manifest"):
+        raise ConfigError("dataset.manifest", "is required for dataset.format 'csv' (path of the CSV file)")
+    if fmt in ("kinetics400", "csv", "demo") and ds["split"] != 1:
+        raise ConfigError("dataset.split", f"format '{fmt}' has a single split; use 1")
+    demo = cfg["demo"]
+    if demo["test_groups"] >= demo["groups_per_class"]:
+        raise ConfigError("demo.test_groups", "must be smaller than demo.groups_per_class")
+    fr = cfg["frames"]
+    if fr["max_frames"] is not None and fr["max_frames"] < fr["min_frames"]:
+        raise ConfigError("frames.max_frames", "must be at least frames.min_frames")
+    for key in ("frames.encoding", "flow.encoding"):
+        section, _ = key.split(".")
+        check_encoding(cfg[section]["encoding"], key)
+
+
+def check_encoding(enc: dict, key: str) -> None:
+    """Which options go with which codec (quality: jpeg; level: png; compression: raw)."""
+    allowed = {"jpeg": {"quality"}, "png": {"level"}, "raw": {"compression", "level"}}[enc["codec"]]
+    for opt in set(enc) - {"codec"}:
+        if opt not in allowed:
+            raise ConfigError(f"{key}.{opt}", f"does not apply to codec '{enc['codec']}'")
+    if enc["codec"] == "raw" and "level" in enc and enc.get("compression") != "gzip":
+        raise ConfigError(f"{key}.level", "a level applies to raw storage only with compression: gzip")
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> dict:
+    """Read a YAML config (or start empty), apply `overrides` (nested dict), validate, fill defaults."""
+    cfg: dict = {}
+    if path is not None:
+        with open(path, encoding="utf-8") as fh:
+            cfg = yaml.safe_load(fh) or {}
+    if overrides:
+        _merge(cfg, overrides)
+    return validate(cfg)
+
+
+def _merge(base: dict, extra: dict) -> None:
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+
+
+def add_config_args(parser) -> None:
+    """`--config FILE` and/or `--config-json JSON` (a nested dict merged on top), for stage CLIs.
+    Rules pass the config sections a job depends on as JSON, so Snakemake reruns it when they change."""
+    parser.add_argument("--config", help="YAML config file (default: none, i.e. the defaults)")
+    parser.add_argument("--config-json", help="config values as JSON, merged over --config")
+
+
+def config_from_args(args) -> dict:
+    """The validated config selected by `add_config_args` options."""
+    import json
+
+    return load_config(args.config, json.loads(args.config_json) if args.config_json else None)

@@ -1,0 +1,130 @@
+"""Flow stages: TVL1 or Farneback optical flow between consecutive stored RGB frames of one shard.
+
+    python -m cocon.flow --method tvl1 --rgb rgb/00003.h5 --shard 00003 --out flow_tvl1/00003.h5 \
+        --params '{"bound":20,"encoding":{...},"tvl1":{...}}' --dataset '{...}'
+
+Alignment with the rgb view: flow index k holds the forward flow from rgb frame k to frame k+1, in
+pixels of the stored frames (u = x, v = y), for k = 0..T-2. The last index, T-1, repeats flow T-2,
+so every view of a video has the same T and index k means the same instant in all of them.
+
+Quantisation: each component is clipped to [-bound, +bound] px and mapped linearly to uint8,
+q = round((f + bound) * 255 / (2 * bound)); so 0 px -> 127.5 -> 128, and f = q * 2 * bound / 255 - bound.
+Stored as uint8 (T, H, W, 2), channel 0 = u (x), channel 1 = v (y).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+
+from . import stage
+from .records import VideoRecord
+from .shards import ShardReader, ShardWriter, encode_frames
+
+METHODS = ("tvl1", "farneback")
+FLOW_INDEX = "k: forward flow from rgb frame k to k+1; index T-1 repeats T-2"
+
+
+def quantize(flow: np.ndarray, bound: float) -> np.ndarray:
+    """float flow (..., 2) in px -> uint8, clipped to +-bound (see module docstring)."""
+    f = np.clip(flow, -bound, bound)
+    return np.rint((f + bound) * (255.0 / (2.0 * bound))).astype(np.uint8)
+
+
+def dequantize(q: np.ndarray, bound: float) -> np.ndarray:
+    """uint8 flow -> float32 px (the inverse of `quantize` up to 2*bound/255 px)."""
+    return q.astype(np.float32) * np.float32(2.0 * bound / 255.0) - np.float32(bound)
+
+
+def make_tvl1(p: dict):
+    """cv2.optflow.DualTVL1OpticalFlow with parameters from the config's flow.tvl1 section."""
+    return cv2.optflow.DualTVL1OpticalFlow_create(
+        tau=p["tau"], lambda_=p["lambda"], theta=p["theta"], nscales=p["scales"], warps=p["warps"],
+        epsilon=p["epsilon"], innnerIterations=p["inner_iterations"], outerIterations=p["outer_iterations"],
+        scaleStep=p["scale_step"], gamma=p["gamma"], medianFiltering=p["median_filtering"], useInitialFlow=False,
+    )
+
+
+class FlowComputer:
+    """Computes float32 flow (H, W, 2) for one grayscale pair; safe to call from many threads
+    (each thread gets its own OpenCV algorithm object)."""
+
+    def __init__(self, method: str, params: dict):
+        if method not in METHODS:
+            raise ValueError(f"unknown flow method {method!r}; choose from {METHODS}")
+        self.method = method
+        self.params = params[method]
+        self._local = threading.local()
+
+    def __call__(self, prev_gray: np.ndarray, next_gray: np.ndarray) -> np.ndarray:
+        if self.method == "tvl1":
+            algo = getattr(self._local, "tvl1", None)
+            if algo is None:
+                algo = self._local.tvl1 = make_tvl1(self.params)
+            return algo.calc(prev_gray, next_gray, None)
+        p = self.params
+        return cv2.calcOpticalFlowFarneback(
+            prev_gray, next_gray, None, p["pyr_scale"], p["levels"], p["winsize"], p["iterations"],
+            p["poly_n"], p["poly_sigma"], 0,
+        )
+
+
+def video_flow(frames: np.ndarray, compute: FlowComputer, bound: float, pool_map) -> np.ndarray:
+    """RGB frames uint8 (T, H, W, 3) -> quantised flow uint8 (T, H, W, 2), aligned as documented.
+
+    `pool_map(fn, iterable)` runs the T-1 pairs (e.g. ThreadPoolExecutor.map, or builtin map)."""
+    gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
+    t = len(gray)
+    out = np.empty((t, *gray[0].shape, 2), np.uint8)
+
+    def pair(k):
+        out[k] = quantize(compute(gray[k], gray[k + 1]), bound)
+
+    list(pool_map(pair, range(t - 1)))
+    out[t - 1] = out[t - 2]
+    return out
+
+
+def run(method: str, rgb: str, shard: str, out: str, params: dict, dataset: dict, threads: int = 1):
+    """Write the flow shard `out` from the rgb shard `rgb`; returns the failures (id, reason)."""
+    src = ShardReader(rgb)
+    compute = FlowComputer(method, params)
+    view = f"flow_{method}"
+    attrs = {**stage.root_attrs(view, params, dataset), "flow_index": FLOW_INDEX, "rgb_params": src.attrs["params"]}
+    failures = []
+    rows = src.index
+    with ThreadPoolExecutor(max_workers=threads) as pool, ShardWriter(out, view, shard, attrs, params["encoding"]) as writer, stage.progress(len(rows), f"{view} {shard}") as bar:
+        for i, row in enumerate(rows):
+            rec = VideoRecord(row["video_id"], row["path"], row["label"], row["label_index"], row["group"],
+                              json.loads(row["splits"]))
+            meta = {k: row[k] for k in ("fps", "orig_height", "orig_width", "orig_frames")}
+            if row["status"] != "ok":
+                reason = f"failed upstream (rgb): {row['reason']}"
+                writer.add_failure(rec, reason, meta)
+                failures.append((rec.video_id, reason))
+            else:
+                flow = video_flow(src.read(i), compute, params["bound"], pool.map)
+                meta.update(method=method, bound=float(params["bound"]))
+                writer.add_video(rec, encode_frames(flow, params["encoding"]), meta)
+            bar.update()
+    src.close()
+    stage.report(view, shard, len(rows) - len(failures), failures)
+    return failures
+
+
+def main(argv=None) -> None:
+    p = stage.stage_parser("Optical flow between consecutive frames of an rgb shard.")
+    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--rgb", required=True, help="the rgb shard of the same shard name")
+    a = p.parse_args(argv)
+    stage.setup(a.threads)
+    run(a.method, a.rgb, a.shard, a.out, a.params, a.dataset, a.threads)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+# Helpers shared by the rules: config validation, the parse-time manifest and shard assignment,
+# per-stage parameters and output paths. Everything is decided here, when the workflow is parsed.
+
+import json
+import os
+
+from snakemake.utils import validate
+
+from cocon import config as cocon_config
+from cocon import ingest
+from cocon.records import assign_shards, shard_name
+
+# Our own validation first: it names the offending key in one line. Then Snakemake's, same schema.
+cocon_config.validate(config)
+validate(config, cocon_config.SCHEMA_PATH)
+
+# The rules run `python -m cocon.<stage>`: make the workflow's own package importable in every job,
+# including conda environments that do not install it.
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p)
+
+OUT = config["output_dir"]
+RECORDS, MISSING = ingest.load_dataset(config)
+SHARD_LIST = assign_shards(RECORDS, config["shards"]["videos_per_shard"])
+SHARDS = [shard_name(k) for k in range(len(SHARD_LIST))]
+FLOW_VIEWS = [f"flow_{m}" for m in config["flow"]["methods"]]
+VIEWS = ["rgb", *FLOW_VIEWS]
+
+
+wildcard_constraints:
+    shard=r"\d{5}",
+    method="|".join(config["flow"]["methods"]) or "none",
+
+
+def as_json(obj):
+    """Canonical JSON for --params: Snakemake reruns a job when its params change."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+DATASET_JSON = as_json({"name": config["dataset"]["name"], "format": config["dataset"]["format"]})
+FRAMES_JSON = as_json(config["frames"])
+
+
+def flow_json(wildcards):
+    f = config["flow"]
+    return as_json({"bound": f["bound"], "encoding": f["encoding"], wildcards.method: f[wildcards.method]})
+
+
+def local_path(path):
+    """Paths inside the working directory are given to Snakemake relative, as it prefers."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
+def shard_videos(wildcards):
+    """The video files of one shard: the frames job reruns when one of them changes."""
+    return [local_path(r.path) for r in SHARD_LIST[int(wildcards.shard)]]
+
+
+def demo_videos():
+    """The demo generator's videos (none when the dataset is not the demo)."""
+    return [local_path(r.path) for r in RECORDS] if config["dataset"]["format"] == "demo" else []
+
+
+def dataset_inputs():
+    """Annotation files read by the manifest job (demo: the generator's output)."""
+    if config["dataset"]["format"] == "demo":
+        return [f"{OUT}/demo/annotations/classInd.txt"]
+    return ingest.annotation_files(config)
+
+
+def shard_paths(view):
+    return expand(f"{OUT}/shards/{view}/{{shard}}.h5", shard=SHARDS)
+
+
+def preprocess_targets():
+    return [f"{OUT}/reports/preprocess_summary.json"]
+
+
+def print_summary(path):
+    """Called on success: repeat the failed-video summary at the end of the run."""
+    import json
+    from cocon.summary import format_summary
+
+    if os.path.exists(path):
+        with open(path) as fh:
+            print(format_summary(json.load(fh)))
