@@ -56,13 +56,14 @@ GROUP_STRIDE = 100  # global group number = label_index * GROUP_STRIDE + group (
 
 
 def video_root(cfg: dict) -> str:
-    """Absolute path of <output_dir>/demo/videos."""
-    return os.path.abspath(os.path.join(cfg["output_dir"], "demo", "videos"))
+    """<output_dir>/demo/videos, as configured: relative to the working directory when output_dir is
+    relative, so that the manifest and shards are the same bytes wherever the workflow runs."""
+    return os.path.join(cfg["output_dir"], "demo", "videos")
 
 
 def annotation_dir(cfg: dict) -> str:
-    """Absolute path of <output_dir>/demo/annotations."""
-    return os.path.abspath(os.path.join(cfg["output_dir"], "demo", "annotations"))
+    """<output_dir>/demo/annotations, relative or absolute as output_dir is."""
+    return os.path.join(cfg["output_dir"], "demo", "annotations")
 
 
 def _clips(cfg: dict) -> list[tuple[VideoRecord, int, int]]:
@@ -97,7 +98,7 @@ def _clips(cfg: dict) -> list[tuple[VideoRecord, int, int]]:
 def plan(cfg: dict) -> list[VideoRecord]:
     """The demo's videos, sorted by video_id, computed without touching the disk.
 
-    `cfg` is the full validated config; paths are absolute."""
+    `cfg` is the full validated config; paths are under video_root(cfg), relative if output_dir is."""
     return [rec for rec, _, _ in _clips(cfg)]
 
 

@@ -46,7 +46,8 @@ class VideoRecord:
     """One video of a dataset.
 
     video_id     unique, stable id, e.g. ``ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01`` (no extension)
-    path         absolute path of the encoded video file
+    path         path of the encoded video file: absolute, or relative to the working directory
+                 when configured so (the demo under a relative output_dir)
     label        class name as in the dataset's annotation
     label_index  0-based class index (order of classInd / sorted class names)
     group        source group: videos with the same non-empty group come from the same source

@@ -3,6 +3,7 @@
 
 import json
 import os
+import shlex
 
 from snakemake.utils import validate
 
@@ -16,7 +17,7 @@ validate(config, cocon_config.SCHEMA_PATH)
 
 # The rules run `python -m cocon.<stage>`: make the workflow's own package importable in every job,
 # including conda environments that do not install it.
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p)
+shell.prefix("export PYTHONPATH={}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ".format(shlex.quote(workflow.basedir)))
 
 OUT = config["output_dir"]
 RECORDS, MISSING = ingest.load_dataset(config)

@@ -1,0 +1,260 @@
+"""Dry-run benchmark: seconds for `snakemake -n` on a Kinetics-400-sized dataset (240k clips, 400
+labels, official-style CSVs), against the 60 s goal; also the ingest alone (cocon.ingest.load_dataset).
+
+    python bench/dryrun.py [--videos 240000] [--labels 400] [--videos-per-shard 256] [--cores 2]
+                           [--profile] [--plain] [--keep] [--tmp DIR]
+
+Builds, in a temporary folder under /tmp, <label>/<youtube_id>_<start:06d>_<end:06d>.mp4 as zero-byte
+files (the dry run only lists and stats them), annotations/train.csv (11/12 of the clips) and
+annotations/validate.csv (1/12), header label,youtube_id,time_start,time_end,split,is_cc, and a config
+(dataset.format kinetics400, output_dir inside the folder). Then times, warm (files just written):
+
+  ingest     load_dataset(cfg) in this process (config loading excluded), and assign_shards;
+  dry run    snakemake -n --quiet rules --cores C -s <repo>/Snakefile --configfile <yaml> -d <tmp>
+             in a subprocess, `--repeats` times (median); the job counts come from its job stats table.
+  --plain    also the dry run without --quiet (prints every job and its 256 inputs, as a user sees it).
+  --profile  one more dry run under cProfile; reports where the time goes: Snakemake's phases, the
+             workflow's own functions (rules/*.smk, cocon/) and the top functions by own time.
+
+Prints one JSON object. The goal (60 s) is for the full size; `goal_ratio` = seconds / 60 (<= 1 meets it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import pstats
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from cocon.config import load_config  # noqa: E402
+from cocon.ingest import load_dataset  # noqa: E402
+from cocon.records import assign_shards  # noqa: E402
+
+GOAL_S = 60.0
+HEADER = "label,youtube_id,time_start,time_end,split,is_cc"
+YID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+# Snakemake functions whose cumulative time names a phase of the dry run (matched on the function
+# name and the end of its file path; missing ones are left out of the report).
+PHASES = {
+    "parse Snakefile (includes, common.smk at parse time)": ("workflow.py", "include"),
+    "build DAG: DAG.init": ("dag.py", "init"),
+    "DAG.update (job graph, input/output matching)": ("dag.py", "update"),
+    "DAG.update_needrun (mtime / existence checks)": ("dag.py", "update_needrun"),
+    "DAG.check_incomplete": ("dag.py", "check_incomplete"),
+    "DAG.postprocess": ("dag.py", "postprocess"),
+    "DAG.check_dynamic / retrieve_storage_inputs": ("dag.py", "retrieve_storage_inputs"),
+    "Job.__init__ (all jobs)": ("jobs.py", "__init__"),
+    "Rule.expand_input (input functions, e.g. shard_videos)": ("rules.py", "expand_input"),
+    "Rule.expand_params": ("rules.py", "expand_params"),
+    "Rule.expand_output": ("rules.py", "expand_output"),
+    "Persistence (metadata under .snakemake)": ("persistence.py", "__init__"),
+    "IOCache / inventory (file listing, mtimes)": ("io.py", "inventory"),
+    "dry-run listing and job stats": ("scheduler.py", "schedule"),
+}
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def make_dataset(tmp: Path, n_videos: int, n_labels: int, seed: int) -> dict:
+    """Zero-byte videos under root/<label>/ and official-style CSVs; returns counts and seconds."""
+    rng = random.Random(seed)
+    labels = [f"action {i:03d}" for i in range(n_labels)]  # official label names contain spaces
+    root, ann = tmp / "kinetics400", tmp / "annotations"
+    ann.mkdir(parents=True)
+    for label in labels:
+        (root / label).mkdir(parents=True)
+    ids: set[str] = set()
+    rows = []
+    n_val = n_videos // 12
+    for i in range(n_videos):
+        while True:
+            yid = "".join(rng.choice(YID_CHARS) for _ in range(11))
+            if yid not in ids:
+                ids.add(yid)
+                break
+        start = rng.randrange(0, 600)
+        rows.append((labels[i % n_labels], yid, start, start + 10, "val" if i < n_val else "train", rng.randrange(2)))
+    t0 = time.perf_counter()
+    for label, yid, start, end, _, _ in rows:
+        open(f"{root}/{label}/{yid}_{start:06d}_{end:06d}.mp4", "wb").close()
+    create_s = time.perf_counter() - t0
+    for name, split in (("train.csv", "train"), ("validate.csv", "val")):
+        with open(ann / name, "w", encoding="utf-8") as fh:
+            fh.write(HEADER + "\n")
+            fh.writelines(f"{lb},{y},{s},{e},{sp},{cc}\n" for lb, y, s, e, sp, cc in rows if sp == split)
+    return {"root": str(root), "manifest": str(ann), "videos": n_videos, "train_rows": n_videos - n_val,
+            "validate_rows": n_val, "labels": n_labels, "create_files_s": create_s}
+
+
+def parse_job_stats(text: str) -> dict:
+    """The 'Job stats:' table of a dry run -> {rule: count, ..., 'total': n}."""
+    out = {}
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip() == "Job stats:":
+            for row in lines[i + 1 :]:
+                parts = row.split()
+                if len(parts) == 2 and parts[1].isdigit():
+                    out[parts[0]] = int(parts[1])
+                    if parts[0] == "total":
+                        break
+                elif out:
+                    break
+    return out
+
+
+def dry_run_cmd(yaml_path: Path, workdir: Path, cores: int, quiet: bool) -> list[str]:
+    cmd = ["-n", "--cores", str(cores), "-s", str(REPO / "Snakefile"), "--configfile", str(yaml_path), "-d", str(workdir)]
+    return cmd + (["--quiet", "rules"] if quiet else [])
+
+
+def run_dry(args: list[str], env: dict) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "snakemake", *args], capture_output=True, text=True, env=env)
+    dt = time.perf_counter() - t0
+    text = p.stdout + p.stderr
+    if p.returncode != 0:
+        raise SystemExit(f"snakemake -n failed (exit {p.returncode}):\n{text[-4000:]}")
+    return dt, text
+
+
+def profile_summary(prof: Path, top: int) -> dict:
+    """Phases, the workflow's own functions and the top functions by own time, from a cProfile file."""
+    st = pstats.Stats(str(prof))
+    total = max(v[3] for v in st.stats.values())  # the entry point's cumulative time
+    rows = []
+    for (file, line, name), (cc, nc, tt, ct, _callers) in st.stats.items():
+        rows.append({"file": file, "line": line, "function": name, "calls": nc, "own_s": tt, "cum_s": ct})
+
+    def short(r):
+        f = r["file"]
+        for marker in ("site-packages/", str(REPO) + "/"):
+            if marker in f:
+                f = f.split(marker, 1)[1]
+        return f"{f}:{r['line']}({r['function']})"
+
+    phases = {}
+    for label, (suffix, name) in PHASES.items():
+        hits = [r for r in rows if r["function"] == name and r["file"].endswith("snakemake/" + suffix)]
+        if hits:
+            best = max(hits, key=lambda r: r["cum_s"])
+            phases[label] = {"cum_s": round(best["cum_s"], 3), "calls": best["calls"], "where": short(best)}
+    ours = [r for r in rows if r["file"].startswith(str(REPO)) and "/bench/" not in r["file"]]
+    ours.sort(key=lambda r: -r["cum_s"])
+    by_own = sorted(rows, key=lambda r: -r["own_s"])[:top]
+    by_cum = sorted((r for r in rows if r["cum_s"] < total * 0.999), key=lambda r: -r["cum_s"])[:top]
+    fmt = lambda rs: [{"where": short(r), "calls": r["calls"], "own_s": round(r["own_s"], 3),
+                       "cum_s": round(r["cum_s"], 3)} for r in rs]  # noqa: E731
+    return {"profiled_total_s": round(total, 3), "phases": phases, "workflow_functions": fmt(ours[:top]),
+            "top_own_time": fmt(by_own), "top_cumulative": fmt(by_cum)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--videos", type=int, default=240_000, help="clips (default 240000, Kinetics-400 size)")
+    ap.add_argument("--labels", type=int, default=400)
+    ap.add_argument("--videos-per-shard", type=int, default=256)
+    ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=1, help="dry runs to time (median reported)")
+    ap.add_argument("--plain", action="store_true", help="also time the dry run without --quiet")
+    ap.add_argument("--profile", action="store_true", help="also profile one dry run with cProfile")
+    ap.add_argument("--top", type=int, default=25, help="rows per table in the profile report")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tmp", default=None, help="parent folder of the temporary folder (default /tmp)")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder (its path is reported)")
+    a = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="cocon-dryrun-", dir=a.tmp or "/tmp"))
+    try:
+        t0 = time.perf_counter()
+        data = make_dataset(tmp, a.videos, a.labels, a.seed)
+        setup_s = time.perf_counter() - t0
+        cfg_doc = {
+            "output_dir": str(tmp / "results"),
+            "dataset": {"format": "kinetics400", "name": "kinetics400", "root": data["root"],
+                        "manifest": data["manifest"], "on_missing": "error"},
+            "shards": {"videos_per_shard": a.videos_per_shard},
+        }
+        yaml_path = tmp / "config.yaml"
+        yaml_path.write_text(json.dumps(cfg_doc, indent=1))  # JSON is YAML
+
+        cfg = load_config(yaml_path)
+        t0 = time.perf_counter()
+        records, missing = load_dataset(cfg)
+        ingest_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        shards = assign_shards(records, a.videos_per_shard)
+        shard_s = time.perf_counter() - t0
+        del records
+
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+        times, text = [], ""
+        for _ in range(a.repeats):
+            dt, text = run_dry(dry_run_cmd(yaml_path, tmp, a.cores, quiet=True), env)
+            times.append(dt)
+        jobs = parse_job_stats(text)
+        dry_s = statistics.median(times)
+
+        import snakemake
+
+        result = {
+            "benchmark": "dryrun", "cpu": cpu_model(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "snakemake": getattr(snakemake, "__version__", "?"),
+            "dataset": {k: data[k] for k in ("videos", "train_rows", "validate_rows", "labels")},
+            "videos_per_shard": a.videos_per_shard, "shards": len(shards), "missing": len(missing),
+            "setup_s": round(setup_s, 3), "create_files_s": round(data["create_files_s"], 3),
+            "ingest_s": round(ingest_s, 3), "assign_shards_s": round(shard_s, 3),
+            "dry_run": {"command": "snakemake " + " ".join(dry_run_cmd(Path("<yaml>"), Path("<tmp>"), a.cores, True)),
+                        "seconds": round(dry_s, 3), "all_s": [round(t, 3) for t in times], "jobs": jobs,
+                        "goal_s": GOAL_S, "goal_ratio": round(dry_s / GOAL_S, 3)},
+            "ingest_share_of_dry_run": round(ingest_s / dry_s, 3),
+        }
+        if not jobs:
+            result["dry_run"]["output_tail"] = text[-2000:]
+        if a.plain:
+            dt, text = run_dry(dry_run_cmd(yaml_path, tmp, a.cores, quiet=False), env)
+            result["dry_run_plain"] = {"seconds": round(dt, 3), "output_lines": text.count("\n"),
+                                       "output_bytes": len(text), "goal_ratio": round(dt / GOAL_S, 3)}
+        if a.profile:
+            prof = tmp / "dryrun.prof"
+            args = dry_run_cmd(yaml_path, tmp, a.cores, quiet=True)
+            t0 = time.perf_counter()
+            p = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "snakemake", *args],
+                               capture_output=True, text=True, env=env)
+            if p.returncode != 0:
+                raise SystemExit(f"profiled dry run failed:\n{(p.stdout + p.stderr)[-4000:]}")
+            result["profile"] = {"wall_s": round(time.perf_counter() - t0, 3), **profile_summary(prof, a.top)}
+            if a.keep:
+                result["profile"]["file"] = str(prof)
+        if a.keep:
+            result["tmp"] = str(tmp)
+    finally:
+        if not a.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""The Snakemake workflow end to end: real `snakemake` runs of the preprocessing DAG on tiny configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from cocon.records import VideoRecord, assign_shards, write_manifest
+from cocon.shards import ShardReader
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+TINY = {
+    "output_dir": "results",
+    "seed": 3,
+    "demo": {"classes": 2, "groups_per_class": 2, "clips_per_group": 2, "test_groups": 1, "frames": 12,
+             "width": 64, "height": 48},
+    "shards": {"videos_per_shard": 3},
+    "frames": {"short_side": 32, "min_frames": 8},
+    "flow": {"tvl1": {"scales": 2, "warps": 2}},
+}
+
+
+def snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the repository's workflow in `workdir` with `config` written to workdir/config.yaml."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg = workdir / "config.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile", str(cfg), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def artefacts(workdir: Path) -> dict[str, bytes]:
+    """Every file under results/ (relative path -> bytes)."""
+    root = workdir / "results"
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("demo_run")
+    snakemake(work, TINY, "--cores", "2")
+    return work
+
+
+def test_demo_dag_produces_every_shard_and_a_summary(demo_run):
+    res = demo_run / "results"
+    n_videos = 2 * 2 * 2
+    shards = sorted((res / "shards" / "rgb").glob("*.h5"))
+    assert [p.name for p in shards] == ["00000.h5", "00001.h5", "00002.h5"]
+    for view in ("rgb", "flow_tvl1", "flow_farneback"):
+        files = sorted((res / "shards" / view).glob("*.h5"))
+        assert len(files) == 3
+        total = 0
+        for f in files:
+            r = ShardReader(f)
+            assert r.attrs["view"] == view and r.attrs["complete"] is True
+            for i in r.ok_rows():
+                x = r.read(i)
+                assert x.dtype == np.uint8 and x.shape[0] == 12 and min(x.shape[1:3]) == 32
+                assert x.shape[3] == (3 if view == "rgb" else 2)
+            total += len(r.index)
+        assert total == n_videos
+    summary = json.loads((res / "reports" / "preprocess_summary.json").read_text())
+    assert summary["videos"] == n_videos
+    assert {v: (s["ok"], s["failed"]) for v, s in summary["views"].items()} == {
+        "rgb": (8, 0), "flow_tvl1": (8, 0), "flow_farneback": (8, 0)}
+    # every job wrote its log and the heavy ones their benchmark
+    assert (demo_run / "logs" / "frames" / "00002.log").stat().st_size > 0
+    assert (demo_run / "benchmarks" / "flow_tvl1" / "00000.tsv").exists()
+
+
+def test_rerun_in_place_does_nothing(demo_run):
+    proc = snakemake(demo_run, TINY, "--cores", "2", "-n")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_rerun_from_clean_directory_is_byte_identical(demo_run, tmp_path):
+    snakemake(tmp_path, TINY, "--cores", "2")
+    first, second = artefacts(demo_run), artefacts(tmp_path)
+    assert first.keys() == second.keys()
+    # the demo videos, manifest and every shard are identical; only the summary... is identical too
+    different = [k for k in first if first[k] != second[k]]
+    assert different == []
+
+
+def test_unknown_config_key_is_rejected_before_any_job(tmp_path):
+    bad = {**TINY, "frames": {**TINY["frames"], "shortside": 64}}
+    proc = snakemake(tmp_path, bad, "--cores", "1", check=False)
+    assert proc.returncode != 0
+    assert "frames.shortside" in proc.stderr + proc.stdout
+    assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists()
+
+
+def test_bad_value_is_rejected_naming_the_key(tmp_path):
+    bad = {**TINY, "flow": {"methods": ["tvl1", "brox"]}}
+    proc = snakemake(tmp_path, bad, "--cores", "1", "-n", check=False)
+    assert proc.returncode != 0 and "flow.methods" in proc.stderr + proc.stdout
+
+
+def test_lint_is_clean():
+    proc = subprocess.run([*SNAKEMAKE, "--lint", "-s", str(REPO / "Snakefile"), "-d", str(REPO)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Congratulations" in proc.stdout + proc.stderr
+
+
+def _write_video(path: Path, n_frames: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    tex = rng.integers(0, 255, (48, 96, 3), dtype=np.uint8)
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"XVID"), 25, (64, 48))
+    for t in range(n_frames):
+        w.write(np.ascontiguousarray(tex[:, t : t + 64]))
+    w.release()
+
+
+@pytest.fixture
+def csv_dataset(tmp_path) -> Path:
+    """A generic-CSV dataset of real videos, one of them corrupt and one zero bytes."""
+    data = tmp_path / "data"
+    (data / "walk").mkdir(parents=True)
+    (data / "run").mkdir()
+    rows = ["video,label,split,group"]
+    for i in range(4):
+        label = ("walk", "run")[i % 2]
+        _write_video(data / label / f"clip{i}.avi", 12, i)
+        rows.append(f"{label}/clip{i}.avi,{label},{'train' if i < 3 else 'test'},g{i // 2}")
+    (data / "run" / "broken.avi").write_bytes(b"\x00not a video" * 100)
+    (data / "walk" / "empty.avi").write_bytes(b"")
+    rows += ["run/broken.avi,run,train,g9", "walk/empty.avi,walk,test,g9"]
+    (data / "videos.csv").write_text("\n".join(rows) + "\n")
+    return data
+
+
+def test_corrupt_videos_are_reported_and_the_rest_completes(tmp_path, csv_dataset):
+    cfg = {**TINY, "dataset": {"format": "csv", "name": "mini", "manifest": str(csv_dataset / "videos.csv")},
+           "shards": {"videos_per_shard": 6}, "flow": {"methods": ["farneback"]}}
+    proc = snakemake(tmp_path / "run", cfg, "--cores", "2")
+    out = proc.stdout + proc.stderr
+    assert "FAILED run/broken" in out and "FAILED walk/empty" in out  # the end-of-run summary
+    r = ShardReader(tmp_path / "run" / "results" / "shards" / "rgb" / "00000.h5")
+    assert dict(r.failures()) == {
+        "run/broken": "cannot be opened: not a video, or an unsupported container or codec",
+        "walk/empty": "zero-byte file",
+    }
+    assert len(r.ok_rows()) == 4 and all(r.read(i).shape[0] == 12 for i in r.ok_rows())
+    log = (tmp_path / "run" / "logs" / "frames" / "00000.log").read_text()
+    assert "FAILED run/broken" in log and "FAILED walk/empty" in log
+    flow = ShardReader(tmp_path / "run" / "results" / "shards" / "flow_farneback" / "00000.h5")
+    assert [v for v, why in flow.failures() if why.startswith("failed upstream (rgb)")] == ["run/broken", "walk/empty"]
+    table = (tmp_path / "run" / "results" / "reports" / "failed_videos.tsv").read_text().splitlines()
+    assert len(table) == 1 + 2 * 2  # header + 2 videos x (rgb, flow_farneback)
+
+
+def test_missing_annotation_line_is_named_before_any_job(tmp_path, csv_dataset):
+    (csv_dataset / "videos.csv").write_text("video,label,split\nwalk/clip0.avi,walk,train\nwalk/nope.avi,walk,train\n")
+    cfg = {**TINY, "dataset": {"format": "csv", "name": "mini", "manifest": str(csv_dataset / "videos.csv")}}
+    proc = snakemake(tmp_path / "run", cfg, "--cores", "1", check=False)
+    assert proc.returncode != 0
+    assert f"{csv_dataset / 'videos.csv'}:3" in proc.stdout + proc.stderr
+    assert not (tmp_path / "run" / "results").exists()
+
+
+def test_killed_stage_leaves_no_complete_looking_output(tmp_path):
+    """SIGKILL a frames job mid-shard: only a .partial remains, which no rule accepts as output."""
+    videos = []
+    for i in range(40):
+        p = tmp_path / f"v{i}.avi"
+        _write_video(p, 30, i)
+        videos.append(VideoRecord(f"v{i:02d}", str(p), "x", 0, "", {"1": "train"}))
+    manifest = tmp_path / "m.tsv"
+    write_manifest(manifest, assign_shards(videos, 40))
+    out = tmp_path / "rgb" / "00000.h5"
+    params = json.dumps({"short_side": 48, "interpolation": "area", "max_frames": None, "min_frames": 8,
+                         "encoding": {"codec": "png", "level": 9}})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cocon.frames", "--manifest", str(manifest), "--shard", "00000", "--out", str(out),
+         "--params", params, "--dataset", '{"name":"t","format":"csv"}'],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    partial = out.with_name(out.name + ".partial")
+    deadline = time.monotonic() + 60
+    while not partial.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert proc.poll() is None, "the job finished before it could be killed; make it longer"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists() and partial.exists()
+    # re-running the job replaces the stale partial with a complete shard
+    subprocess.run(
+        [sys.executable, "-m", "cocon.frames", "--manifest", str(manifest), "--shard", "00000", "--out", str(out),
+         "--params", params, "--dataset", '{"name":"t","format":"csv"}'],
+        check=True, capture_output=True,
+    )
+    assert out.exists() and not partial.exists() and len(ShardReader(out).ok_rows()) == 40
+
+
+def test_dry_run_shards_are_fixed_at_parse_time(tmp_path):
+    """One job per shard and stage, decided before anything runs (no checkpoints)."""
+    cfg = {**TINY, "demo": {**TINY["demo"], "groups_per_class": 3, "clips_per_group": 3}}
+    proc = snakemake(tmp_path, cfg, "-n", "--cores", "1")
+    out = proc.stdout
+    # 2 classes x 3 groups x 3 clips = 18 videos, 3 per shard -> 6 shards per stage
+    counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
+              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert counts["frames"] == 6 and counts["flow"] == 12 and counts["demo_dataset"] == 1
+    shutil.rmtree(tmp_path / ".snakemake", ignore_errors=True)
