@@ -1,0 +1,179 @@
+"""Shared fixtures: real tiny encoded videos written at test time with cv2.VideoWriter, the bad inputs
+the frames stage must survive, and a helper that writes a cocon manifest for (video_id, path) pairs.
+
+Every good clip shows a smooth random colour texture translated by a known whole number of pixels per
+frame, so optical flow on it is non-trivial and its expected value is known (content moving right and
+down gives u > 0 and v > 0)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from cocon.records import VideoRecord, write_manifest
+
+FPS = 25.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Clip:
+    """A video file written by the fixtures and what is known about it."""
+
+    path: str
+    width: int = 0  # pixels as encoded (0 for files that are not videos)
+    height: int = 0
+    frames: int = 0  # frames written (the container declares this many)
+    shift: tuple[int, int] = (0, 0)  # content displacement per frame in px, (dx, dy)
+    reason: str = ""  # for bad inputs: how the frames stage's failure reason starts
+
+
+def texture(height: int, width: int, seed: int, sigma: float = 1.5) -> np.ndarray:
+    """Smooth random BGR texture (H, W, 3) uint8 with independent channels, stretched to 0..255."""
+    rng = np.random.default_rng(seed)
+    noise = rng.random((height, width, 3), dtype=np.float32)
+    if sigma > 0:
+        noise = cv2.GaussianBlur(noise, (0, 0), sigma)
+    lo, hi = noise.min(axis=(0, 1)), noise.max(axis=(0, 1))
+    return np.rint((noise - lo) / (hi - lo) * 255).astype(np.uint8)
+
+
+def translated_frames(width: int, height: int, n: int, shift: tuple[int, int], seed: int,
+                      sigma: float = 1.5, noise: int = 0) -> np.ndarray:
+    """n BGR frames (n, H, W, 3): a fixed texture seen through a window that moves by -shift per frame,
+    so the content moves by +shift (dx, dy) px per frame. `noise` adds per-frame uniform noise."""
+    dx, dy = shift
+    pad_x, pad_y = abs(dx) * n + 2, abs(dy) * n + 2
+    big = texture(height + 2 * pad_y, width + 2 * pad_x, seed, sigma)
+    rng = np.random.default_rng(seed + 1)
+    out = np.empty((n, height, width, 3), np.uint8)
+    for k in range(n):
+        y0, x0 = pad_y - dy * k, pad_x - dx * k
+        f = big[y0 : y0 + height, x0 : x0 + width]
+        if noise:
+            f = np.clip(f.astype(np.int16) + rng.integers(-noise, noise + 1, f.shape), 0, 255).astype(np.uint8)
+        out[k] = f
+    return out
+
+
+def write_video(path: Path, fourcc: str, frames_bgr: np.ndarray, fps: float = FPS) -> None:
+    h, w = frames_bgr.shape[1:3]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
+    assert writer.isOpened(), f"cv2.VideoWriter cannot write {fourcc} to {path}"
+    for f in frames_bgr:
+        writer.write(np.ascontiguousarray(f))
+    writer.release()
+    assert path.stat().st_size > 0, path
+
+
+def decode_bgr(path: str) -> np.ndarray:
+    """Every frame cv2.VideoCapture (FFmpeg) decodes from `path`, (T, H, W, 3) uint8 BGR."""
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok or frame is None:
+            break
+        frames.append(frame)
+    cap.release()
+    return np.stack(frames) if frames else np.zeros((0, 0, 0, 3), np.uint8)
+
+
+def declared_frames(path: str) -> int:
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    try:
+        return int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else -1
+    finally:
+        cap.release()
+
+
+@pytest.fixture(scope="session")
+def videos(tmp_path_factory) -> dict[str, Clip]:
+    """Good and bad input videos, written once per session.
+
+    good:  avi   XVID 64x48, 16 frames, content moving (+2, +1) px/frame
+           mp4   mp4v 96x72, 12 frames, content moving (-3, +3) px/frame
+           tall  mp4v 48x64 (portrait), 10 frames, content moving (+1, -2) px/frame
+    bad:   zero       zero-byte .avi                      -> "zero-byte file"
+           garbage    4 KiB of random bytes named .avi    -> "cannot be opened..."
+           truncated  first third of a 30-frame XVID avi  -> "truncated: decoded N of the 30 frames..."
+           short      XVID 64x48 with 3 frames            -> "too short: 3 frames..." (min_frames 8)
+           missing    a path that does not exist          -> "file not found"
+    """
+    root = tmp_path_factory.mktemp("videos")
+    clips: dict[str, Clip] = {}
+
+    def good(name, fourcc, ext, w, h, n, shift, seed):
+        p = root / f"{name}{ext}"
+        write_video(p, fourcc, translated_frames(w, h, n, shift, seed))
+        clips[name] = Clip(str(p), w, h, n, shift)
+
+    good("avi", "XVID", ".avi", 64, 48, 16, (2, 1), seed=1)
+    good("mp4", "mp4v", ".mp4", 96, 72, 12, (-3, 3), seed=2)
+    good("tall", "mp4v", ".mp4", 48, 64, 10, (1, -2), seed=3)
+
+    zero = root / "zero.avi"
+    zero.write_bytes(b"")
+    clips["zero"] = Clip(str(zero), reason="zero-byte file")
+
+    garbage = root / "garbage.avi"
+    garbage.write_bytes(np.random.default_rng(7).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    clips["garbage"] = Clip(str(garbage), reason="cannot be opened")
+
+    # An unsmoothed, noisy source so its frames are large compared with the AVI header: the first third
+    # of the file then holds a few whole frames while the header still declares all 30.
+    src = root / "truncated_source.avi"
+    write_video(src, "XVID", translated_frames(96, 72, 30, (2, 0), seed=4, sigma=0, noise=20))
+    data = src.read_bytes()
+    trunc = root / "truncated.avi"
+    trunc.write_bytes(data[: len(data) // 3])
+    n_dec, n_decl = len(decode_bgr(str(trunc))), declared_frames(str(trunc))
+    assert n_decl == 30 and 0 < n_dec < 30 - 2, (n_dec, n_decl)  # really truncated, yet opens and decodes
+    clips["truncated"] = Clip(str(trunc), 96, 72, 30, reason=f"truncated: decoded {n_dec} of the 30 frames")
+    clips["truncated_source"] = Clip(str(src), 96, 72, 30, (2, 0))
+
+    short = root / "short.avi"
+    write_video(short, "XVID", translated_frames(64, 48, 3, (1, 0), seed=5))
+    clips["short"] = Clip(str(short), 64, 48, 3, (1, 0), reason="too short: 3 frames")
+
+    clips["missing"] = Clip(str(root / "not_there.avi"), reason="file not found")
+    return clips
+
+
+GOOD = ("avi", "mp4", "tall")
+BAD = ("zero", "garbage", "truncated", "short", "missing")
+
+
+def make_records(pairs, label_of=None) -> list[VideoRecord]:
+    """VideoRecords for (video_id, path) pairs: label = the id's part before '/', label_index = rank of
+    the label among the sorted labels, group = the id, and two splits with alternating roles."""
+    pairs = list(pairs)
+    labels = sorted({vid.split("/")[0] for vid, _ in pairs})
+    out = []
+    for i, (vid, path) in enumerate(pairs):
+        label = vid.split("/")[0]
+        out.append(VideoRecord(
+            video_id=vid, path=str(path), label=label, label_index=labels.index(label),
+            group=f"{label}_g{i:02d}", splits={"1": "train" if i % 2 == 0 else "test", "2": "unused" if i % 3 == 0 else "train"},
+        ))  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="session")
+def make_manifest():
+    """make_manifest(path, pairs, per_shard=None) -> list of shards (lists of VideoRecord).
+
+    Writes a manifest with cocon.records.write_manifest for (video_id, path) pairs, kept in the given
+    order: one shard ("00000") by default, or consecutive chunks of `per_shard` pairs."""
+
+    def make(path, pairs, per_shard: int | None = None) -> list[list[VideoRecord]]:
+        records = make_records(pairs)
+        n = per_shard or max(1, len(records))
+        shards = [records[i : i + n] for i in range(0, len(records), n)]
+        write_manifest(path, shards)
+        return shards
+
+    return make
