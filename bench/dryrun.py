@@ -2,21 +2,32 @@
 labels, official-style CSVs), against the 60 s goal; also the ingest alone (cocon.ingest.load_dataset).
 
     python bench/dryrun.py [--videos 240000] [--labels 400] [--videos-per-shard 256] [--cores 2]
-                           [--profile] [--plain] [--keep] [--tmp DIR]
+                           [--repeats 1] [--plain] [--phases] [--what-if] [--profile] [--analyse]
+                           [--keep] [--tmp DIR]
 
-Builds, in a temporary folder under /tmp, <label>/<youtube_id>_<start:06d>_<end:06d>.mp4 as zero-byte
-files (the dry run only lists and stats them), annotations/train.csv (11/12 of the clips) and
-annotations/validate.csv (1/12), header label,youtube_id,time_start,time_end,split,is_cc, and a config
-(dataset.format kinetics400, output_dir inside the folder). Then times, warm (files just written):
+Builds, in a temporary folder under /tmp, kinetics400/<label>/<youtube_id>_<start:06d>_<end:06d>.mp4
+as zero-byte files (the dry run only lists and stats them), annotations/train.csv (11/12 of the clips)
+and annotations/validate.csv (1/12), header label,youtube_id,time_start,time_end,split,is_cc, and
+config.yaml (dataset.format kinetics400, output_dir inside the folder; named config.yaml because the
+Snakefile's `configfile: "config.yaml"` is read from the working directory). Then, warm (files just
+written):
 
-  ingest     load_dataset(cfg) in this process (config loading excluded), and assign_shards;
+  ingest     load_dataset(cfg) in this process (config loading excluded), then assign_shards;
+             local_path_s: os.path.relpath of every video path, what common.smk's shard_videos
+             does per video (cwd = the working directory of the dry run).
   dry run    snakemake -n --quiet rules --cores C -s <repo>/Snakefile --configfile <yaml> -d <tmp>
-             in a subprocess, `--repeats` times (median); the job counts come from its job stats table.
-  --plain    also the dry run without --quiet (prints every job and its 256 inputs, as a user sees it).
-  --profile  one more dry run under cProfile; reports where the time goes: Snakemake's phases, the
-             workflow's own functions (rules/*.smk, cocon/) and the top functions by own time.
+             in a subprocess, --repeats times (median); job counts from its "Job stats" table.
+  --plain    also the dry run without --quiet (prints every job and its inputs, as a user sees it).
+  --phases   one more dry run, in-process with wall-clock timers around Snakemake's phases and our
+             parse-time functions (little overhead, so the phases add up to the real run).
+  --what-if  the dry run of a copy of the workflow whose shard_videos returns [] (the frames jobs
+             do not list their 256 videos as inputs): what the per-video inputs cost.
+  --profile  one more dry run under cProfile (about 3x slower): Snakemake phases, the workflow's own
+             functions (rules/*.smk, cocon/) and the top functions by own time.
+  --analyse  all four.
 
-Prints one JSON object. The goal (60 s) is for the full size; `goal_ratio` = seconds / 60 (<= 1 meets it).
+Prints one JSON object. goal_ratio = dry-run seconds / 60 (<= 1 meets the goal, meant for the full
+size). Nothing in rules/ or cocon/ is changed; --what-if edits only its copy in the temporary folder.
 """
 
 from __future__ import annotations
@@ -46,24 +57,114 @@ GOAL_S = 60.0
 HEADER = "label,youtube_id,time_start,time_end,split,is_cc"
 YID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
-# Snakemake functions whose cumulative time names a phase of the dry run (matched on the function
-# name and the end of its file path; missing ones are left out of the report).
+# Snakemake functions whose cumulative time names a phase of the dry run in the cProfile report
+# (matched on the function name and the end of its file path; missing ones are left out).
 PHASES = {
-    "parse Snakefile (includes, common.smk at parse time)": ("workflow.py", "include"),
-    "build DAG: DAG.init": ("dag.py", "init"),
-    "DAG.update (job graph, input/output matching)": ("dag.py", "update"),
-    "DAG.update_needrun (mtime / existence checks)": ("dag.py", "update_needrun"),
-    "DAG.check_incomplete": ("dag.py", "check_incomplete"),
-    "DAG.postprocess": ("dag.py", "postprocess"),
-    "DAG.check_dynamic / retrieve_storage_inputs": ("dag.py", "retrieve_storage_inputs"),
+    "parse: Workflow.include (Snakefile, rules/*.smk, common.smk's parse-time code)": ("workflow.py", "include"),
+    "DAG.init (DAG build)": ("dag.py", "init"),
+    "DAG.update (job graph: new jobs, producers of every input file)": ("dag.py", "update"),
+    "DAG.file2jobs (producer lookup per input file)": ("dag.py", "file2jobs"),
     "Job.__init__ (all jobs)": ("jobs.py", "__init__"),
-    "Rule.expand_input (input functions, e.g. shard_videos)": ("rules.py", "expand_input"),
+    "Rule.expand_input (input functions, e.g. shard_videos, and IOFile creation)": ("rules.py", "expand_input"),
     "Rule.expand_params": ("rules.py", "expand_params"),
-    "Rule.expand_output": ("rules.py", "expand_output"),
-    "Persistence (metadata under .snakemake)": ("persistence.py", "__init__"),
-    "IOCache / inventory (file listing, mtimes)": ("io.py", "inventory"),
-    "dry-run listing and job stats": ("scheduler.py", "schedule"),
+    "DAG.update_conda_envs": ("dag.py", "update_conda_envs"),
+    "DAG.update_needrun (existence / mtime inventory)": ("dag.py", "update_needrun"),
+    "IOCache save (.snakemake/iocache)": ("persistence/__init__.py", "save_iocache"),
+    "JobScheduler.schedule (dry-run job listing)": ("scheduling/job_scheduler.py", "schedule"),
+    "Job.log_info (formats every job's inputs, even under --quiet)": ("jobs.py", "log_info"),
 }
+
+# Runs snakemake's CLI in-process with wall-clock timers around its phases and our parse-time
+# functions; prints one line "COCON_PHASES {json}" to stderr at exit. Per function: incl_s (its
+# outermost calls, summed), self_s (minus the time in the other timed functions it calls, so the
+# self_s of all rows plus the total's self_s add up to the run). Unlike cProfile it adds almost no
+# overhead. 'A > B' in a name: B as called from A.
+PHASE_BOOT = r"""
+import atexit, inspect, json, sys, time
+T0 = time.perf_counter()
+import snakemake.cli, snakemake.dag, snakemake.jobs, snakemake.rules, snakemake.workflow
+import snakemake.persistence, snakemake.scheduling.job_scheduler
+import cocon.ingest, cocon.records
+incl, own, depth, calls = {}, {}, {}, {}
+stack = []  # [key, seconds spent in timed callees] per active timed call
+
+
+def enter(key):
+    calls[key] += 1
+    depth[key] += 1
+    frame = [key, 0.0, time.perf_counter()]
+    stack.append(frame)
+    return frame
+
+
+def leave(key, frame):
+    dt = time.perf_counter() - frame[2]
+    if stack and stack[-1] is frame:
+        stack.pop()
+    else:  # calls interleaved by asyncio: self_s is approximate; say so in the report
+        stack.remove(frame)
+        calls["interleaved"] = calls.get("interleaved", 0) + 1
+    own[key] += dt - frame[1]
+    depth[key] -= 1
+    if not depth[key]:
+        incl[key] += dt
+    if stack:
+        stack[-1][1] += dt
+
+
+def wrap(owner, name, key):
+    f = getattr(owner, name, None)
+    if f is None:
+        return
+    incl[key], own[key], depth[key], calls[key] = 0.0, 0.0, 0, 0
+    if inspect.iscoroutinefunction(f):
+        async def w(*a, **k):
+            t = enter(key)
+            try:
+                return await f(*a, **k)
+            finally:
+                leave(key, t)
+    else:
+        def w(*a, **k):
+            t = enter(key)
+            try:
+                return f(*a, **k)
+            finally:
+                leave(key, t)
+    setattr(owner, name, w)
+
+D, W = snakemake.dag.DAG, snakemake.workflow.Workflow
+for owner, name, key in [
+    (W, "include", "parse: Workflow.include"),
+    (cocon.ingest, "load_dataset", "parse > cocon.ingest.load_dataset (common.smk)"),
+    (cocon.records, "assign_shards", "parse > cocon.records.assign_shards (common.smk)"),
+    (W, "_prepare_dag", "Workflow._prepare_dag (persistence, locks)"),
+    (D, "init", "DAG.init (DAG build)"),
+    (D, "update", "DAG.init > DAG.update (job graph)"),
+    (snakemake.rules.Rule, "expand_input", "DAG.init > DAG.update > Rule.expand_input (input functions e.g. shard_videos, IOFiles)"),
+    (D, "file2jobs", "DAG.init > DAG.update > DAG.file2jobs (producer lookup per input file)"),
+    (D, "check_incomplete", "DAG.init > DAG.check_incomplete"),
+    (D, "update_conda_envs", "DAG.init > DAG.update_conda_envs"),
+    (D, "update_needrun", "DAG.init > DAG.update_needrun (existence, mtime inventory)"),
+    (snakemake.persistence.PersistenceBase, "save_iocache", "DAG.init > Persistence.save_iocache"),
+    (D, "update_checkpoint_dependencies", "DAG.update_checkpoint_dependencies"),
+    (snakemake.scheduling.job_scheduler.JobScheduler, "schedule", "JobScheduler.schedule (dry-run listing)"),
+    (snakemake.jobs.Job, "log_info", "JobScheduler.schedule > Job.log_info (formats each job, also under --quiet)"),
+]:
+    wrap(owner, name, key)
+
+def report():
+    total = time.perf_counter() - T0
+    out = {k: {"incl_s": round(incl[k], 3), "self_s": round(own[k], 3), "calls": calls[k]} for k in incl}
+    out["interleaved_calls"] = calls.get("interleaved", 0)
+    out["total (interpreter start to exit)"] = {"incl_s": round(total, 3), "calls": 1,
+                                                "self_s": round(total - sum(incl[k] for k in incl if " > " not in k), 3)}
+    sys.stderr.write("COCON_PHASES " + json.dumps(out) + "\n")
+
+atexit.register(report)
+sys.argv = ["snakemake"] + ARGS
+snakemake.cli.main()
+"""
 
 
 def cpu_model() -> str:
@@ -164,11 +265,41 @@ def profile_summary(prof: Path, top: int) -> dict:
     ours = [r for r in rows if r["file"].startswith(str(REPO)) and "/bench/" not in r["file"]]
     ours.sort(key=lambda r: -r["cum_s"])
     by_own = sorted(rows, key=lambda r: -r["own_s"])[:top]
-    by_cum = sorted((r for r in rows if r["cum_s"] < total * 0.999), key=lambda r: -r["cum_s"])[:top]
+    by_cum = sorted((r for r in rows if "/snakemake/" in r["file"] and r["cum_s"] < total * 0.95),
+                    key=lambda r: -r["cum_s"])[:top]
     fmt = lambda rs: [{"where": short(r), "calls": r["calls"], "own_s": round(r["own_s"], 3),
                        "cum_s": round(r["cum_s"], 3)} for r in rs]  # noqa: E731
     return {"profiled_total_s": round(total, 3), "phases": phases, "workflow_functions": fmt(ours[:top]),
             "top_own_time": fmt(by_own), "top_cumulative": fmt(by_cum)}
+
+
+def run_phases(args: list[str], env: dict) -> tuple[float, dict]:
+    boot = f"ARGS = {args!r}\n" + PHASE_BOOT
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-c", boot], capture_output=True, text=True, env=env)
+    dt = time.perf_counter() - t0
+    line = next((ln for ln in p.stderr.splitlines() if ln.startswith("COCON_PHASES ")), None)
+    if p.returncode != 0 or line is None:
+        raise SystemExit(f"timed dry run failed (exit {p.returncode}):\n{(p.stdout + p.stderr)[-4000:]}")
+    return dt, json.loads(line.split(" ", 1)[1])
+
+
+def what_if_copy(tmp: Path) -> Path | None:
+    """A copy of the workflow whose shard_videos returns []; None if common.smk has no shard_videos."""
+    wf = tmp / "workflow-what-if"
+    for name in ("Snakefile", "rules", "envs"):
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, wf / name)
+        elif src.exists():
+            wf.mkdir(exist_ok=True)
+            shutil.copy2(src, wf / name)
+    common = wf / "rules" / "common.smk"
+    text = common.read_text()
+    if "def shard_videos(" not in text:
+        return None
+    common.write_text(text + "\n\ndef shard_videos(wildcards):  # bench/dryrun.py --what-if\n    return []\n")
+    return wf / "Snakefile"
 
 
 def main():
@@ -179,12 +310,17 @@ def main():
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=1, help="dry runs to time (median reported)")
     ap.add_argument("--plain", action="store_true", help="also time the dry run without --quiet")
+    ap.add_argument("--phases", action="store_true", help="also time Snakemake's phases (one more dry run)")
+    ap.add_argument("--what-if", action="store_true", help="also time a copy whose frames jobs list no videos")
     ap.add_argument("--profile", action="store_true", help="also profile one dry run with cProfile")
+    ap.add_argument("--analyse", action="store_true", help="--plain --phases --what-if --profile")
     ap.add_argument("--top", type=int, default=25, help="rows per table in the profile report")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tmp", default=None, help="parent folder of the temporary folder (default /tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (its path is reported)")
     a = ap.parse_args()
+    if a.analyse:
+        a.plain = a.phases = a.what_if = a.profile = True
 
     tmp = Path(tempfile.mkdtemp(prefix="cocon-dryrun-", dir=a.tmp or "/tmp"))
     try:
@@ -207,12 +343,20 @@ def main():
         t0 = time.perf_counter()
         shards = assign_shards(records, a.videos_per_shard)
         shard_s = time.perf_counter() - t0
+        cwd = os.getcwd()
+        os.chdir(tmp)
+        t0 = time.perf_counter()
+        for r in records:
+            os.path.relpath(r.path)
+        relpath_s = time.perf_counter() - t0
+        os.chdir(cwd)
         del records
 
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+        args = dry_run_cmd(yaml_path, tmp, a.cores, quiet=True)
         times, text = [], ""
         for _ in range(a.repeats):
-            dt, text = run_dry(dry_run_cmd(yaml_path, tmp, a.cores, quiet=True), env)
+            dt, text = run_dry(args, env)
             times.append(dt)
         jobs = parse_job_stats(text)
         dry_s = statistics.median(times)
@@ -225,7 +369,7 @@ def main():
             "dataset": {k: data[k] for k in ("videos", "train_rows", "validate_rows", "labels")},
             "videos_per_shard": a.videos_per_shard, "shards": len(shards), "missing": len(missing),
             "setup_s": round(setup_s, 3), "create_files_s": round(data["create_files_s"], 3),
-            "ingest_s": round(ingest_s, 3), "assign_shards_s": round(shard_s, 3),
+            "ingest_s": round(ingest_s, 3), "assign_shards_s": round(shard_s, 3), "local_path_s": round(relpath_s, 3),
             "dry_run": {"command": "snakemake " + " ".join(dry_run_cmd(Path("<yaml>"), Path("<tmp>"), a.cores, True)),
                         "seconds": round(dry_s, 3), "all_s": [round(t, 3) for t in times], "jobs": jobs,
                         "goal_s": GOAL_S, "goal_ratio": round(dry_s / GOAL_S, 3)},
@@ -237,9 +381,22 @@ def main():
             dt, text = run_dry(dry_run_cmd(yaml_path, tmp, a.cores, quiet=False), env)
             result["dry_run_plain"] = {"seconds": round(dt, 3), "output_lines": text.count("\n"),
                                        "output_bytes": len(text), "goal_ratio": round(dt / GOAL_S, 3)}
+        if a.phases:
+            dt, phases = run_phases(args, env)
+            result["phases"] = {"wall_s": round(dt, 3), "seconds": phases}
+        if a.what_if:
+            snakefile = what_if_copy(tmp)
+            if snakefile is None:
+                result["what_if_no_video_inputs"] = "skipped: rules/common.smk defines no shard_videos"
+            else:
+                wargs = dry_run_cmd(yaml_path, tmp, a.cores, quiet=True)
+                wargs[wargs.index("-s") + 1] = str(snakefile)
+                dt, wtext = run_dry(wargs, env)
+                result["what_if_no_video_inputs"] = {
+                    "seconds": round(dt, 3), "jobs": parse_job_stats(wtext).get("total"),
+                    "saved_s": round(dry_s - dt, 3), "saved_share": round(1 - dt / dry_s, 3)}
         if a.profile:
             prof = tmp / "dryrun.prof"
-            args = dry_run_cmd(yaml_path, tmp, a.cores, quiet=True)
             t0 = time.perf_counter()
             p = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "snakemake", *args],
                                capture_output=True, text=True, env=env)

@@ -20,12 +20,16 @@ back from that shard, so both sides see the same pixels. Farneback uses all the 
 Each measurement is repeated --repeats times (bare, stage 1 thread, stage N threads interleaved) and
 the median reported. overhead = stage_1thread_s / bare_s - 1 (goal <= 0.05); speedup =
 stage_1thread_s / stage_Nthreads_s (goal >= 1.8 for 2 threads, meaningful only with >= 2 idle cores).
-Prints one JSON object.
+overhead_parts_vs_bare: the stage's other work timed alone on the same data (read + JPEG-decode the
+rgb shard, quantise, encode the flow frames, write the flow shard), each as a fraction of bare; their
+sum is roughly the overhead to expect (the rest is threading and bookkeeping). Prints one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import platform
@@ -98,8 +102,9 @@ def write_rgb(path: Path, videos: list[np.ndarray], encoding: dict) -> None:
                          "orig_frames": len(frames)})
 
 
-def bare(method: str, p: dict, videos: list[np.ndarray]) -> float:
-    """Seconds for cvtColor + flow over every consecutive pair, one OpenCV thread, nothing stored."""
+def bare(method: str, p: dict, videos: list[np.ndarray], keep: list | None = None) -> float:
+    """Seconds for cvtColor + flow over every consecutive pair, one OpenCV thread, nothing stored
+    (the float flows are appended to `keep` when given, one list per video)."""
     if method == "tvl1":
         algo = cv2.optflow.DualTVL1OpticalFlow_create(
             tau=p["tau"], lambda_=p["lambda"], theta=p["theta"], nscales=p["scales"], warps=p["warps"],
@@ -109,18 +114,50 @@ def bare(method: str, p: dict, videos: list[np.ndarray]) -> float:
     t0 = time.perf_counter()
     for frames in videos:
         gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
+        flows = [] if keep is not None else None
         for a, b in zip(gray, gray[1:]):
             if method == "tvl1":
-                algo.calc(a, b, None)
+                f = algo.calc(a, b, None)
             else:
-                cv2.calcOpticalFlowFarneback(a, b, None, p["pyr_scale"], p["levels"], p["winsize"], p["iterations"],
-                                             p["poly_n"], p["poly_sigma"], 0)
+                f = cv2.calcOpticalFlowFarneback(a, b, None, p["pyr_scale"], p["levels"], p["winsize"],
+                                                 p["iterations"], p["poly_n"], p["poly_sigma"], 0)
+            if flows is not None:
+                flows.append(f)
+        if keep is not None:
+            keep.append(flows)
     return time.perf_counter() - t0
 
 
-def stage(method: str, rgb: Path, out: Path, params: dict, threads: int) -> float:
+def components(rgb: Path, flows: list[list[np.ndarray]], params: dict, tmp: Path) -> dict:
+    """Seconds of the stage's work besides gray + flow, each done alone on the same data, one thread:
+    reading and decoding the rgb shard, quantising, encoding the flow frames, writing the flow shard."""
     t0 = time.perf_counter()
-    failures = flow.run(method, str(rgb), "00000", str(out), params, {"name": "bench", "format": "demo"}, threads)
+    r = ShardReader(rgb)
+    for i in range(len(r.index)):
+        r.read(i)
+    r.close()
+    t1 = time.perf_counter()
+    quant = []
+    for fl in flows:
+        q = np.stack([flow.quantize(f, params["bound"]) for f in fl])
+        quant.append(np.concatenate([q, q[-1:]]))
+    t2 = time.perf_counter()
+    enc = [encode_frames(q, params["encoding"]) for q in quant]
+    t3 = time.perf_counter()
+    path = tmp / "components.h5"
+    with ShardWriter(path, "flow", "00000", {}, params["encoding"]) as w:
+        for i, e in enumerate(enc):
+            w.add_video(VideoRecord(f"v{i}", "", "x", 0), e, {})
+    t4 = time.perf_counter()
+    path.unlink()
+    return {"read_rgb": t1 - t0, "quantize": t2 - t1, "encode": t3 - t2, "write": t4 - t3}
+
+
+def stage(method: str, rgb: Path, out: Path, params: dict, threads: int, quiet: bool = True) -> float:
+    sink = contextlib.redirect_stderr(io.StringIO()) if quiet else contextlib.nullcontext()
+    t0 = time.perf_counter()
+    with sink:
+        failures = flow.run(method, str(rgb), "00000", str(out), params, {"name": "bench", "format": "demo"}, threads)
     dt = time.perf_counter() - t0
     if failures:
         raise SystemExit(f"flow stage reported failures: {failures}")
@@ -138,6 +175,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2, help="thread count compared with 1 (default 2)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=None, help="scratch folder (default: a temporary one)")
+    ap.add_argument("--verbose", action="store_true", help="show the stage's progress bars and log")
     a = ap.parse_args()
     cv2.setNumThreads(1)  # what stage.setup does in a job; the bare loop runs under the same setting
     code_revision(), library_versions()  # one-off per job (git, metadata): keep them out of the timings
@@ -160,21 +198,28 @@ def main():
         fl = cfg["flow"]
         params = {"bound": fl["bound"], "encoding": fl["encoding"], method: fl[method]}
         out = tmp / f"flow-{method}.h5"
-        stage(method, rgb, out, params, 1)  # warm-up (imports, page cache, first-call costs)
-        t_bare, t_one, t_many = [], [], []
-        for _ in range(a.repeats):
-            t_bare.append(bare(method, fl[method], vids))
-            t_one.append(stage(method, rgb, out, params, 1))
-            t_many.append(stage(method, rgb, out, params, a.threads))
+        warm = tmp / f"warm-{method}.h5"  # warm-up on 3 frames: imports, first-call costs
+        write_rgb(warm, take(vids_in, 3), cfg["frames"]["encoding"])
+        stage(method, warm, out, params, 1, not a.verbose)
+        warm.unlink()
+        t_bare, t_one, t_many, flows = [], [], [], []
+        for r in range(a.repeats):
+            t_bare.append(bare(method, fl[method], vids, flows if r == 0 else None))
+            t_one.append(stage(method, rgb, out, params, 1, not a.verbose))
+            t_many.append(stage(method, rgb, out, params, a.threads, not a.verbose))
         b, s1, sn = (statistics.median(t) for t in (t_bare, t_one, t_many))
+        parts = components(rgb, flows, params, tmp)
+        del flows
         result["methods"][method] = {
             "videos": len(vids), "pairs": pairs,
-            "bare_pairs_per_s": pairs / b, "stage_1thread_pairs_per_s": pairs / s1,
-            f"stage_{a.threads}threads_pairs_per_s": pairs / sn,
-            "overhead": s1 / b - 1, "overhead_goal": GOAL_OVERHEAD,
-            f"speedup_{a.threads}threads": s1 / sn,
+            "bare_pairs_per_s": round(pairs / b, 3), "stage_1thread_pairs_per_s": round(pairs / s1, 3),
+            f"stage_{a.threads}threads_pairs_per_s": round(pairs / sn, 3),
+            "overhead": round(s1 / b - 1, 4), "overhead_goal": GOAL_OVERHEAD,
+            f"speedup_{a.threads}threads": round(s1 / sn, 3),
             **({"speedup_goal": GOAL_SPEEDUP_2} if a.threads == 2 else {}),
             "seconds": {"bare": t_bare, "stage_1thread": t_one, f"stage_{a.threads}threads": t_many},
+            "overhead_parts_vs_bare": {k: round(v / b, 4) for k, v in parts.items()},
+            "overhead_parts_sum": round(sum(parts.values()) / b, 4),
         }
     if a.out is None:
         shutil.rmtree(tmp)

@@ -25,14 +25,18 @@ import numpy as np
 from . import stage
 from .records import VideoRecord
 from .shards import ShardReader, ShardWriter, encode_frames
+from .video import BadVideo
 
 METHODS = ("tvl1", "farneback")
 FLOW_INDEX = "k: forward flow from rgb frame k to k+1; index T-1 repeats T-2"
 
 
 def quantize(flow: np.ndarray, bound: float) -> np.ndarray:
-    """float flow (..., 2) in px -> uint8, clipped to +-bound (see module docstring)."""
-    f = np.clip(flow, -bound, bound)
+    """float flow (..., 2) in px -> uint8, clipped to +-bound (see module docstring).
+
+    Computed in float64: in float32, (0 + bound) * 255 / (2 * bound) can land just below 127.5 and
+    store zero motion as 127 for some bounds."""
+    f = np.clip(np.asarray(flow, dtype=np.float64), -bound, bound)
     return np.rint((f + bound) * (255.0 / (2.0 * bound))).astype(np.uint8)
 
 
@@ -78,8 +82,10 @@ def video_flow(frames: np.ndarray, compute: FlowComputer, bound: float, pool_map
     """RGB frames uint8 (T, H, W, 3) -> quantised flow uint8 (T, H, W, 2), aligned as documented.
 
     `pool_map(fn, iterable)` runs the T-1 pairs (e.g. ThreadPoolExecutor.map, or builtin map)."""
+    t = len(frames)
+    if t < 2:
+        raise BadVideo(f"too short for flow: {t} frame")
     gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
-    t = len(gray)
     out = np.empty((t, *gray[0].shape, 2), np.uint8)
 
     def pair(k):
@@ -108,9 +114,14 @@ def run(method: str, rgb: str, shard: str, out: str, params: dict, dataset: dict
                 writer.add_failure(rec, reason, meta)
                 failures.append((rec.video_id, reason))
             else:
-                flow = video_flow(src.read(i), compute, params["bound"], pool.map)
-                meta.update(method=method, bound=float(params["bound"]))
-                writer.add_video(rec, encode_frames(flow, params["encoding"]), meta)
+                try:
+                    flow = video_flow(src.read(i), compute, params["bound"], pool.map)
+                except BadVideo as exc:
+                    writer.add_failure(rec, str(exc), meta)
+                    failures.append((rec.video_id, str(exc)))
+                else:
+                    meta.update(method=method, bound=float(params["bound"]))
+                    writer.add_video(rec, encode_frames(flow, params["encoding"]), meta)
             bar.update()
     src.close()
     stage.report(view, shard, len(rows) - len(failures), failures)

@@ -123,15 +123,19 @@ class ShardWriter:
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.encoding = dict(encoding)
         self.rows: list[dict] = []
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.partial.exists():
-            self.partial.unlink()
-        self.h5 = h5py.File(self.partial, "w")
         root = {"format": FORMAT, "format_version": FORMAT_VERSION, "view": view, "shard": shard, **attrs}
-        for key in sorted(root):
-            self.h5.attrs[key] = _attr(root[key])
-        self.h5.attrs["complete"] = False
-        self.videos = self.h5.create_group("videos")
+        encoded = {key: _attr(root[key]) for key in sorted(root)}  # fails before any file exists
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.partial.unlink(missing_ok=True)
+        self.h5 = h5py.File(self.partial, "w")
+        try:
+            for key, value in encoded.items():
+                self.h5.attrs[key] = value
+            self.h5.attrs["complete"] = False
+            self.videos = self.h5.create_group("videos")
+        except BaseException:
+            self.abort()
+            raise
 
     def add_video(self, rec: VideoRecord, enc: EncodedFrames, meta: dict) -> None:
         t, h, w, c = enc.shape
@@ -228,7 +232,12 @@ class ShardReader:
     def __init__(self, path: str | Path):
         self.path = str(path)
         self._h5 = None
-        with h5py.File(self.path, "r") as h5:
+        self._pid = None
+        try:
+            h5 = h5py.File(self.path, "r")
+        except OSError as exc:
+            raise ShardFormatError(f"{self.path}: not a readable HDF5 file ({exc})") from exc
+        with h5:
             self.attrs = {k: _plain(v) for k, v in h5.attrs.items()}
             if self.attrs.get("format") != FORMAT or not self.attrs.get("complete"):
                 raise ShardFormatError(f"{self.path}: not a complete {FORMAT} file")
@@ -239,11 +248,14 @@ class ShardReader:
         self.index = [{k: _plain(cols[k][i]) for k in cols} for i in range(n)]
 
     def __getstate__(self):
-        return {"path": self.path, "attrs": self.attrs, "index": self.index, "_h5": None, "_offset_cache": {}}
+        return {"path": self.path, "attrs": self.attrs, "index": self.index, "_h5": None, "_pid": None,
+                "_offset_cache": {}}
 
     def _file(self) -> h5py.File:
-        if self._h5 is None:
+        """The HDF5 handle of this process: a handle inherited through fork is never reused."""
+        if self._h5 is None or self._pid != os.getpid():
             self._h5 = h5py.File(self.path, "r")
+            self._pid = os.getpid()
         return self._h5
 
     def ok_rows(self) -> list[int]:

@@ -143,10 +143,6 @@ def videos(tmp_path_factory) -> dict[str, Clip]:
     return clips
 
 
-GOOD = ("avi", "mp4", "tall")
-BAD = ("zero", "garbage", "truncated", "short", "missing")
-
-
 def make_records(pairs, label_of=None) -> list[VideoRecord]:
     """VideoRecords for (video_id, path) pairs: label = the id's part before '/', label_index = rank of
     the label among the sorted labels, group = the id, and two splits with alternating roles."""

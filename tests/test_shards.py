@@ -302,6 +302,25 @@ def test_reader_rejects_incomplete_or_foreign_files(tmp_path):
     assert issubclass(ShardFormatError, ValueError)
 
 
+def test_reader_rejects_truncated_or_non_hdf5_file_with_shard_format_error(tmp_path):
+    good = write_shard(tmp_path / "good.h5", ENCODINGS["raw"], [smooth_frames(4, 16, 16, 3)])
+    data = good.read_bytes()
+    (tmp_path / "cut.h5").write_bytes(data[: len(data) // 2])
+    (tmp_path / "text.h5").write_bytes(b"this is not an HDF5 file\n")
+    for name in ("cut.h5", "text.h5"):
+        with pytest.raises(ShardFormatError, match=name):  # and the message names the file
+            ShardReader(tmp_path / name)
+
+
+def test_failing_constructor_leaves_no_partial_file(tmp_path):
+    out = tmp_path / "s.h5"
+    with pytest.raises(TypeError):
+        with ShardWriter(out, "rgb", "00000", {"params": {"bad": {1, 2}}}, ENCODINGS["raw"]):
+            pass
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
 # ------------------------------------------------------------------ pickling (DataLoader workers)
 
 
@@ -333,3 +352,33 @@ def test_identical_writes_are_byte_identical(tmp_path, enc):
     a = write_shard(tmp_path / "a.h5", ENCODINGS[enc], videos, failures=["zero-byte file"])
     b = write_shard(tmp_path / "b.h5", ENCODINGS[enc], videos, failures=["zero-byte file"])
     assert a.read_bytes() == b.read_bytes()
+
+
+def test_forked_child_opens_its_own_handle(tmp_path):
+    """A reader used before fork (DataLoader with fork workers) reopens the file in the child."""
+    import multiprocessing as mp
+
+    frames = smooth_frames(5, 16, 16, 3)
+    path = write_shard(tmp_path / "s.h5", ENCODINGS["raw"], [frames])
+    reader = ShardReader(path)
+    parent_handle = reader._file()
+    reader.read(0, [1])
+    global _FORK_READER
+    _FORK_READER = reader  # inherited by the forked child as is, open handle included (not pickled)
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        reopened, x = pool.apply(_read_inherited_reader)
+    _FORK_READER = None
+    assert reopened and np.array_equal(x, frames[[2, 3]])
+    assert reader._file() is parent_handle  # the parent's handle is untouched
+
+
+_FORK_READER = None
+
+
+def _read_inherited_reader():
+    import os
+
+    inherited = _FORK_READER._h5
+    x = _FORK_READER.read(0, [2, 3])
+    return _FORK_READER._h5 is not inherited and _FORK_READER._pid == os.getpid(), x
