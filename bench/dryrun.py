@@ -38,7 +38,6 @@ import os
 import platform
 import pstats
 import random
-import re
 import shutil
 import statistics
 import subprocess
@@ -141,7 +140,8 @@ for owner, name, key in [
     (W, "_prepare_dag", "Workflow._prepare_dag (persistence, locks)"),
     (D, "init", "DAG.init (DAG build)"),
     (D, "update", "DAG.init > DAG.update (job graph)"),
-    (snakemake.rules.Rule, "expand_input", "DAG.init > DAG.update > Rule.expand_input (input functions e.g. shard_videos, IOFiles)"),
+    (snakemake.rules.Rule, "expand_input",
+     "DAG.init > DAG.update > Rule.expand_input (input functions e.g. shard_videos, IOFiles)"),
     (D, "file2jobs", "DAG.init > DAG.update > DAG.file2jobs (producer lookup per input file)"),
     (D, "check_incomplete", "DAG.init > DAG.check_incomplete"),
     (D, "update_conda_envs", "DAG.init > DAG.update_conda_envs"),
@@ -157,8 +157,8 @@ def report():
     total = time.perf_counter() - T0
     out = {k: {"incl_s": round(incl[k], 3), "self_s": round(own[k], 3), "calls": calls[k]} for k in incl}
     out["interleaved_calls"] = calls.get("interleaved", 0)
-    out["total (interpreter start to exit)"] = {"incl_s": round(total, 3), "calls": 1,
-                                                "self_s": round(total - sum(incl[k] for k in incl if " > " not in k), 3)}
+    top = sum(incl[k] for k in incl if " > " not in k)
+    out["total (interpreter start to exit)"] = {"incl_s": round(total, 3), "self_s": round(total - top, 3), "calls": 1}
     sys.stderr.write("COCON_PHASES " + json.dumps(out) + "\n")
 
 atexit.register(report)
@@ -227,7 +227,8 @@ def parse_job_stats(text: str) -> dict:
 
 
 def dry_run_cmd(yaml_path: Path, workdir: Path, cores: int, quiet: bool) -> list[str]:
-    cmd = ["-n", "--cores", str(cores), "-s", str(REPO / "Snakefile"), "--configfile", str(yaml_path), "-d", str(workdir)]
+    cmd = ["-n", "--cores", str(cores), "-s", str(REPO / "Snakefile"), "--configfile", str(yaml_path),
+           "-d", str(workdir)]
     return cmd + (["--quiet", "rules"] if quiet else [])
 
 

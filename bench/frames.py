@@ -6,7 +6,8 @@ videos.
                            [--demo-groups 3] [--demo-frames 240] [--demo-size 320x240]
 
 Input: --videos, or demo videos (cocon.demo: 8 classes x --demo-groups groups x 1 clip, default
-24 videos of 240 frames (10 s at 24 fps, like a Kinetics clip) at 320x240, XVID), all in one shard of a manifest written for the run.
+24 videos of 240 frames, i.e. 10 s at 24 fps like a Kinetics clip, at 320x240, XVID), all in one
+shard of a manifest written for the run.
 
   bare         cv2.setNumThreads(1); per video: VideoCapture (FFMPEG backend, 1 decoder thread, as in
                cocon.video.decode_video), read every frame, resize to --short-side with INTER_AREA,
@@ -131,7 +132,8 @@ def main():
         t0 = time.perf_counter()
         demo.generate(dcfg)
         paths = [r.path for r in demo.plan(dcfg)]
-        source = f"demo: {len(paths)} videos x {a.demo_frames} frames, {w}x{h} XVID ({time.perf_counter() - t0:.1f} s to generate)"
+        gen_s = time.perf_counter() - t0
+        source = f"demo: {len(paths)} videos x {a.demo_frames} frames, {w}x{h} XVID ({gen_s:.1f} s to generate)"
     manifest = tmp / "manifest.tsv"
     write_manifest(manifest, [[VideoRecord(f"v{i:04d}", p, "x", 0) for i, p in enumerate(paths)]])
     params = {**load_config()["frames"], "short_side": a.short_side}

@@ -34,10 +34,13 @@ FLOW_INDEX = "k: forward flow from rgb frame k to k+1; index T-1 repeats T-2"
 def quantize(flow: np.ndarray, bound: float) -> np.ndarray:
     """float flow (..., 2) in px -> uint8, clipped to +-bound (see module docstring).
 
-    Computed in float64: in float32, (0 + bound) * 255 / (2 * bound) can land just below 127.5 and
-    store zero motion as 127 for some bounds."""
-    f = np.clip(np.asarray(flow, dtype=np.float64), -bound, bound)
-    return np.rint((f + bound) * (255.0 / (2.0 * bound))).astype(np.uint8)
+    Computed as f * 255/(2*bound) + 127.5 in float32: the offset 127.5 is exact, so zero motion is
+    exactly 127.5 and rounds (half to even) to 128 for every bound; clipping to [0, 255] after the
+    affine map equals clipping f to +-bound before it."""
+    q = np.multiply(flow, np.float32(255.0 / (2.0 * bound)), dtype=np.float32)
+    q += np.float32(127.5)
+    np.clip(q, 0.0, 255.0, out=q)
+    return np.rint(q, out=q).astype(np.uint8)
 
 
 def dequantize(q: np.ndarray, bound: float) -> np.ndarray:
