@@ -118,7 +118,7 @@ def run(method: str, rgb: str, shard: str, out: str, params: dict, dataset: dict
                 failures.append((rec.video_id, reason))
             else:
                 try:
-                    flow = video_flow(src.read(i), compute, params["bound"], pool.map)
+                    flow = video_flow(src.read(i), compute, params["bound"], map if threads == 1 else pool.map)
                 except BadVideo as exc:
                     writer.add_failure(rec, str(exc), meta)
                     failures.append((rec.video_id, str(exc)))

@@ -4,7 +4,6 @@
 rule frames:
     input:
         manifest=f"{OUT}/manifest/manifest.tsv",
-        videos=shard_videos,
     output:
         f"{OUT}/shards/rgb/{{shard}}.h5",
     log:
@@ -20,6 +19,7 @@ rule frames:
     params:
         frames=FRAMES_JSON,
         dataset=DATASET_JSON,
+        videos=shard_fingerprint,
     shell:
         "python -m cocon.frames --manifest {input.manifest} --shard {wildcards.shard} --out {output}"
         " --params {params.frames:q} --dataset {params.dataset:q} --threads {threads} > {log} 2>&1"

@@ -221,3 +221,17 @@ def test_dry_run_shards_are_fixed_at_parse_time(tmp_path):
               if len(line.split()) == 2 and line.split()[1].isdigit()}
     assert counts["frames"] == 6 and counts["flow"] == 12 and counts["demo_dataset"] == 1
     shutil.rmtree(tmp_path / ".snakemake", ignore_errors=True)
+
+
+def test_replaced_video_reruns_only_its_shard(tmp_path, csv_dataset):
+    cfg = {**TINY, "dataset": {"format": "csv", "name": "mini", "manifest": str(csv_dataset / "videos.csv")},
+           "shards": {"videos_per_shard": 3}, "flow": {"methods": ["farneback"]}}
+    work = tmp_path / "run"
+    snakemake(work, cfg, "--cores", "2")
+    assert "Nothing to be done" in "".join(snakemake(work, cfg, "-n", "--cores", "1").stdout)
+    _write_video(csv_dataset / "run" / "clip1.avi", 14, 99)  # a new version of one video
+    out = snakemake(work, cfg, "-n", "--cores", "1").stdout
+    counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
+              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    # shards hold sorted ids: run/broken, run/clip1, run/clip3 | walk/clip0, walk/clip2, walk/empty
+    assert counts["frames"] == 1 and "shard=00000" in out and "shard=00001" not in out
