@@ -14,9 +14,11 @@ include: "rules/dataset.smk"
 include: "rules/frames.smk"
 include: "rules/flow.smk"
 include: "rules/summary.smk"
+include: "rules/train.smk"
 
 
 rule all:
     input:
         preprocess_targets(),
+        training_targets(),
     default_target: True

@@ -28,7 +28,7 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -167,7 +167,7 @@ class _ClipReader(ShardReader):
     """A ShardReader made from a full one, with the slim index (pickles light) and a close() that also
     drops the per-row offset cache, so the open-file LRU of the dataset bounds memory as well."""
 
-    def __init__(self, full: ShardReader):  # noqa: super().__init__ would re-read the index
+    def __init__(self, full: ShardReader):  # no super().__init__(): it would re-read the index
         self.path = full.path
         self.attrs = full.attrs
         self.index = _SlimIndex(full.index)
@@ -418,7 +418,7 @@ def _colour(frames: np.ndarray, rng: np.random.Generator, aug: Augmentation) -> 
                 f = cv2.addWeighted(f, float(fb[k]), f, 0.0, 0.0)
             elif op == 1:
                 g = cv2.cvtColor(f, cv2.COLOR_RGB2GRAY)
-                f = cv2.addWeighted(f, float(fc[k]), f, 0.0, (1 - float(fc[k])) * float(g.mean()))
+                f = cv2.addWeighted(f, float(fc[k]), f, 0.0, (1 - float(fc[k])) * cv2.mean(g)[0])
             elif op == 2:
                 g = cv2.cvtColor(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
                 f = cv2.addWeighted(f, float(fs[k]), g, 1 - float(fs[k]), 0.0)

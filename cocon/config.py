@@ -79,6 +79,12 @@ def check(cfg: dict) -> None:
     fr = cfg["frames"]
     if fr["max_frames"] is not None and fr["max_frames"] < fr["min_frames"]:
         raise ConfigError("frames.max_frames", "must be at least frames.min_frames")
+    computed = {"rgb", *(f"flow_{m}" for m in cfg["flow"]["methods"])}
+    for v in cfg["train"]["views"]:
+        if v.startswith("flow_") and v not in computed:
+            raise ConfigError("train.views", f"view '{v}' needs '{v[5:]}' in flow.methods")
+        if v in ("pose", "seg"):
+            raise ConfigError("train.views", f"view '{v}' is not produced by this version of the pipeline yet")
     for key in ("frames.encoding", "flow.encoding"):
         section, _ = key.split(".")
         check_encoding(cfg[section]["encoding"], key)

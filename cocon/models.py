@@ -138,29 +138,36 @@ class ResNet2d3d(nn.Module):
     statistics (DPC pretraining used ``track_running_stats=False``, which its author called a
     mistake, DPC issue #21; CoCon and the fine-tuning code use True).
 
-    forward: x (B, C, K, H, W) float -> (B, 256, T', ceil(H/32), ceil(W/32)),
+    ``width`` (64) is the channel count of conv1/layer1; the stages have (w, 2w, 4w, 4w) channels, so
+    D = 4 * width = 256 by default. Other widths exist only for tiny test / smoke-run models.
+
+    forward: x (B, C, K, H, W) float -> (B, D, T', ceil(H/32), ceil(W/32)),
     T' = ceil(ceil(K/2)/2) (K = 5 -> 2). Use :func:`temporal_pool` to reduce T' to one map.
     """
 
-    def __init__(self, in_channels: int = 3, depth: int = 18, track_running_stats: bool = True):
+    def __init__(self, in_channels: int = 3, depth: int = 18, track_running_stats: bool = True,
+                 width: int = 64):
         super().__init__()
         if depth not in _LAYERS:
             raise ValueError(f"depth must be one of {sorted(_LAYERS)}, got {depth}")
         if in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+        if width < 1:
+            raise ValueError(f"width must be >= 1, got {width}")
         n1, n2, n3, n4 = _LAYERS[depth]
+        w = width
         self.in_channels = in_channels
         self.depth = depth
-        self.feature_size = FEATURE_SIZE
+        self.feature_size = 4 * w  # 256 for the default width
         t = track_running_stats
-        self.conv1 = nn.Conv3d(in_channels, 64, (1, 7, 7), stride=(1, 2, 2), padding=(0, 3, 3), bias=False)
-        self.bn1 = _bn3d(64, t)
+        self.conv1 = nn.Conv3d(in_channels, w, (1, 7, 7), stride=(1, 2, 2), padding=(0, 3, 3), bias=False)
+        self.bn1 = _bn3d(w, t)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
-        self.layer1 = self._make(BasicBlock2d, 64, 64, n1, 1, True, t)
-        self.layer2 = self._make(BasicBlock2d, 64, 128, n2, 2, True, t)
-        self.layer3 = self._make(BasicBlock3d, 128, 256, n3, 2, True, t)
-        self.layer4 = self._make(BasicBlock3d, 256, FEATURE_SIZE, n4, 2, False, t)
+        self.layer1 = self._make(BasicBlock2d, w, w, n1, 1, True, t)
+        self.layer2 = self._make(BasicBlock2d, w, 2 * w, n2, 2, True, t)
+        self.layer3 = self._make(BasicBlock3d, 2 * w, 4 * w, n3, 2, True, t)
+        self.layer4 = self._make(BasicBlock3d, 4 * w, 4 * w, n4, 2, False, t)
         for m in self.modules():
             if isinstance(m, nn.Conv3d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -268,16 +275,18 @@ class DPC(nn.Module):
         l2_norm: True = CoCon's coded variant (unit-norm z, hidden states and predictions, no ReLU);
             False = DPC's original rollout (GRU on ReLU(z), ReLU(z~) fed back, nothing normalised).
         track_running_stats: BatchNorm setting of the encoder (True; see ResNet2d3d).
+        width: encoder base width (64 -> D = 256); smaller only for tiny test models.
 
     Sub-modules ``encoder`` (ResNet2d3d), ``gru`` (ConvGRU) and ``predictor`` (phi: Conv2d 1x1 ->
-    ReLU -> Conv2d 1x1, 256 -> 256, orthogonal weights, PyTorch-default biases as in DPC) can be reused
+    ReLU -> Conv2d 1x1, D -> D (256), orthogonal weights, PyTorch-default biases as in DPC) can be reused
     on their own (fine-tuning uses ``encoder`` + ``gru``, see :meth:`encode`).
 
     forward(x (B, N, C, K, H, W)) -> DPCOutput(z, pred, target, context).
     """
 
     def __init__(self, in_channels: int, depth: int = 18, num_blocks: int = 8, pred_steps: int = 3,
-                 dropout: float = 0.1, l2_norm: bool = True, track_running_stats: bool = True):
+                 dropout: float = 0.1, l2_norm: bool = True, track_running_stats: bool = True,
+                 width: int = 64):
         super().__init__()
         if not 0 < pred_steps < num_blocks:
             raise ValueError(f"need 0 < pred_steps < num_blocks, got {pred_steps}, {num_blocks}")
@@ -285,7 +294,7 @@ class DPC(nn.Module):
         self.num_blocks = num_blocks
         self.pred_steps = pred_steps
         self.l2_norm = l2_norm
-        self.encoder = ResNet2d3d(in_channels, depth, track_running_stats=track_running_stats)
+        self.encoder = ResNet2d3d(in_channels, depth, track_running_stats=track_running_stats, width=width)
         D = self.encoder.feature_size
         self.feature_size = D
         self.gru = ConvGRU(D, D, kernel_size=1, dropout=dropout)

@@ -30,6 +30,7 @@ VIEWS = ["rgb", *FLOW_VIEWS]
 
 wildcard_constraints:
     shard=r"\d{5}",
+    view="|".join(["rgb", *[f"flow_{m}" for m in config["flow"]["methods"]]]),
     method="|".join(config["flow"]["methods"]) or "none",
 
 
@@ -86,8 +87,22 @@ def shard_paths(view):
     return expand(f"{OUT}/shards/{view}/{{shard}}.h5", shard=SHARDS)
 
 
+def view_shards(wildcards):
+    return shard_paths(wildcards.view)
+
+
+TRAIN_JSON = as_json({k: config[k] for k in ("output_dir", "seed", "dataset", "train")})
+
+
 def preprocess_targets():
     return [f"{OUT}/reports/preprocess_summary.json"]
+
+
+def training_targets():
+    """Stage-2 CoCon model (and through it every stage-1 CPC model); CPC only with a single view."""
+    if len(config["train"]["views"]) > 1:
+        return [f"{OUT}/train/cocon/model.pt"]
+    return [f"{OUT}/train/cpc/{config['train']['views'][0]}/model.pt"]
 
 
 def print_summary(path):
@@ -98,3 +113,8 @@ def print_summary(path):
     if os.path.exists(path):
         with open(path) as fh:
             print(format_summary(json.load(fh)))
+
+
+def output_dir_of_model(wildcards, output):
+    """A training job's --out folder: the folder of its model.pt (checkpoints, metrics, tb/ beside)."""
+    return os.path.dirname(output.model)

@@ -9,7 +9,15 @@ from cocon.losses import cpc_loss
 from cocon.models import (DPC, DPCOutput, ConvGRU, ResNet2d3d, feature_side, l2_normalize,
                           temporal_pool)
 
-torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small convolutions run faster on one thread, and the tests then do not fight for a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def _x(B, N, C, K, px, seed=0):
@@ -73,6 +81,7 @@ def test_parameter_counts():
     assert 13.5e6 < n18 < 14.5e6, n18
     assert 31.5e6 < n34 < 33.5e6, n34
     model = DPC(3)
+    assert model.feature_size == 256
     assert sum(p.numel() for p in model.gru.parameters()) == 3 * (512 * 256 + 256)
     assert sum(p.numel() for p in model.predictor.parameters()) == 2 * (256 * 256 + 256)
     # only conv1 depends on the number of input channels
@@ -82,13 +91,14 @@ def test_parameter_counts():
 
 def test_l2_norm_per_position_and_dpc_mode():
     torch.manual_seed(0)
-    model = DPC(2, num_blocks=4, pred_steps=2).eval()
+    model = DPC(2, num_blocks=4, pred_steps=2, width=8).eval()
     with torch.no_grad():
         out = model(_x(2, 4, 2, 3, 64))
+    assert out.z.shape == (2, 4, 32, 2, 2)  # D = 4 * width
     for t, dim in ((out.z, 2), (out.pred, 2), (out.context, 1)):
         torch.testing.assert_close(t.norm(dim=dim), torch.ones_like(t.norm(dim=dim)))
     # l2_norm=False: DPC's original rollout, nothing normalised
-    model = DPC(2, num_blocks=4, pred_steps=2, l2_norm=False).eval()
+    model = DPC(2, num_blocks=4, pred_steps=2, l2_norm=False, width=8).eval()
     with torch.no_grad():
         out = model(_x(2, 4, 2, 3, 64))
     assert not torch.allclose(out.z.norm(dim=2), torch.ones(()))
@@ -120,7 +130,7 @@ def test_convgru_dropout_train_vs_eval():
 
 def test_prediction_is_recursive_and_causal():
     torch.manual_seed(0)
-    model = DPC(3, num_blocks=4, pred_steps=2).eval()
+    model = DPC(3, num_blocks=4, pred_steps=2, width=8).eval()
     phi_out = []
     hook = model.predictor.register_forward_hook(lambda m, i, o: phi_out.append(o))
     x = _x(2, 4, 3, 3, 32).requires_grad_()
@@ -152,7 +162,7 @@ def test_prediction_is_recursive_and_causal():
 
 
 def test_batchnorm_tracks_running_stats():
-    model = DPC(1, num_blocks=4, pred_steps=2)
+    model = DPC(1, num_blocks=4, pred_steps=2, width=8)
     bn = model.encoder.bn1
     before = bn.running_mean.clone()
     model.train()
@@ -162,9 +172,10 @@ def test_batchnorm_tracks_running_stats():
 
 
 def test_tiny_model_overfits_fixed_batch():
-    """cpc_loss on one fixed batch (B=4, N=4, P=2, K=2, 32 px -> S=1): > 50 % drop in 30 Adam steps."""
+    """cpc_loss on one fixed batch (B=4, N=4, P=2, K=2, 32 px -> S=1) with a width-8 R18 (D = 32):
+    > 50 % loss drop in 30 Adam steps (train mode: BN batch statistics and GRU dropout on)."""
     torch.manual_seed(0)
-    model = DPC(3, num_blocks=4, pred_steps=2).train()
+    model = DPC(3, num_blocks=4, pred_steps=2, width=8).train()
     x = _x(4, 4, 3, 2, 32, seed=1)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []
@@ -180,7 +191,7 @@ def test_tiny_model_overfits_fixed_batch():
 
 
 def test_input_validation():
-    model = DPC(3, num_blocks=4, pred_steps=2)
+    model = DPC(3, num_blocks=4, pred_steps=2, width=4)
     with pytest.raises(ValueError):
         model(torch.randn(1, 5, 3, 2, 32, 32))  # wrong N
     with pytest.raises(ValueError):

@@ -1,0 +1,174 @@
+"""Training stages on CPU: exact resume, DDP (2 gloo processes) = one process, checkpoint contents."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from cocon import distributed as D
+from cocon.config import load_config
+from cocon.losses import cocon_loss
+from cocon.models import DPC
+from cocon.records import VideoRecord
+from cocon.shards import ShardWriter, encode_frames
+from cocon.train import MultiViewDPC, Trainer, load_checkpoint
+
+H, W, T = 36, 44, 16
+
+
+def _video(rng, t=T):
+    """A textured square moving with a random velocity over a textured background: (T, H, W, 3)."""
+    bg = rng.integers(0, 255, (H, W, 3), dtype=np.uint8)
+    sq = rng.integers(0, 255, (10, 10, 3), dtype=np.uint8)
+    vx, vy = rng.integers(-2, 3, 2)
+    out = np.empty((t, H, W, 3), np.uint8)
+    for k in range(t):
+        f = bg.copy()
+        y, x = (5 + vy * k) % (H - 10), (5 + vx * k) % (W - 10)
+        f[y : y + 10, x : x + 10] = sq
+        out[k] = f
+    return out
+
+
+@pytest.fixture(scope="module")
+def shards_dir(tmp_path_factory) -> Path:
+    """<dir>/shards/{rgb,flow_tvl1}/00000.h5 with 10 videos (2 classes, groups, train/test roles)."""
+    root = tmp_path_factory.mktemp("train_data")
+    rng = np.random.default_rng(0)
+    recs, vids = [], []
+    for i in range(10):
+        label = i % 2
+        recs.append(VideoRecord(f"c{label}/v{i:02d}", f"v{i}.avi", f"c{label}", label, f"g{i // 2}",
+                                {"1": "test" if i >= 8 else "train"}))
+        vids.append(_video(rng))
+    rgb_enc, flow_enc = {"codec": "jpeg", "quality": 90}, {"codec": "raw"}
+    meta = {"fps": 25.0, "orig_height": H, "orig_width": W, "orig_frames": T}
+    with ShardWriter(root / "shards" / "rgb" / "00000.h5", "rgb", "00000", {"params": {}}, rgb_enc) as w:
+        for r, v in zip(recs, vids):
+            w.add_video(r, encode_frames(v, rgb_enc), meta)
+    with ShardWriter(root / "shards" / "flow_tvl1" / "00000.h5", "flow_tvl1", "00000", {"params": {}}, flow_enc) as w:
+        for r, v in zip(recs, vids):
+            flow = rng.integers(100, 156, (T, H, W, 2), dtype=np.uint8)
+            w.add_video(r, encode_frames(flow, flow_enc), meta)
+    return root
+
+
+def tiny_config(output_dir: Path, **train) -> dict:
+    t = {"views": ["rgb", "flow_tvl1"], "input_size": {"rgb": 32, "flow": 32}, "num_blocks": 4, "block_len": 2,
+         "stride": 1, "pred_steps": 2, "batch_size": 2, "workers": 0, "val_fraction": 0.2, "cpc_epochs": 2,
+         "cocon_epochs": 2, "max_steps_per_epoch": 2, "gpus": 0, "device": "cpu", **train}
+    return load_config(overrides={"output_dir": str(output_dir), "train": t})
+
+
+def _weights(path: Path) -> dict:
+    return load_checkpoint(path)["models"]
+
+
+def test_resume_equals_an_uninterrupted_run(shards_dir, tmp_path):
+    cfg = tiny_config(shards_dir)
+    Trainer("cocon", ["flow_tvl1", "rgb"], cfg, tmp_path / "straight", {}).fit()
+
+    Trainer("cocon", ["flow_tvl1", "rgb"], tiny_config(shards_dir, cocon_epochs=1), tmp_path / "resumed", {}).fit()
+    resumed = Trainer("cocon", ["flow_tvl1", "rgb"], cfg, tmp_path / "resumed", {})
+    resumed.fit()
+    assert resumed.start_epoch == 1  # it really resumed after the first epoch
+
+    straight_ck = load_checkpoint(tmp_path / "straight" / "model.pt")
+    resumed_ck = load_checkpoint(tmp_path / "resumed" / "model.pt")
+    assert straight_ck["history"] == resumed_ck["history"]  # same loss sequence, epoch by epoch
+    for v in ("rgb", "flow_tvl1"):
+        for k, t in straight_ck["models"][v].items():
+            torch.testing.assert_close(resumed_ck["models"][v][k], t, rtol=0, atol=0)
+    assert (tmp_path / "straight" / "metrics.csv").read_bytes() == (tmp_path / "resumed" / "metrics.csv").read_bytes()
+
+
+def test_outputs_and_checkpoint_contents(shards_dir, tmp_path):
+    cfg = tiny_config(shards_dir, cpc_epochs=1)
+    Trainer("cpc", ["rgb"], cfg, tmp_path / "cpc", {}).fit()
+    out = tmp_path / "cpc"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_0000.pt", "last.pt"]
+    last = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert {"models", "optimizer", "scheduler", "rng", "epoch", "history", "config", "code_revision",
+            "library_versions", "run_hash"} <= set(last)
+    final = load_checkpoint(out / "model.pt")
+    assert "optimizer" not in final and set(final["models"]) == {"rgb"}
+    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"epoch", "lr", "train/cpc/rgb", "train/top1/rgb", "val/total"} <= set(header)
+    assert any(p.name.startswith("events.out.tfevents") for p in (out / "tb").iterdir())
+    # stage 2 starts from the stage-1 weights of each view
+    t = Trainer("cocon", ["rgb", "flow_tvl1"], tiny_config(shards_dir, cocon_epochs=1), tmp_path / "cocon",
+                {"rgb": str(out / "model.pt")})
+    for k, v in final["models"]["rgb"].items():
+        torch.testing.assert_close(t.models["rgb"].state_dict()[k], v)
+
+
+def test_resume_with_another_config_is_refused(shards_dir, tmp_path):
+    Trainer("cpc", ["rgb"], tiny_config(shards_dir, cpc_epochs=1), tmp_path / "run", {}).fit()
+    with pytest.raises(SystemExit, match="another configuration"):
+        Trainer("cpc", ["rgb"], tiny_config(shards_dir, cpc_epochs=2, lr=0.01), tmp_path / "run", {}).fit()
+
+
+# ---------------------------------------------------------------- DDP on CPU
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# float64: in float32 the encoder's early-layer gradients are ill-conditioned (40 BatchNorms, per-position
+# L2 normalisation, logits / 0.005), so merely summing the batch statistics in another order moves them by
+# up to ~6 %; in float64 the distributed and single-process gradients agree to ~1e-12.
+def _batch(seed=0, B=4):
+    g = torch.Generator().manual_seed(seed)
+    return {"rgb": torch.randn(B, 4, 3, 2, 32, 32, generator=g, dtype=torch.float64),
+            "flow_tvl1": torch.randn(B, 4, 2, 2, 32, 32, generator=g, dtype=torch.float64)}
+
+
+def _model():
+    torch.manual_seed(0)
+    return MultiViewDPC({"rgb": DPC(3, num_blocks=4, pred_steps=2, dropout=0.0),
+                         "flow_tvl1": DPC(2, num_blocks=4, pred_steps=2, dropout=0.0)}).double()
+
+
+def _grads(model) -> dict[str, torch.Tensor]:
+    return {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+def _ddp_worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    device = D.setup("cpu")
+    model = D.convert_batchnorm(_model(), device)
+    net = torch.nn.parallel.DistributedDataParallel(model)
+    x = {k: v[2 * rank : 2 * rank + 2] for k, v in _batch().items()}
+    terms = cocon_loss(net(x), lam=10.0, alpha=1.0)
+    terms["total"].backward()
+    total = D.reduce_mean(float(terms["total"]), device)  # a collective: every rank calls it
+    if rank == 0:
+        torch.save({"grads": _grads(model), "total": total}, out)
+    D.teardown()
+
+
+def test_ddp_two_cpu_processes_give_the_gradients_of_one_process(tmp_path):
+    """Negatives, cooperative losses and BatchNorm statistics all span the global batch."""
+    torch.set_num_threads(1)
+    single = _model()
+    terms = cocon_loss(single(_batch()), lam=10.0, alpha=1.0)
+    terms["total"].backward()
+    out = tmp_path / "ddp.pt"
+    mp.spawn(_ddp_worker, args=(_free_port(), str(out)), nprocs=2, join=True)
+    got = torch.load(out, weights_only=True)
+    assert got["total"] == pytest.approx(float(terms["total"]), rel=1e-9)
+    want = _grads(single)
+    assert got["grads"].keys() == want.keys()
+    for k in want:
+        torch.testing.assert_close(got["grads"][k], want[k], rtol=1e-7, atol=1e-9, msg=lambda m, k=k: f"{k}: {m}")
