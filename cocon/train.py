@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -73,10 +74,16 @@ def build_datasets(cfg: dict, views: list[str]) -> tuple[MultiViewClips, MultiVi
     return MultiViewClips(role="train", augment=True, **common), MultiViewClips(role="val", augment=False, **common)
 
 
+# Left out of the run hash: the epoch counts (raising them continues a finished run) and the speed-only
+# options (memory layout, compilation), which change no result beyond float rounding, so a run may be
+# resumed with them switched, and checkpoints written before they existed still resume.
+NOT_HASHED = ("cpc_epochs", "cocon_epochs", "channels_last", "compile")
+
+
 def run_hash(stage: str, views: list[str], cfg: dict, init: dict[str, str]) -> str:
-    """Identifies what a checkpoint belongs to: resuming with another config is refused. The epoch
-    counts are left out, so raising them continues a finished run."""
-    train = {k: v for k, v in cfg["train"].items() if k not in ("cpc_epochs", "cocon_epochs")}
+    """Identifies what a checkpoint belongs to: resuming with another config is refused (NOT_HASHED
+    keys excepted)."""
+    train = {k: v for k, v in cfg["train"].items() if k not in NOT_HASHED}
     keep = {"stage": stage, "views": views, "train": train, "seed": cfg["seed"], "dataset": cfg["dataset"],
             "init": sorted(init)}
     return hashlib.sha256(dumps(keep).encode()).hexdigest()[:16]
@@ -109,6 +116,15 @@ def save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def channels_last_3d(x: torch.Tensor) -> torch.Tensor:
+    """Same values and shape (..., C, K, H, W), with C innermost in memory, so that the (C, K, H, W)
+    blocks the encoder sees (the 6-D clip reshaped to (B*N, C, K, H, W) without a copy) are in
+    torch.channels_last_3d format (a 5-D tensor is simply converted)."""
+    if x.dim() == 5:
+        return x.contiguous(memory_format=torch.channels_last_3d)
+    return x.movedim(-4, -1).contiguous().movedim(-1, -4)
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint written by this module (tensors and plain Python types only)."""
     return torch.load(path, map_location="cpu", weights_only=True)
@@ -133,6 +149,17 @@ class Trainer:
         for v, path in init.items():
             self.models[v].load_state_dict(load_checkpoint(path)["models"][v])
         self.models = D.convert_batchnorm(self.models, self.device).to(self.device)
+        self.channels_last = tc["channels_last"]
+        if self.channels_last:  # the encoders' Conv3d weights (g and phi are 1x1 Conv2d on S x S maps)
+            for m in self.models.values():
+                m.encoder.to(memory_format=torch.channels_last_3d)
+        if tc["compile"]:
+            # in place (nn.Module.compile) and before the DDP wrapper, as the torch.compile docs advise:
+            # parameters, state_dict keys, checkpoints and resume are those of the uncompiled networks
+            for m in self.models.values():
+                m.compile()
+            log.info("torch.compile: per-view networks %s compiled in place (inductor); the first train and "
+                     "val steps include the compilation", views)
         self.net = self.models
         if D.world_size() > 1:
             self.net = nn.parallel.DistributedDataParallel(
@@ -167,8 +194,16 @@ class Trainer:
             return
         ck = load_checkpoint(last)
         if ck.get("run_hash") != self.hash:
-            raise SystemExit(f"{last} belongs to another configuration (run hash {ck.get('run_hash')} != "
-                             f"{self.hash}); delete {self.out}/checkpoints to start over")
+            # another configuration (Snakemake reran the job because train.* changed): start afresh,
+            # keeping the previous run's checkpoints aside rather than deleting them
+            aside = self.out / "checkpoints.previous"
+            if D.is_main():
+                if aside.exists():
+                    shutil.rmtree(aside)
+                os.replace(self.out / "checkpoints", aside)
+            log.warning("%s belongs to another configuration (run hash %s != %s): starting afresh; "
+                        "its checkpoints were moved to %s", last, ck.get("run_hash"), self.hash, aside)
+            return
         for v, m in self.models.items():
             m.load_state_dict(ck["models"][v])
         self.opt.load_state_dict(ck["optimizer"])
@@ -181,6 +216,8 @@ class Trainer:
     # -- one pass
     def _step(self, batch, train: bool) -> dict[str, float]:
         x = {v: batch[v].to(self.device, non_blocking=True) for v in self.views}
+        if self.channels_last:
+            x = {v: channels_last_3d(t) for v, t in x.items()}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             outputs = self.net(x)
         outputs = {v: type(o)(*(t.float() for t in o)) for v, o in outputs.items()}
@@ -216,9 +253,10 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.out / "tb"))
-        log.info("%s on %s: %d train / %d val clips, views %s, %d process(es), %s, epochs %d..%d",
+        log.info("%s on %s: %d train / %d val clips, views %s, %d process(es), %s%s%s, epochs %d..%d",
                  self.stage, self.device, len(self.train_set), len(self.val_set), self.views, D.world_size(),
-                 self.precision, self.start_epoch, self.epochs - 1)
+                 self.precision, ", channels_last" if self.channels_last else "",
+                 ", compiled" if self.tc["compile"] else "", self.start_epoch, self.epochs - 1)
         for epoch in range(self.start_epoch, self.epochs):
             t0 = time.perf_counter()
             tr = self._epoch(self.train_loader, epoch, train=True)

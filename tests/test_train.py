@@ -108,10 +108,14 @@ def test_outputs_and_checkpoint_contents(shards_dir, tmp_path):
         torch.testing.assert_close(t.models["rgb"].state_dict()[k], v)
 
 
-def test_resume_with_another_config_is_refused(shards_dir, tmp_path):
+def test_checkpoint_of_another_config_is_set_aside_not_resumed(shards_dir, tmp_path):
     Trainer("cpc", ["rgb"], tiny_config(shards_dir, cpc_epochs=1), tmp_path / "run", {}).fit()
-    with pytest.raises(SystemExit, match="another configuration"):
-        Trainer("cpc", ["rgb"], tiny_config(shards_dir, cpc_epochs=2, lr=0.01), tmp_path / "run", {}).fit()
+    first = (tmp_path / "run" / "checkpoints" / "last.pt").read_bytes()
+    t = Trainer("cpc", ["rgb"], tiny_config(shards_dir, cpc_epochs=1, lr=0.01), tmp_path / "run", {})
+    t.fit()
+    assert t.start_epoch == 0  # trained from scratch with the new learning rate
+    assert (tmp_path / "run" / "checkpoints.previous" / "last.pt").read_bytes() == first
+    assert load_checkpoint(tmp_path / "run" / "model.pt")["history"][0]["lr"] == pytest.approx(0.01)
 
 
 # ---------------------------------------------------------------- DDP on CPU
