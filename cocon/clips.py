@@ -639,6 +639,12 @@ class ClipLoader(DataLoader):
         self.sampler.set_epoch(epoch)
 
 
+def _worker_context() -> str:
+    import multiprocessing
+
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
 def _worker_init(_worker_id: int) -> None:
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
@@ -659,6 +665,9 @@ def make_loader(dataset: MultiViewClips, batch_size: int, workers: int = 0, shuf
     loader = ClipLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
         pin_memory=pin_memory, worker_init_fn=_worker_init if workers > 0 else None, persistent_workers=False,
+        # workers come from a clean forkserver, never forked from a process with live threads (OpenCV,
+        # torch, thread pools), which can deadlock the child; the dataset pickles light
+        multiprocessing_context=_worker_context() if workers > 0 else None,
     )  # fmt: skip
     loader.set_epoch(epoch)
     return loader

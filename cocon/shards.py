@@ -96,9 +96,14 @@ def decode_image(buf: np.ndarray, shape: tuple[int, int, int], out: np.ndarray |
     img = cv2.imdecode(buf, cv2.IMREAD_COLOR_RGB if c == 3 else cv2.IMREAD_GRAYSCALE)
     if img is None:
         raise ShardFormatError("a stored image could not be decoded")
+    if c == 1:
+        img = img.reshape(h, w, 1)
+    elif c != 3:  # planes stacked vertically -> channels last; cv2.merge is ~2x faster than a numpy transpose copy
+        planes = img.reshape(c, h, w)
+        img = cv2.merge([planes[k] for k in range(c)]).reshape(h, w, c)
     if out is None:
-        return img if c == 3 else img.reshape(c, h, w).transpose(1, 2, 0)
-    out[...] = img if c == 3 else img.reshape(c, h, w).transpose(1, 2, 0)
+        return img
+    out[...] = img
     return out
 
 
