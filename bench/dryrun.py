@@ -52,6 +52,9 @@ from cocon.config import load_config  # noqa: E402
 from cocon.ingest import load_dataset  # noqa: E402
 from cocon.records import assign_shards  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import cpu_model  # noqa: E402
+
 GOAL_S = 60.0
 HEADER = "label,youtube_id,time_start,time_end,split,is_cc"
 YID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -167,15 +170,6 @@ snakemake.cli.main()
 """
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def make_dataset(tmp: Path, n_videos: int, n_labels: int, seed: int) -> dict:

@@ -32,7 +32,6 @@ import contextlib
 import io
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -44,6 +43,8 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import cpu_model  # noqa: E402
 from cocon import demo, flow  # noqa: E402
 from cocon.config import load_config  # noqa: E402
 from cocon.provenance import code_revision, library_versions  # noqa: E402
@@ -55,15 +56,6 @@ GOAL_OVERHEAD = 0.05
 GOAL_SPEEDUP_2 = 1.8
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def source_videos(a, cfg, tmp: Path) -> tuple[list[np.ndarray], str]:

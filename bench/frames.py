@@ -30,7 +30,6 @@ import contextlib
 import io
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -41,6 +40,8 @@ from pathlib import Path
 import cv2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import cpu_model  # noqa: E402
 from cocon import demo, frames  # noqa: E402
 from cocon.config import load_config  # noqa: E402
 from cocon.provenance import code_revision, library_versions  # noqa: E402
@@ -48,15 +49,6 @@ from cocon.records import VideoRecord, write_manifest  # noqa: E402
 from cocon.shards import ShardReader  # noqa: E402
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def out_size(h: int, w: int, short: int) -> tuple[int, int]:

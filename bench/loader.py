@@ -64,6 +64,8 @@ import torch  # noqa: E402
 from torch.utils.data import RandomSampler, default_collate  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import cpu_model  # noqa: E402
 from cocon import clips, demo, flow, frames  # noqa: E402
 from cocon.config import load_config  # noqa: E402
 from cocon.provenance import library_versions  # noqa: E402
@@ -77,15 +79,6 @@ VIEW_SETS = {"rgb+flow_tvl1+flow_farneback": list(ALL_VIEWS), "rgb+flow_tvl1": [
 LAYOUTS = ("folders", "shards", "shards-raw")
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 @contextlib.contextmanager
