@@ -38,9 +38,9 @@ variants run round robin --repeats times:
     later runs compile much faster: compile_cache_existed says whether that folder was there).
   * timed steps (--steps: 20 on CUDA, 2 on CPU): median seconds per step over all repeats ->
     steps_per_s, clips_per_s = batch / step_s, ratio_vs_baseline = clips_per_s / baseline's. On CPU
-    also the median process CPU time per step (all threads) and ratio_vs_baseline_cpu_time: other
-    processes on a shared machine inflate wall time more than CPU time (not entirely: time stolen
-    from a VM can count as CPU time).
+    also the median process CPU time per step (all threads) and ratio_vs_baseline_cpu_time, meant to
+    be less sensitive to other processes than wall time (not a shield: on the 2-vCPU reference VM the
+    CPU time per step grew as much as the wall time while other jobs ran).
   * peak memory. CUDA: torch.cuda.max_memory_allocated() over all steps (absolute: weights, Adam state,
     inputs and activations). CPU: the growth of the process's resident-set high-water mark
     (resource.getrusage ru_maxrss) from the end of the setup (model, optimiser, inputs) to the end of
@@ -80,7 +80,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
+from _machine import cpu_model  # noqa: E402
 from cocon.losses import cocon_loss  # noqa: E402
 from cocon.models import DPC  # noqa: E402
 from cocon.train import MultiViewDPC, channels_last_3d  # noqa: E402
