@@ -173,3 +173,14 @@ def make_manifest():
         return shards
 
     return make
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Small convolutions run faster on one thread, and the tests then do not fight for a shared CPU."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -16,13 +16,9 @@ from cocon.models import DPCOutput
 
 DT = torch.float64
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+
 
 
 def _rand(*shape, seed=0):

@@ -9,15 +9,10 @@ from cocon.losses import cpc_loss
 from cocon.models import (DPC, DPCOutput, ConvGRU, ResNet2d3d, feature_side, l2_normalize,
                           temporal_pool)
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small convolutions run faster on one thread, and the tests then do not fight for a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+
 
 
 def _x(B, N, C, K, px, seed=0):
