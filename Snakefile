@@ -9,12 +9,16 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/dataset.smk"
 include: "rules/frames.smk"
 include: "rules/flow.smk"
 include: "rules/summary.smk"
 include: "rules/train.smk"
+include: "rules/evaluate.smk"
 
 
 rule all:

@@ -11,7 +11,7 @@ GPU run (the issue's goal: fast path >= 2x the fp32 eager baseline in clips/s):
 
     python bench/train_step.py --device cuda --repeats 2    # 128 px, batch 16, 3 warm-up + 20 timed steps
 
-Model: cocon.train.MultiViewDPC with two views, rgb (3 channels) and flow_tvl1 (2), each a DPC with
+Model: cocon.train.PerViewNetworks with two views, rgb (3 channels) and flow_tvl1 (2), each a DPC with
 the training defaults (ResNet2d3d-18, width 64, N = 8 blocks of K = 5 frames, P = 3 predicted),
 L_cocon with lam 10, alpha 1, tau 0.005, Adam lr 1e-3 / weight decay 1e-5. GRU dropout is 0 here
 (--dropout): inductor draws its own random numbers, so with dropout the compiled variants would not see
@@ -83,7 +83,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import cpu_model  # noqa: E402
 from cocon.losses import cocon_loss  # noqa: E402
 from cocon.models import DPC  # noqa: E402
-from cocon.train import MultiViewDPC, channels_last_3d  # noqa: E402
+from cocon.train import PerViewNetworks, channels_last_3d  # noqa: E402
 
 GOAL_RATIO_GPU = 2.0
 TOL_FP32 = 1e-3  # relative loss difference allowed for fp32 variants (float rounding only)
@@ -118,7 +118,7 @@ def worker(a) -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    models = MultiViewDPC({v: DPC(c, depth=18, num_blocks=a.blocks, pred_steps=a.pred_steps, dropout=a.dropout)
+    models = PerViewNetworks({v: DPC(c, depth=18, num_blocks=a.blocks, pred_steps=a.pred_steps, dropout=a.dropout)
                            for v, c in VIEWS.items()}).to(device)
     if channels_last:
         for m in models.values():

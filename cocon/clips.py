@@ -39,7 +39,7 @@ from .records import VideoRecord
 from .shards import ShardReader
 
 __all__ = [
-    "ClipsError", "Video", "Augmentation", "MultiViewClips", "ClipLoader",
+    "ClipsError", "Video", "Augmentation", "MultiViewClips", "DenseClips", "ClipLoader", "dense_windows",
     "discover", "video_table", "holdout", "group_id", "clip_indices", "frame_map", "view_frame_indices",
     "view_kind", "make_loader",
 ]  # fmt: skip
@@ -313,6 +313,29 @@ def clip_indices(n_frames: int, num_blocks: int = 8, block_len: int = 5, stride:
     return (np.arange(m, dtype=np.int64) * n_frames) // m
 
 
+def dense_windows(n_frames: int, num_blocks: int = 8, block_len: int = 5, stride: int = 3,
+                  window_stride: int | None = None) -> np.ndarray:
+    """The test windows of a video (dense evaluation), as rgb frame indices, int64 (W, N*K).
+
+    Frames 0, stride, 2*stride, ... are cut into consecutive non-overlapping blocks of K frames (an
+    incomplete last block is left out); windows of N blocks start every `window_stride` blocks (default
+    N // 2: half overlap). When the last window ends before the last complete block, one more window
+    ending at that block is added, so the whole video is seen. A video too short for one window at
+    this stride gets exactly one window, the centre clip of `clip_indices` (stride shrunk, or frames
+    repeated): every video is scored, none is dropped."""
+    n, k, m = int(num_blocks), int(block_len), int(num_blocks) * int(block_len)
+    ws = max(1, n // 2) if window_stride is None else int(window_stride)
+    if ws < 1:
+        raise ValueError(f"window_stride must be >= 1, got {window_stride}")
+    if n_frames < (m - 1) * stride + 1:
+        return clip_indices(n_frames, n, k, stride, None)[None]
+    blocks = len(range(0, n_frames, stride)) // k
+    starts = list(range(0, blocks - n + 1, ws))
+    if starts[-1] != blocks - n:
+        starts.append(blocks - n)
+    return stride * (np.array(starts, np.int64)[:, None] * k + np.arange(m, dtype=np.int64)[None])
+
+
 # ------------------------------------------------------------------ augmentation
 
 
@@ -508,6 +531,9 @@ class MultiViewClips(Dataset):
         self.sizes = {v: int(sizes.get(v, sizes.get(self.kinds[v], DEFAULT_SIZE[self.kinds[v]]))) for v in self.views}
 
         readers, table, self.shard_names, self._maps, rows = _open(shards, self.views)
+        labels = {r.label_index: r.label for r in rows}
+        # class k's name (label_index order), over every row of the shards, failed videos included
+        self.class_names = [labels.get(k, f"class_{k}") for k in range(max(labels) + 1)] if labels else []
         pool = [v for v in table if v.role(self.split) == ("test" if role == "test" else "train")]
         if role != "test":
             # drawn over every training-role row of the shards, failed ones included, so that the
@@ -615,6 +641,60 @@ class MultiViewClips(Dataset):
                     frames = frames.copy()
                     frames[..., 0] = 255 - frames[..., 0]  # mirrored motion: u -> -u exactly
         return _to_tensor(frames, self.num_blocks, self.block_len, *self._norm[view])
+
+
+class DenseClips(MultiViewClips):
+    """Every test window of every video of a role, centre-cropped (docs/evaluation.md).
+
+    Same arguments as MultiViewClips (augmentation off; role "test", or "train" with
+    holdout_fraction 0 for the whole training role), plus `window_stride` (see `dense_windows`) and
+    `extra_blocks` (0 = none): also return that many blocks spread over the whole video, for block-level
+    analyses (soft alignment).
+
+    `dataset[i]` -> {view: float32 (W, N, C, K, H, W), "label", "index", "group": int64,
+    "windows": int64 W, and with extra_blocks: "blocks/<view>": float32 (extra_blocks, C, K, H, W)}.
+    W varies per video: iterate with batch_size=None (one video per item)."""
+
+    def __init__(self, *args, window_stride: int | None = None, extra_blocks: int = 0, **kwargs):
+        kwargs["augment"] = False
+        super().__init__(*args, **kwargs)
+        self.window_stride = window_stride
+        self.extra_blocks = int(extra_blocks)
+
+    def windows(self, i: int) -> np.ndarray:
+        """rgb frame indices (W, N*K) of video i's test windows."""
+        return dense_windows(int(self._len[i]), self.num_blocks, self.block_len, self.stride, self.window_stride)
+
+    def __getitem__(self, i: int) -> dict:
+        i = int(i)
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} videos")
+        shard, row = int(self._shard[i]), int(self._row[i])
+        wins = self.windows(i)
+        groups = {"": wins.reshape(-1)}
+        if self.extra_blocks:
+            groups["blocks/"] = clip_indices(int(self._len[i]), self.extra_blocks, self.block_len, self.stride, None)
+        out = {}
+        for v in self.views:
+            reader = self._reader(v, shard)
+            n_own = int(reader.index.cols["n_frames"][row])
+            wanted = {prefix: view_frame_indices(idx, n_own, *self._maps[v]) for prefix, idx in groups.items()}
+            unique, inverse = np.unique(np.concatenate(list(wanted.values())), return_inverse=True)
+            frames = reader.read(row, unique)
+            h, w = frames.shape[1:3]
+            frames = _crop_resize(frames, _centre_box(h, w), self.sizes[v])  # each stored frame decoded once
+            start = 0
+            for prefix, idx in wanted.items():
+                sel = frames[inverse[start:start + len(idx)]]
+                start += len(idx)
+                nblocks = len(idx) // self.block_len
+                t = _to_tensor(sel, nblocks, self.block_len, *self._norm[v])
+                out[prefix + v] = t.reshape(len(wins), self.num_blocks, *t.shape[1:]) if prefix == "" else t
+        out["label"] = torch.tensor(self._label[i], dtype=torch.int64)
+        out["index"] = torch.tensor(i, dtype=torch.int64)
+        out["group"] = torch.tensor(self._group[i], dtype=torch.int64)
+        out["windows"] = torch.tensor(len(wins), dtype=torch.int64)
+        return out
 
 
 def _bound(attrs: dict) -> float | None:

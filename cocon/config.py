@@ -85,6 +85,13 @@ def check(cfg: dict) -> None:
             raise ConfigError("train.views", f"view '{v}' needs '{v[5:]}' in flow.methods")
         if v in ("pose", "seg"):
             raise ConfigError("train.views", f"view '{v}' is not produced by this version of the pipeline yet")
+    if "cocon" in cfg["finetune"]["inits"] and len(cfg["train"]["views"]) < 2:
+        raise ConfigError("finetune.inits", "'cocon' needs at least two train.views (CoCon trains views jointly)")
+    ev = cfg["evaluate"]
+    if ev["consistency_min"] > ev["consistency_top"]:
+        raise ConfigError("evaluate.consistency_min", "must not exceed evaluate.consistency_top")
+    if ev["window_stride"] is not None and ev["window_stride"] > cfg["train"]["num_blocks"]:
+        raise ConfigError("evaluate.window_stride", "must not exceed train.num_blocks (windows would skip blocks)")
     for key in ("frames.encoding", "flow.encoding"):
         section, _ = key.split(".")
         check_encoding(cfg[section]["encoding"], key)

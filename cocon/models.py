@@ -41,6 +41,7 @@ __all__ = [
     "ConvGRU",
     "DPCOutput",
     "DPC",
+    "ActionClassifier",
     "temporal_pool",
     "l2_normalize",
     "feature_side",
@@ -70,6 +71,17 @@ def temporal_pool(feat: torch.Tensor) -> torch.Tensor:
     DPC/CoCon use ``avg_pool3d`` with kernel ceil(K/4) = T' for K = 5 (T' = 2), i.e. the same mean;
     averaging the whole axis also works for any other K."""
     return feat.mean(dim=2)
+
+
+def encode_blocks(encoder: nn.Module, x: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """x (B, N, C, K, H, W) -> z (B, N, D, S, S): the encoder on every block, averaged over its output
+    time axis, L2-normalised over D per position when ``normalize``."""
+    if x.dim() != 6:
+        raise ValueError(f"expected (B, N, C, K, H, W), got shape {tuple(x.shape)}")
+    B, N = x.shape[:2]
+    feat = temporal_pool(encoder(x.reshape(B * N, *x.shape[2:])))
+    z = feat.reshape(B, N, *feat.shape[1:])
+    return l2_normalize(z, dim=2) if normalize else z
 
 
 def _bn3d(channels: int, track_running_stats: bool) -> nn.BatchNorm3d:
@@ -139,7 +151,7 @@ class ResNet2d3d(nn.Module):
     mistake, DPC issue #21; CoCon and the fine-tuning code use True).
 
     ``width`` (64) is the channel count of conv1/layer1; the stages have (w, 2w, 4w, 4w) channels, so
-    D = 4 * width = 256 by default. Other widths exist only for tiny test / smoke-run models.
+    D = 4 * width = 256 by default (the paper). Smaller widths serve tests and the CPU demo (`train.width`).
 
     forward: x (B, C, K, H, W) float -> (B, D, T', ceil(H/32), ceil(W/32)),
     T' = ceil(ceil(K/2)/2) (K = 5 -> 2). Use :func:`temporal_pool` to reduce T' to one map.
@@ -275,7 +287,7 @@ class DPC(nn.Module):
         l2_norm: True = CoCon's coded variant (unit-norm z, hidden states and predictions, no ReLU);
             False = DPC's original rollout (GRU on ReLU(z), ReLU(z~) fed back, nothing normalised).
         track_running_stats: BatchNorm setting of the encoder (True; see ResNet2d3d).
-        width: encoder base width (64 -> D = 256); smaller only for tiny test models.
+        width: encoder base width (64 -> D = 256, the paper); smaller for tests and the CPU demo.
 
     Sub-modules ``encoder`` (ResNet2d3d), ``gru`` (ConvGRU) and ``predictor`` (phi: Conv2d 1x1 ->
     ReLU -> Conv2d 1x1, D -> D (256), orthogonal weights, PyTorch-default biases as in DPC) can be reused
@@ -309,14 +321,7 @@ class DPC(nn.Module):
 
         x (B, N, C, K, H, W) -> z (B, N, D, S, S): f per block, then the mean over the encoder's output
         time axis; L2-normalised over D per position when ``normalize`` (default: ``self.l2_norm``)."""
-        if x.dim() != 6:
-            raise ValueError(f"expected (B, N, C, K, H, W), got shape {tuple(x.shape)}")
-        B, N = x.shape[:2]
-        feat = temporal_pool(self.encoder(x.reshape(B * N, *x.shape[2:])))
-        z = feat.reshape(B, N, *feat.shape[1:])
-        if self.l2_norm if normalize is None else normalize:
-            z = l2_normalize(z, dim=2)
-        return z
+        return encode_blocks(self.encoder, x, self.l2_norm if normalize is None else normalize)
 
     def forward(self, x: torch.Tensor) -> DPCOutput:
         B, N = x.shape[:2]
@@ -342,3 +347,50 @@ class DPC(nn.Module):
                     h = l2_normalize(h, dim=1)
         pred = torch.stack(preds, dim=1)
         return DPCOutput(z=z, pred=pred, target=z[:, N - P:], context=context)
+
+
+class ActionClassifier(nn.Module):
+    """Fine-tuning network F + classifier head (paper Sec. 4, supplement A.4).
+
+    F is a DPC network's encoder f and ConvGRU g, run over all N blocks of the clip; the last hidden
+    state is averaged over space, then BatchNorm1d -> Dropout(``dropout``) -> Linear(D, num_classes).
+    Every layer is trained (the public code froze g by mistake). z is L2-normalised per position
+    before g when ``l2_norm`` (as in the CoCon pretraining, so a pretrained g sees the inputs it was
+    trained on); the head's BatchNorm rescales whatever g outputs.
+
+    Sub-module names ``encoder`` and ``gru`` match :class:`DPC`, so a pretrained DPC state_dict loads
+    with :meth:`load_pretrained`.
+
+    forward(x (B, N, C, K, H, W)) -> logits (B, num_classes);
+    features(x) -> (B, D) the pooled last hidden state (the video representation before the head).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, depth: int = 18, dropout: float = 0.7,
+                 gru_dropout: float = 0.1, l2_norm: bool = True, width: int = 64):
+        super().__init__()
+        self.l2_norm = l2_norm
+        self.encoder = ResNet2d3d(in_channels, depth, width=width)
+        D = self.encoder.feature_size
+        self.gru = ConvGRU(D, D, kernel_size=1, dropout=gru_dropout)
+        self.bn = nn.BatchNorm1d(D)
+        self.dropout = nn.Dropout(p=dropout)
+        self.fc = nn.Linear(D, num_classes)
+
+    def load_pretrained(self, dpc_state: dict) -> None:
+        """Load ``encoder.*`` and ``gru.*`` from a DPC state_dict (the predictor is not used)."""
+        keep = {k: v for k, v in dpc_state.items() if k.startswith(("encoder.", "gru."))}
+        own = self.state_dict()
+        missing = [k for k in own if k.startswith(("encoder.", "gru.")) and k not in keep]
+        unexpected = [k for k in keep if k not in own]
+        wrong = [k for k in keep if k in own and keep[k].shape != own[k].shape]
+        if missing or unexpected or wrong:
+            raise ValueError(f"pretrained weights do not fit this classifier (another view, depth or width?): "
+                             f"missing {missing[:3]}, unexpected {unexpected[:3]}, other shape {wrong[:3]}")
+        self.load_state_dict(keep, strict=False)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        _, h = self.gru(encode_blocks(self.encoder, x, self.l2_norm))
+        return h.mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(self.bn(self.features(x))))

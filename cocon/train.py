@@ -48,17 +48,19 @@ log = logging.getLogger("cocon.train")
 CHECKPOINT_VERSION = 1
 
 
-class MultiViewDPC(nn.ModuleDict):
-    """One DPC network per view, keyed by view name; forward({view: (B, N, C, K, H, W)}) ->
-    {view: DPCOutput}. One module, so DDP synchronises all views' gradients together."""
+class PerViewNetworks(nn.ModuleDict):
+    """One network per view, keyed by view name (a DPC in pretraining, an ActionClassifier in
+    fine-tuning); forward({view: (B, N, C, K, H, W)}) -> {view: that network's output}. One module, so
+    DDP synchronises all views' gradients together."""
 
     def forward(self, x: dict[str, torch.Tensor]) -> dict:
         return {v: self[v](x[v]) for v in x}
 
 
-def build_models(views: list[str], tc: dict) -> MultiViewDPC:
-    return MultiViewDPC({
-        v: DPC(CHANNELS[view_kind(v)], depth=tc["depth"], num_blocks=tc["num_blocks"], pred_steps=tc["pred_steps"])
+def build_models(views: list[str], tc: dict) -> PerViewNetworks:
+    return PerViewNetworks({
+        v: DPC(CHANNELS[view_kind(v)], depth=tc["depth"], num_blocks=tc["num_blocks"], pred_steps=tc["pred_steps"],
+               width=tc["width"])
         for v in views
     })
 
@@ -87,6 +89,22 @@ def run_hash(stage: str, views: list[str], cfg: dict, init: dict[str, str]) -> s
     keep = {"stage": stage, "views": views, "train": train, "seed": cfg["seed"], "dataset": cfg["dataset"],
             "init": sorted(init)}
     return hashlib.sha256(dumps(keep).encode()).hexdigest()[:16]
+
+
+def input_fingerprint(output_dir: str, views: list[str], init: dict[str, str]) -> str:
+    """Hash of what a run reads besides its config: every shard's (path, size, mtime) and the bytes of
+    the --init models. Rewritten shards or retrained init models make a finished run start afresh
+    instead of resuming into stale weights (kept in checkpoints only, not in model.pt, as it holds
+    file times)."""
+    digest = hashlib.sha256()
+    for view, paths in sorted(discover(output_dir, views).items()):
+        for p in paths:
+            st = os.stat(p)
+            digest.update(f"{view}\0{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    for view, path in sorted(init.items()):
+        with open(path, "rb") as fh:
+            digest.update(view.encode() + b"\0" + hashlib.file_digest(fh, "sha256").digest())
+    return digest.hexdigest()[:16]
 
 
 def rng_state() -> dict:
@@ -136,7 +154,8 @@ class Trainer:
     def __init__(self, stage: str, views: list[str], cfg: dict, out: Path, init: dict[str, str]):
         self.stage, self.views, self.cfg, self.out, self.init = stage, views, cfg, out, init
         self.tc = tc = cfg["train"]
-        self.epochs = tc["cpc_epochs"] if stage == "cpc" else tc["cocon_epochs"]
+        self.hp = self.hyperparameters()
+        self.epochs = self.hp["epochs"]
         self.device = D.setup(tc["device"])
         self.precision = tc["precision"]
         if self.precision == "auto":
@@ -145,9 +164,8 @@ class Trainer:
         torch.manual_seed(seed)  # identical initial weights on every rank
         np.random.seed(seed)
         random.seed(seed)
-        self.models = build_models(views, tc)
-        for v, path in init.items():
-            self.models[v].load_state_dict(load_checkpoint(path)["models"][v])
+        self.train_set, self.val_set = self.make_datasets()
+        self.models = self.build_models()
         self.models = D.convert_batchnorm(self.models, self.device).to(self.device)
         self.channels_last = tc["channels_last"]
         if self.channels_last:  # the encoders' Conv3d weights (g and phi are 1x1 Conv2d on S x S maps)
@@ -164,19 +182,76 @@ class Trainer:
         if D.world_size() > 1:
             self.net = nn.parallel.DistributedDataParallel(
                 self.models, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.opt = torch.optim.Adam(self.models.parameters(), lr=tc["lr"], weight_decay=tc["weight_decay"])
-        self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.opt, mode="min", factor=0.1, patience=tc["plateau_patience"], min_lr=tc["min_lr"])
-        self.train_set, self.val_set = build_datasets(cfg, views)
-        per_rank = tc["batch_size"]
+        self.opt = torch.optim.Adam(self.models.parameters(), lr=self.hp["lr"], weight_decay=self.hp["weight_decay"])
+        self.sched = self.make_scheduler()
+        per_rank = self.hp["batch_size"]
         self.train_loader = make_loader(self.train_set, per_rank, tc["workers"], shuffle=True, seed=seed,
                                         distributed=True, drop_last=len(self.train_set) >= per_rank * D.world_size())
         self.val_loader = make_loader(self.val_set, per_rank, tc["workers"], shuffle=False, seed=seed,
                                       distributed=True)
-        self.hash = run_hash(stage, views, cfg, init)
+        self.hash = self.run_hash()
+        self.inputs = input_fingerprint(cfg["output_dir"], views, init)
         self.start_epoch = 0
         self.history: list[dict] = []
         self.writer = None
+
+    # -- what a stage defines (stage 1/2 here; fine-tuning in cocon.finetune)
+    def hyperparameters(self) -> dict:
+        """epochs, lr, weight_decay, batch_size (per process), max_steps_per_epoch."""
+        tc = self.tc
+        return {"epochs": tc["cpc_epochs"] if self.stage == "cpc" else tc["cocon_epochs"], "lr": tc["lr"],
+                "weight_decay": tc["weight_decay"], "batch_size": tc["batch_size"],
+                "max_steps_per_epoch": tc["max_steps_per_epoch"]}
+
+    def make_datasets(self) -> tuple[MultiViewClips, MultiViewClips]:
+        return build_datasets(self.cfg, self.views)
+
+    def build_models(self) -> nn.ModuleDict:
+        """{view: network}, with the --init weights loaded."""
+        models = build_models(self.views, self.tc)
+        for v, path in self.init.items():
+            models[v].load_state_dict(load_checkpoint(path)["models"][v])
+        return models
+
+    def make_scheduler(self):
+        tc = self.tc
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.opt, mode="min", factor=0.1, patience=tc["plateau_patience"], min_lr=tc["min_lr"])
+
+    def scheduler_step(self, val: dict[str, float]) -> None:
+        self.sched.step(val["total"])
+
+    def loss_terms(self, batch: dict, outputs: dict) -> dict[str, torch.Tensor]:
+        """Scalar tensors; "total" is minimised."""
+        outputs = {v: type(o)(*(t.float() for t in o)) for v, o in outputs.items()}
+        return cocon_loss(outputs, lam=self.tc["lam"], alpha=self.tc["alpha"], variant=self.tc["loss_variant"],
+                          temperature=self.tc["temperature"], groups=batch["group"].to(self.device),
+                          mask_group_negatives=not self.tc["sibling_negatives"])
+
+    def final_epoch(self) -> int:
+        """The epoch whose weights become model.pt (the last one here)."""
+        return self.epochs - 1
+
+    def run_hash(self) -> str:
+        return run_hash(self.stage, self.views, self.cfg, self.init)
+
+    @staticmethod
+    def run_main(module: str, argv: list[str], cfg: dict, threads: int | None, make) -> None:
+        """A stage's CLI body: relaunch under torchrun when several GPUs are asked for, set up logging
+        and threads, build the trainer (`make()`), fit, and print the final metrics as JSON."""
+        D.relaunch_under_torchrun(cfg["train"]["gpus"] if torch.cuda.is_available() else 1, module, argv)
+        logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{D.rank()} %(levelname)s %(message)s",
+                            stream=sys.stderr)
+        if threads:
+            torch.set_num_threads(max(1, threads // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))))
+        trainer = make()
+        try:
+            trainer.fit()
+        finally:
+            D.teardown()
+        if D.is_main():
+            print(json.dumps({"stage": trainer.stage, "views": trainer.views, "epochs": trainer.epochs,
+                              "final": trainer.history[-1] if trainer.history else None}), file=sys.stderr)
 
     # -- checkpoints
     def checkpoint(self, epoch: int) -> dict:
@@ -184,7 +259,7 @@ class Trainer:
             "version": CHECKPOINT_VERSION, "stage": self.stage, "views": self.views, "run_hash": self.hash,
             "epoch": epoch, "models": {v: m.state_dict() for v, m in self.models.items()},
             "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "rng": rng_state(),
-            "history": self.history, "config": dumps(self.cfg), "code_revision": dumps(code_revision()),
+            "history": self.history, "inputs": self.inputs, "config": dumps(self.cfg), "code_revision": dumps(code_revision()),
             "library_versions": dumps(library_versions()),
         }
 
@@ -193,7 +268,7 @@ class Trainer:
         if not last.exists():
             return
         ck = load_checkpoint(last)
-        if ck.get("run_hash") != self.hash:
+        if ck.get("run_hash") != self.hash or ck.get("inputs", self.inputs) != self.inputs:
             # another configuration (Snakemake reran the job because train.* changed): start afresh,
             # keeping the previous run's checkpoints aside rather than deleting them
             aside = self.out / "checkpoints.previous"
@@ -201,8 +276,9 @@ class Trainer:
                 if aside.exists():
                     shutil.rmtree(aside)
                 os.replace(self.out / "checkpoints", aside)
-            log.warning("%s belongs to another configuration (run hash %s != %s): starting afresh; "
-                        "its checkpoints were moved to %s", last, ck.get("run_hash"), self.hash, aside)
+            log.warning("%s belongs to another configuration or other inputs (run hash %s, now %s; inputs %s, "
+                        "now %s): starting afresh; its checkpoints were moved to %s", last, ck.get("run_hash"),
+                        self.hash, ck.get("inputs"), self.inputs, aside)
             return
         for v, m in self.models.items():
             m.load_state_dict(ck["models"][v])
@@ -220,10 +296,7 @@ class Trainer:
             x = {v: channels_last_3d(t) for v, t in x.items()}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             outputs = self.net(x)
-        outputs = {v: type(o)(*(t.float() for t in o)) for v, o in outputs.items()}
-        terms = cocon_loss(outputs, lam=self.tc["lam"], alpha=self.tc["alpha"], variant=self.tc["loss_variant"],
-                           temperature=self.tc["temperature"], groups=batch["group"].to(self.device),
-                           mask_group_negatives=not self.tc["sibling_negatives"])
+        terms = self.loss_terms(batch, outputs)
         if train:
             self.opt.zero_grad(set_to_none=True)
             terms["total"].backward()
@@ -235,7 +308,7 @@ class Trainer:
         loader.set_epoch(epoch)
         sums: dict[str, float] = {}
         n = 0
-        limit = self.tc["max_steps_per_epoch"] if train else None
+        limit = self.hp["max_steps_per_epoch"] if train else None
         desc = f"{self.stage} {'train' if train else 'val'} epoch {epoch}"
         with torch.set_grad_enabled(train):
             for i, batch in enumerate(tqdm(loader, desc=desc, file=sys.stderr, mininterval=5, disable=not D.is_main())):
@@ -261,7 +334,7 @@ class Trainer:
             t0 = time.perf_counter()
             tr = self._epoch(self.train_loader, epoch, train=True)
             va = self._epoch(self.val_loader, epoch, train=False)
-            self.sched.step(va["total"])
+            self.scheduler_step(va)
             seconds = time.perf_counter() - t0  # logged, not stored: metrics stay identical across reruns
             row = {"epoch": epoch, "lr": self.opt.param_groups[0]["lr"],
                    **{f"train/{k}": v for k, v in tr.items()}, **{f"val/{k}": v for k, v in va.items()}}
@@ -281,7 +354,11 @@ class Trainer:
     def write_outputs(self) -> None:
         """model.pt (final weights + provenance) and metrics.csv, written atomically, last."""
         final = self.checkpoint(self.epochs - 1)
-        for key in ("optimizer", "scheduler", "rng"):
+        best = self.final_epoch()
+        if best != self.epochs - 1:
+            final["models"] = load_checkpoint(self.out / "checkpoints" / f"epoch_{best:04d}.pt")["models"]
+        final["selected_epoch"] = best
+        for key in ("optimizer", "scheduler", "rng", "inputs"):  # "inputs" holds file times: not in model.pt
             final.pop(key)
         keys = sorted({k for row in self.history for k in row}, key=lambda k: (k != "epoch", k))
         tmp = self.out / "metrics.csv.partial"
@@ -310,19 +387,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.stage == "cocon" and len(a.views) < 2:
         p.error("--stage cocon needs at least two views")
     init = dict(item.split("=", 1) for item in a.init)
-    D.relaunch_under_torchrun(cfg["train"]["gpus"] if torch.cuda.is_available() else 1, "cocon.train", argv)
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{D.rank()} %(levelname)s %(message)s",
-                        stream=sys.stderr)
-    if a.threads:
-        torch.set_num_threads(max(1, a.threads // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))))
-    trainer = Trainer(a.stage, a.views, cfg, a.out, init)
-    try:
-        trainer.fit()
-    finally:
-        D.teardown()
-    if D.is_main():
-        print(json.dumps({"stage": a.stage, "views": a.views, "epochs": trainer.epochs,
-                          "final": trainer.history[-1] if trainer.history else None}), file=sys.stderr)
+    Trainer.run_main("cocon.train", argv, cfg, a.threads, lambda: Trainer(a.stage, a.views, cfg, a.out, init))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ wildcard_constraints:
     shard=r"\d{5}",
     view="|".join(["rgb", *[f"flow_{m}" for m in config["flow"]["methods"]]]),
     method="|".join(config["flow"]["methods"]) or "none",
+    init="random|cpc|cocon",
+    cseed=r"\d+",
 
 
 def as_json(obj):
@@ -92,6 +94,40 @@ def view_shards(wildcards):
 
 
 TRAIN_JSON = as_json({k: config[k] for k in ("output_dir", "seed", "dataset", "train")})
+FINETUNE_JSON = as_json({k: config[k] for k in ("output_dir", "seed", "dataset", "train", "finetune")})
+EVAL_JSON = as_json({k: config[k] for k in ("output_dir", "seed", "dataset", "train", "finetune", "evaluate")})
+CLAIM = f"{OUT}/claim"
+INITS = config["finetune"]["inits"]
+
+
+def with_seed(config_json, seed):
+    """A job's config JSON with another training seed (the claim target; the shards stay the same)."""
+    return as_json({**json.loads(config_json), "seed": int(seed)})
+
+
+def pretrained_model(init, view, train_dir=f"{OUT}/train"):
+    """The model.pt a fine-tuning or feature job starts from ([] for random weights)."""
+    return {"random": [], "cpc": [f"{train_dir}/cpc/{view}/model.pt"], "cocon": [f"{train_dir}/cocon/model.pt"]}[init]
+
+
+def eval_keys():
+    """init/view of every fine-tuning, test and feature job of the report."""
+    return [f"{init}/{view}" for init in INITS for view in config["train"]["views"]]
+
+
+def eval_paths(kind):
+    pattern = {"scores": f"{OUT}/eval/{{key}}/scores.h5", "features": f"{OUT}/features/{{key}}.h5"}[kind]
+    return [pattern.format(key=key) for key in eval_keys()]
+
+
+def claim_keys():
+    """seed/init/view of every test job of the claim target (rgb and flow views of train.views)."""
+    return [f"{seed}/{key}" for seed in config["claim"]["seeds"] for key in eval_keys()]
+
+
+def claim_scores():
+    return [f"{CLAIM}/seed{seed}/eval/{init}/{view}/scores.h5" for seed, init, view in
+            (key.split("/") for key in claim_keys())]
 
 
 def preprocess_targets():
@@ -99,10 +135,8 @@ def preprocess_targets():
 
 
 def training_targets():
-    """Stage-2 CoCon model (and through it every stage-1 CPC model); CPC only with a single view."""
-    if len(config["train"]["views"]) > 1:
-        return [f"{OUT}/train/cocon/model.pt"]
-    return [f"{OUT}/train/cpc/{config['train']['views'][0]}/model.pt"]
+    """The report: through it every pretraining, fine-tuning, test and feature job."""
+    return [f"{OUT}/reports/metrics.json"]
 
 
 def print_summary(path):

@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from cocon import clips
 from cocon.clips import (
-    Augmentation, ClipsError, MultiViewClips, clip_indices, discover, group_id, holdout, make_loader,
-    video_table, view_frame_indices,
+    Augmentation, ClipsError, DenseClips, MultiViewClips, clip_indices, dense_windows, discover, group_id, holdout,
+    make_loader, video_table, view_frame_indices,
 )  # fmt: skip
 from cocon.flow import dequantize
 from cocon.records import VideoRecord
@@ -509,3 +509,53 @@ def test_pickles_light_and_reads_the_same(shards):
         assert torch.equal(got[v], want[v])
     with pytest.raises(AttributeError, match="dropped"):
         clone.videos
+
+
+# ------------------------------------------------------------------ dense test windows
+
+
+def test_dense_windows_count_overlap_and_coverage():
+    # 8 blocks of 5 frames at stride 3, half overlap (4 blocks): a video of 150 frames = 50 strided
+    # frames = 10 complete blocks -> windows at blocks 0 and 2 (the last one ends on the last block)
+    w = dense_windows(150, 8, 5, 3)
+    assert w.shape == (2, 40)
+    assert np.array_equal(w[0], 3 * np.arange(40)) and np.array_equal(w[1], 3 * (10 + np.arange(40)))
+    for n in range(118, 400, 7):  # 118 = (40 - 1) * 3 + 1: the shortest video with a full window
+        w = dense_windows(n, 8, 5, 3)
+        blocks = len(range(0, n, 3)) // 5
+        starts = w[:, 0] // 15  # block index of each window's first frame
+        assert np.all(np.diff(w, axis=1) == 3) and w.max() < n
+        assert starts[0] == 0 and starts[-1] == blocks - 8  # the whole video is covered
+        assert np.all(np.diff(starts)[:-1] == 4) and 1 <= np.diff(starts)[-1] <= 4 if len(starts) > 1 else True
+        regular = (blocks - 8) // 4 + 1
+        assert len(w) == regular + ((blocks - 8) % 4 != 0)
+    # window_stride = N: no overlap; 1: every block start
+    assert len(dense_windows(16 * 15, 8, 5, 3, window_stride=8)) == 2
+    assert len(dense_windows(16 * 15, 8, 5, 3, window_stride=1)) == 9
+    # too short for one window: exactly one, the centre clip of clip_indices (never dropped)
+    for n in (1, 7, 40, 117):
+        w = dense_windows(n, 8, 5, 3)
+        assert w.shape == (1, 40) and np.array_equal(w[0], clip_indices(n, 8, 5, 3)) and w.max() < n
+
+
+def test_dense_clips_score_every_video_with_the_right_frames(shards):
+    kw = dict(views=VIEWS, split=2, holdout_fraction=0.0, num_blocks=2, block_len=3, stride=2,
+              sizes={"rgb": 32, "flow": 24})  # window = 2 blocks x 3 frames at stride 2 (11 frames)
+    test = DenseClips(shards, role="test", window_stride=1, extra_blocks=5, **kw)
+    # split 2's test role: A/v0 (36 frames) and C/v6 (25 frames); none dropped
+    assert ids(test) == ["A/v0", "C/v6"]
+    for i, vid in enumerate(ids(test)):
+        item = test[i]
+        n = test.videos[i].n_frames
+        want = dense_windows(n, 2, 3, 2, window_stride=1)
+        assert int(item["windows"]) == len(want)
+        assert item["rgb"].shape == (len(want), 2, 3, 3, 32, 32) and item["flow_tvl1"].shape == (len(want), 2, 2, 3, 24, 24)
+        for k in range(len(want)):
+            assert np.array_equal(rgb_k(item["rgb"][k], vid), want[k])
+            assert np.array_equal(flow_k(item["flow_tvl1"][k]), want[k])
+        # the extra blocks spread over the whole video (alignment): clip_indices of 5 blocks
+        assert item["blocks/rgb"].shape == (5, 3, 3, 32, 32)
+        assert np.array_equal(flow_k(item["blocks/flow_tvl1"]), clip_indices(n, 5, 3, 2))
+    # the whole training role of split 1, short videos included (8..36 frames): every ok video scored
+    train = DenseClips(shards, role="train", **{**kw, "split": 1})
+    assert len(train) == 6 and all(int(train[i]["windows"]) >= 1 for i in range(len(train)))

@@ -26,7 +26,7 @@ from cocon import train as T
 from cocon.clips import CHANNELS, view_kind
 from cocon.losses import cocon_loss
 from cocon.models import DPC
-from cocon.train import MultiViewDPC, Trainer, channels_last_3d, load_checkpoint
+from cocon.train import PerViewNetworks, Trainer, channels_last_3d, load_checkpoint
 from test_train import _free_port, shards_dir, tiny_config  # noqa: F401  (shards_dir is a fixture)
 
 VIEWS = ["flow_tvl1", "rgb"]
@@ -36,7 +36,7 @@ COMPILE_TIMEOUT = float(os.environ.get("COCON_COMPILE_TEST_TIMEOUT", 0))
 
 
 def _tiny_models(views, tc):
-    return MultiViewDPC({v: DPC(CHANNELS[view_kind(v)], depth=tc["depth"], num_blocks=tc["num_blocks"],
+    return PerViewNetworks({v: DPC(CHANNELS[view_kind(v)], depth=tc["depth"], num_blocks=tc["num_blocks"],
                                 pred_steps=tc["pred_steps"], width=WIDTH) for v in views})
 
 
@@ -65,7 +65,7 @@ def _assert_same_history(got, want, rel):
 
 def _model(dtype=torch.float32):
     torch.manual_seed(0)
-    return MultiViewDPC({"rgb": DPC(3, num_blocks=4, pred_steps=2, dropout=0.0, width=WIDTH),
+    return PerViewNetworks({"rgb": DPC(3, num_blocks=4, pred_steps=2, dropout=0.0, width=WIDTH),
                          "flow_tvl1": DPC(2, num_blocks=4, pred_steps=2, dropout=0.0, width=WIDTH)}).to(dtype)
 
 

@@ -17,7 +17,7 @@ from cocon.losses import cocon_loss
 from cocon.models import DPC
 from cocon.records import VideoRecord
 from cocon.shards import ShardWriter, encode_frames
-from cocon.train import MultiViewDPC, Trainer, load_checkpoint
+from cocon.train import PerViewNetworks, Trainer, load_checkpoint
 
 H, W, T = 36, 44, 16
 
@@ -138,7 +138,7 @@ def _batch(seed=0, B=4):
 
 def _model():
     torch.manual_seed(0)
-    return MultiViewDPC({"rgb": DPC(3, num_blocks=4, pred_steps=2, dropout=0.0),
+    return PerViewNetworks({"rgb": DPC(3, num_blocks=4, pred_steps=2, dropout=0.0),
                          "flow_tvl1": DPC(2, num_blocks=4, pred_steps=2, dropout=0.0)}).double()
 
 

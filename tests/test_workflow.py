@@ -33,6 +33,8 @@ TINY = {
     "train": {"views": ["rgb", "flow_tvl1"], "input_size": {"rgb": 32, "flow": 32}, "num_blocks": 4, "block_len": 2,
               "stride": 1, "pred_steps": 2, "batch_size": 2, "workers": 0, "val_fraction": 0.3, "cpc_epochs": 1,
               "cocon_epochs": 1, "max_steps_per_epoch": 1, "gpus": 0, "device": "cpu"},
+    "finetune": {"epochs": 2, "batch_size": 2, "max_steps_per_epoch": 1},
+    "evaluate": {"consistency_top": 1, "consistency_min": 1, "alignment_blocks": 4, "batch_size": 4},
 }
 # Preprocessing-only configs (datasets of a few videos) train nothing: their target is the summary.
 PREPROCESS = ["--until", "preprocess_summary"]
@@ -111,6 +113,37 @@ def test_demo_dag_trains_cpc_per_view_then_cocon(demo_run):
     assert (demo_run / "benchmarks" / "train" / "cocon.tsv").exists()
 
 
+def test_demo_dag_finetunes_tests_and_reports(demo_run):
+    from cocon.train import load_checkpoint
+
+    res = demo_run / "results"
+    for init in ("random", "cpc", "cocon"):
+        for view in ("rgb", "flow_tvl1"):
+            ck = load_checkpoint(res / "finetune" / init / view / "model.pt")
+            assert ck["stage"] == "finetune" and ck["init_kind"] == init and ck["class_names"] == ["Wave", "JumpingJack"]
+            assert (res / "eval" / init / view / "scores.h5").exists() and (res / "features" / init / f"{view}.h5").exists()
+    metrics = json.loads((res / "reports" / "metrics.json").read_text())
+    for init in ("random", "cpc", "cocon"):
+        per = metrics["classification"][init]
+        # every test video scored (2 classes x 1 test group x 2 clips), none unscored, in each view and the ensemble
+        assert [per[v]["n_videos"] for v in ("rgb", "flow_tvl1", "ensemble")] == [4, 4, 4]
+        assert per["rgb"]["n_unscored"] == 0 and 0.0 <= per["ensemble"]["accuracy"] <= 1.0
+        assert set(metrics["analyses"]["per_view"][init]["rgb"]["retrieval"]) == {"R@1", "R@5", "R@10", "R@20", "R@50"}
+        assert metrics["analyses"]["consistency"][init]["classes"] == 2
+    figures = {p.name for p in (res / "reports" / "figures").iterdir()}
+    assert {"tsne_cocon_rgb.png", "cosine_cpc_flow_tvl1.png", "confusion_random_rgb.png",
+            "alignment_cocon_flow_tvl1_0.png", "alignment_cocon_flow_tvl1_1.png"} <= figures
+    assert "Table 1" in (res / "reports" / "tables.html").read_text()
+    assert (demo_run / "benchmarks" / "finetune" / "cocon_rgb.tsv").exists()
+
+
+def test_snakemake_report_builds_from_the_tiny_run(demo_run, tmp_path):
+    out = tmp_path / "report.html"
+    snakemake(demo_run, TINY, "--report", str(out))
+    page = out.read_text(errors="replace")
+    assert out.stat().st_size > 50_000 and "tables.html" in page and "tsne_cocon_rgb.png" in page
+
+
 def test_rerun_in_place_does_nothing(demo_run):
     proc = snakemake(demo_run, TINY, "--cores", "2", "-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr
@@ -126,6 +159,22 @@ def test_rerun_from_clean_directory_is_byte_identical(demo_run, tmp_path):
     different = [k for k in strip(first) if first[k] != second[k]]
     assert different == []
     assert any(k.endswith("model.pt") for k in first)
+
+
+def test_claim_target_runs_every_seed_on_the_same_shards(demo_run):
+    cfg = {**TINY, "claim": {"seeds": [4, 7]}}
+    dry = job_counts(snakemake(demo_run, cfg, "--cores", "2", "-n", "claim").stdout)
+    assert {k: dry.get(k) for k in ("claim_cpc", "claim_cocon", "claim_finetune", "claim_evaluate", "claim")} == {
+        "claim_cpc": 4, "claim_cocon": 2, "claim_finetune": 12, "claim_evaluate": 12, "claim": 1}
+    assert "frames" not in dry and "flow" not in dry  # the shards are reused
+    one = {**TINY, "claim": {"seeds": [4]}, "finetune": {**TINY["finetune"], "inits": ["random", "cocon"]}}
+    snakemake(demo_run, one, "--cores", "2", "claim")
+    result = json.loads((demo_run / "results" / "claim" / "claim.json").read_text())
+    assert result["seeds"] == [4] and set(result["accuracy"]["rgb"]) == {"random", "cocon"}
+    from cocon.train import load_checkpoint
+
+    ck = load_checkpoint(demo_run / "results" / "claim" / "seed4" / "train" / "cocon" / "model.pt")
+    assert json.loads(ck["config"])["seed"] == 4
 
 
 def test_unknown_config_key_is_rejected_before_any_job(tmp_path):

@@ -1,0 +1,325 @@
+"""The run's results: accuracy tables, view ensembles, the paper's analyses, one metrics JSON.
+
+    python -m cocon.report --scores cpc/rgb=results/eval/cpc/rgb/scores.h5 ... \
+        --features cpc/rgb=results/features/cpc/rgb.h5 ... --config-json '{...}' --out results/reports
+
+Reads the dense-test scores of every (init, view) (cocon.evaluate) and the pretrained features of every
+(init, view) (cocon.features), and writes into --out:
+
+    metrics.json   everything below, machine-readable, with provenance
+    tables.html    the paper's Tables 1-3 in miniature: test top-1 per view and init (Random / CPC /
+                   CoCon) with the weighted view ensemble; retrieval R@k; cosine statistics; cross-view
+                   nearest-class consistency (and tables.md, the same in Markdown)
+    figures/       confusion_<init>_<view>.png, tsne_<init>_<view>.png, cosine_<init>_<view>.png,
+                   alignment_<init>_<view>_<k>.png
+
+The ensemble of an init is the weighted mean (`evaluate.ensemble_weights`) of its views' per-video
+probabilities, over the videos scored in every view. Retrieval: test videos query the training videos
+(cosine on gallery-centred features). Cosine histograms and class similarities use the test videos.
+
+Also `python -m cocon.report claim ...` (see `claim_main`): mean +- std over seeds for the claim target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from . import analyses as A
+from .config import add_config_args, config_from_args
+from .provenance import code_revision, dumps, library_versions
+
+log = logging.getLogger("cocon.report")
+INIT_ORDER = ("random", "cpc", "cocon")
+INIT_TITLE = {"random": "Random", "cpc": "CPC", "cocon": "CoCon"}
+
+
+def parse_pairs(items: list[str]) -> dict[tuple[str, str], Path]:
+    """["init/view=path", ...] -> {(init, view): path}."""
+    out = {}
+    for item in items:
+        key, path = item.split("=", 1)
+        init, view = key.split("/", 1)
+        out[(init, view)] = Path(path)
+    return out
+
+
+def read_h5(path: Path) -> tuple[dict, dict]:
+    """(datasets as arrays, str datasets as lists of str; attrs with JSON decoded where possible)."""
+    arrays, attrs = {}, {}
+    with h5py.File(path, "r") as h5:
+        if not h5.attrs.get("complete", False):
+            raise ValueError(f"{path}: incomplete file")
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                arrays[name] = [s.decode() for s in obj[()]] if obj.dtype.kind == "O" else obj[()]
+
+        h5.visititems(visit)
+        for k, v in h5.attrs.items():
+            try:
+                attrs[k] = json.loads(v) if isinstance(v, str) else v
+            except ValueError:
+                attrs[k] = v
+    return arrays, attrs
+
+
+def write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def pct(x: float | None) -> str:
+    return "–" if x is None or not np.isfinite(x) else f"{100 * x:.1f}"
+
+
+# ------------------------------------------------------------------ classification
+
+
+def classification(scores: dict, weights: dict, figures: Path) -> dict:
+    """Per (init, view) accuracy and confusion figure; per init the weighted ensemble of its views."""
+    out: dict = {}
+    by_init: dict[str, dict[str, tuple]] = {}
+    for (init, view), path in sorted(scores.items()):
+        arr, attrs = read_h5(path)
+        probs, labels = arr["probs"], arr["label"]
+        names = attrs["class_names"]
+        entry = {"accuracy": float(attrs["accuracy"]), "n_videos": int(attrs["n_videos"]),
+                 "n_unscored": int(attrs["n_unscored"]), "unscored": list(arr.get("unscored", [])),
+                 "windows": int(np.sum(arr["windows"])), "selected_epoch": int(attrs.get("model_selected_epoch", -1))}
+        if len(labels):
+            cm = A.confusion_matrix(probs.argmax(axis=1), labels, len(names))
+            entry["top5"] = A.top_k_accuracy(probs, labels, 5)
+            A.plot_confusion(cm, names, figures / f"confusion_{init}_{view}.png",
+                             f"{INIT_TITLE.get(init, init)} {view}: top-1 {pct(entry['accuracy'])}%")
+        out.setdefault(init, {})[view] = entry
+        by_init.setdefault(init, {})[view] = (arr["video_id"], probs, labels)
+    for init, views in by_init.items():
+        if len(views) < 2:
+            continue
+        common = sorted(set.intersection(*(set(ids) for ids, _, _ in views.values())))
+        probs, labels = {}, None
+        for view, (ids, p, lab) in views.items():
+            pos = {vid: i for i, vid in enumerate(ids)}
+            sel = np.array([pos[v] for v in common], np.int64)
+            probs[view], labels = p[sel], lab[sel]
+        w = {v: float(weights[v]) for v in views}
+        ens = A.ensemble_probabilities(probs, w) if common else None
+        out[init]["ensemble"] = {"accuracy": A.accuracy(ens, labels) if common else float("nan"),
+                                 "n_videos": len(common), "weights": w}
+    return out
+
+
+# ------------------------------------------------------------------ analyses of pretrained features
+
+
+def feature_analyses(features: dict, ev: dict, seed: int, figures: Path) -> dict:
+    """Retrieval, cosine statistics, t-SNE, alignment per (init, view); cross-view consistency per init."""
+    out: dict = {}
+    sims: dict[str, dict[str, np.ndarray]] = {}
+    for (init, view), path in sorted(features.items()):
+        arr, attrs = read_h5(path)
+        names = attrs["class_names"]
+        title = f"{INIT_TITLE.get(init, init)} {view}"
+        tr, te, yl, ql = arr["train/feature"], arr["test/feature"], arr["train/label"], arr["test/label"]
+        entry: dict = {"n_gallery": len(yl), "n_queries": len(ql)}
+        if len(yl) and len(ql):
+            entry["retrieval"] = {f"R@{k}": r for k, r in A.retrieval_recall(te, ql, tr, yl, ev["retrieval_ks"]).items()}
+        if len(ql) >= 2:
+            same, diff = A.cosine_pairs(te, ql)
+            entry["cosine"] = {"same_class_mean": float(same.mean()) if len(same) else None,
+                               "other_class_mean": float(diff.mean()) if len(diff) else None}
+            if len(same) and len(diff):
+                entry["cosine"]["gap"] = entry["cosine"]["same_class_mean"] - entry["cosine"]["other_class_mean"]
+            A.plot_cosine_histograms(same, diff, figures / f"cosine_{init}_{view}.png", f"{title}: test cosine similarities")
+        if len(ql) >= 3:
+            xy = A.tsne_embedding(te, seed=seed, perplexity=ev["tsne_perplexity"])
+            A.plot_tsne(xy, ql, names, figures / f"tsne_{init}_{view}.png", f"{title}: t-SNE of test videos")
+        sims.setdefault(init, {})[view] = A.class_similarity(te, ql, len(names))
+        entry["alignment"] = alignments(arr, ev, init, view, title, figures)
+        out.setdefault(init, {})[view] = entry
+    consistency = {}
+    for init, per_view in sims.items():
+        if len(per_view) < 2:
+            continue
+        try:
+            consistency[init] = A.cross_view_consistency(per_view, ev["consistency_top"], ev["consistency_min"])
+        except ValueError as err:  # fewer classes than consistency_top + 1
+            consistency[init] = {"error": str(err)}
+    return {"per_view": out, "consistency": consistency}
+
+
+def alignments(arr: dict, ev: dict, init: str, view: str, title: str, figures: Path) -> list[dict]:
+    """Soft alignment heatmaps of the first `alignment_pairs` pairs of test videos of one class (the
+    first two videos of the classes in label order)."""
+    if "test/blocks" not in arr or ev["alignment_pairs"] == 0:
+        return []
+    labels, ids, blocks = arr["test/label"], arr["test/video_id"], arr["test/blocks"]
+    pairs = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) >= 2:
+            pairs.append((int(idx[0]), int(idx[1])))
+        if len(pairs) == ev["alignment_pairs"]:
+            break
+    done = []
+    for k, (a, b) in enumerate(pairs):
+        m = A.soft_alignment(blocks[a], blocks[b], ev["alignment_sigma"])
+        name = f"alignment_{init}_{view}_{k}.png"
+        A.plot_alignment(m, figures / name, f"{title}: soft alignment", f"{ids[b]} (block)", f"{ids[a]} (block)")
+        done.append({"figure": name, "videos": [ids[a], ids[b]],
+                     "diagonal_mean": float(np.mean(np.diag(m))) if m.shape[0] == m.shape[1] else None})
+    return done
+
+
+# ------------------------------------------------------------------ tables
+
+
+def tables(metrics: dict, views: list[str], ks: list[int]) -> tuple[str, str]:
+    """(HTML, Markdown) of the accuracy, retrieval, cosine and consistency tables."""
+    acc, feats, cons = metrics["classification"], metrics["analyses"]["per_view"], metrics["analyses"]["consistency"]
+    inits = [i for i in INIT_ORDER if i in acc or i in feats]
+    sections = []
+    cols = [*views, "ensemble"] if any("ensemble" in acc.get(i, {}) for i in inits) else views
+    rows = [[INIT_TITLE[i], *(pct(acc.get(i, {}).get(c, {}).get("accuracy")) for c in cols)] for i in inits]
+    sections.append(("Table 1. Test top-1 accuracy (%), dense evaluation, per view and initialisation",
+                     ["init", *cols], rows))
+    rows = []
+    for i in inits:
+        for v in views:
+            r = feats.get(i, {}).get(v, {}).get("retrieval")
+            if r:
+                rows.append([INIT_TITLE[i], v, *(pct(r.get(f"R@{k}")) for k in ks)])
+    sections.append(("Table 2. Nearest-neighbour retrieval, test queries vs training gallery (R@k, %)",
+                     ["init", "view", *(f"R@{k}" for k in ks)], rows))
+    rows = []
+    for i in inits:
+        for v in views:
+            c = feats.get(i, {}).get(v, {}).get("cosine")
+            if c:
+                rows.append([INIT_TITLE[i], v, *(f"{c.get(k):.3f}" if c.get(k) is not None else "–"
+                                                  for k in ("same_class_mean", "other_class_mean", "gap"))])
+    sections.append(("Table 3. Cosine similarity of test video features (same class vs other classes)",
+                     ["init", "view", "same class", "other classes", "gap"], rows))
+    rows = [[INIT_TITLE[i], cons[i].get("consistent_classes", "–"), cons[i].get("classes", "–"),
+             cons[i].get("top", "–"), cons[i].get("min_common", "–"), cons[i].get("error", "")] for i in inits if i in cons]
+    sections.append(("Table 4. Cross-view nearest-class consistency (classes whose top nearest classes agree in every view)",
+                     ["init", "consistent classes", "classes", "top", "min. common", "note"], rows))
+    h = ["<html><head><meta charset='utf-8'><title>cocon-pipeline results</title></head><body>"]
+    md = []
+    for title, header, body in sections:
+        h.append(f"<h3>{html.escape(title)}</h3><table border='1' cellpadding='4'><tr>"
+                 + "".join(f"<th>{html.escape(str(c))}</th>" for c in header) + "</tr>")
+        h.extend("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in body)
+        h.append("</table>")
+        md.append(f"**{title}**\n\n| " + " | ".join(map(str, header)) + " |\n|" + "---|" * len(header))
+        md.extend("| " + " | ".join(map(str, row)) + " |" for row in body)
+        md.append("")
+    h.append("</body></html>")
+    return "\n".join(h) + "\n", "\n".join(md) + "\n"
+
+
+def report(cfg: dict, scores: dict, features: dict, out: Path) -> dict:
+    figures = out / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    ev = cfg["evaluate"]
+    views = sorted({v for _, v in [*scores, *features]}, key=lambda v: (v != "rgb", v))
+    metrics = {
+        "dataset": cfg["dataset"], "seed": cfg["seed"], "views": views,
+        "classification": classification(scores, ev["ensemble_weights"], figures),
+        "analyses": feature_analyses(features, ev, cfg["seed"], figures),
+        "config": cfg, "code_revision": code_revision(), "library_versions": library_versions(),
+    }
+    page, md = tables(metrics, views, ev["retrieval_ks"])
+    write_text(out / "tables.html", page)
+    write_text(out / "tables.md", md)
+    write_text(out / "metrics.json", json.dumps(metrics, indent=1, sort_keys=True, allow_nan=True) + "\n")
+    log.info("report written to %s\n%s", out, md)
+    return metrics
+
+
+# ------------------------------------------------------------------ the claim target
+
+
+def claim(cfg: dict, scores: dict[tuple[str, str, str], Path], out: Path) -> dict:
+    """Mean +- std (over seeds, ddof 1) of test top-1 per (init, view) and of the ensemble; also the
+    per-seed values and whether the paper's ordering CoCon > CPC > Random holds on the means."""
+    per: dict = {}
+    for (seed, init, view), path in sorted(scores.items()):
+        arr, attrs = read_h5(path)
+        per.setdefault(init, {}).setdefault(view, {})[seed] = float(attrs["accuracy"])
+        per[init].setdefault("_probs", {}).setdefault(seed, {})[view] = (arr["video_id"], arr["probs"], arr["label"])
+    weights = cfg["evaluate"]["ensemble_weights"]
+    for init, d in per.items():
+        for seed, views in d.pop("_probs").items():
+            if len(views) >= 2:
+                ids = sorted(set.intersection(*(set(v[0]) for v in views.values())))
+                probs, labels = {}, None
+                for view, (vid, p, lab) in views.items():
+                    pos = {x: i for i, x in enumerate(vid)}
+                    sel = np.array([pos[x] for x in ids], np.int64)
+                    probs[view], labels = p[sel], lab[sel]
+                ens = A.ensemble_probabilities(probs, {v: weights[v] for v in views})
+                d.setdefault("ensemble", {})[seed] = A.accuracy(ens, labels)
+    summary = {}
+    for init, d in per.items():
+        for view, by_seed in d.items():
+            vals = np.array([by_seed[s] for s in sorted(by_seed)])
+            summary.setdefault(view, {})[init] = {
+                "mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
+                "per_seed": {s: by_seed[s] for s in sorted(by_seed)}}
+    ordering = {}
+    for view, d in summary.items():
+        if all(i in d for i in INIT_ORDER):
+            m = {i: d[i]["mean"] for i in INIT_ORDER}
+            ordering[view] = {"cocon>cpc": m["cocon"] > m["cpc"], "cpc>random": m["cpc"] > m["random"]}
+    result = {"seeds": sorted({s for s, _, _ in scores}), "accuracy": summary, "paper_ordering_holds": ordering,
+              "config": cfg, "code_revision": code_revision(), "library_versions": library_versions()}
+    lines = ["| view | " + " | ".join(INIT_TITLE[i] for i in INIT_ORDER) + " |", "|---|---|---|---|"]
+    for view in sorted(summary, key=lambda v: (v == "ensemble", v != "rgb", v)):
+        lines.append(f"| {view} | " + " | ".join(
+            f"{100 * summary[view][i]['mean']:.1f} ± {100 * summary[view][i]['std']:.1f}" if i in summary[view] else "–"
+            for i in INIT_ORDER) + " |")
+    write_text(out / "claim.md", f"Test top-1 (%), mean ± std over seeds {result['seeds']}\n\n" + "\n".join(lines) + "\n")
+    write_text(out / "claim.json", json.dumps(result, indent=1, sort_keys=True) + "\n")
+    log.info("claim:\n%s", "\n".join(lines))
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    if argv[:1] == ["claim"]:
+        p = argparse.ArgumentParser(description="Mean +- std of test accuracy over seeds.")
+        p.add_argument("--scores", nargs="+", required=True, metavar="SEED/INIT/VIEW=PATH")
+        p.add_argument("--out", required=True, type=Path)
+        add_config_args(p)
+        a = p.parse_args(argv[1:])
+        items = {}
+        for item in a.scores:
+            key, path = item.split("=", 1)
+            seed, init, view = key.split("/", 2)
+            items[(int(seed), init, view)] = Path(path)
+        claim(config_from_args(a), items, a.out)
+        return
+    p = argparse.ArgumentParser(description="Tables, ensembles, analyses and metrics.json of a run.")
+    p.add_argument("--scores", nargs="*", default=[], metavar="INIT/VIEW=PATH")
+    p.add_argument("--features", nargs="*", default=[], metavar="INIT/VIEW=PATH")
+    p.add_argument("--out", required=True, type=Path)
+    add_config_args(p)
+    a = p.parse_args(argv)
+    report(config_from_args(a), parse_pairs(a.scores), parse_pairs(a.features), a.out)
+
+
+if __name__ == "__main__":
+    main()
