@@ -14,8 +14,9 @@ Reads the dense-test scores of every (init, view) (cocon.evaluate) and the pretr
                    alignment_<init>_<view>_<k>.png
 
 The ensemble of an init is the weighted mean (`evaluate.ensemble_weights`) of its views' per-video
-probabilities, over the videos scored in every view. Retrieval: test videos query the training videos
-(cosine on gallery-centred features). Cosine histograms and class similarities use the test videos.
+probabilities, over the videos scored in every view. Retrieval: test videos query the training videos.
+Cosine histograms, t-SNE and class similarities use the test videos. All analyses use cosines of
+features centred by the training videos' mean (raw pooled GRU states are all ~0.99 cosine-similar).
 
 Also `python -m cocon.report claim ...` (see `claim_main`): mean +- std over seeds for the claim target.
 """
@@ -35,7 +36,7 @@ import numpy as np
 
 from . import analyses as A
 from .config import add_config_args, config_from_args
-from .provenance import code_revision, dumps, library_versions
+from .provenance import code_revision, library_versions
 
 log = logging.getLogger("cocon.report")
 INIT_ORDER = ("random", "cpc", "cocon")
@@ -86,6 +87,21 @@ def pct(x: float | None) -> str:
 # ------------------------------------------------------------------ classification
 
 
+def ensemble_accuracy(per_view: dict[str, tuple], weights: dict) -> tuple[float, int]:
+    """per_view {view: (video_ids, probs (V, C), labels (V,))} -> (top-1 of the weighted ensemble, number
+    of videos), over the videos scored in every view (rows matched by video id)."""
+    common = sorted(set.intersection(*(set(ids) for ids, _, _ in per_view.values())))
+    if not common:
+        return float("nan"), 0
+    probs, labels = {}, None
+    for view, (ids, p, lab) in per_view.items():
+        pos = {vid: i for i, vid in enumerate(ids)}
+        sel = np.array([pos[v] for v in common], np.int64)
+        probs[view], labels = p[sel], lab[sel]
+    ens = A.ensemble_probabilities(probs, {v: float(weights[v]) for v in per_view})
+    return A.accuracy(ens, labels), len(common)
+
+
 def classification(scores: dict, weights: dict, figures: Path) -> dict:
     """Per (init, view) accuracy and confusion figure; per init the weighted ensemble of its views."""
     out: dict = {}
@@ -107,16 +123,8 @@ def classification(scores: dict, weights: dict, figures: Path) -> dict:
     for init, views in by_init.items():
         if len(views) < 2:
             continue
-        common = sorted(set.intersection(*(set(ids) for ids, _, _ in views.values())))
-        probs, labels = {}, None
-        for view, (ids, p, lab) in views.items():
-            pos = {vid: i for i, vid in enumerate(ids)}
-            sel = np.array([pos[v] for v in common], np.int64)
-            probs[view], labels = p[sel], lab[sel]
-        w = {v: float(weights[v]) for v in views}
-        ens = A.ensemble_probabilities(probs, w) if common else None
-        out[init]["ensemble"] = {"accuracy": A.accuracy(ens, labels) if common else float("nan"),
-                                 "n_videos": len(common), "weights": w}
+        acc, n = ensemble_accuracy(views, weights)
+        out[init]["ensemble"] = {"accuracy": acc, "n_videos": n, "weights": {v: float(weights[v]) for v in views}}
     return out
 
 
@@ -133,8 +141,12 @@ def feature_analyses(features: dict, ev: dict, seed: int, figures: Path) -> dict
         title = f"{INIT_TITLE.get(init, init)} {view}"
         tr, te, yl, ql = arr["train/feature"], arr["test/feature"], arr["train/label"], arr["test/label"]
         entry: dict = {"n_gallery": len(yl), "n_queries": len(ql)}
+        # pooled GRU states share a large common component (raw cosines are all ~0.99): every analysis
+        # uses the features centred by the training videos' mean, as retrieval does
+        te = te - (tr.mean(axis=0) if len(tr) else 0.0)
         if len(yl) and len(ql):
-            entry["retrieval"] = {f"R@{k}": r for k, r in A.retrieval_recall(te, ql, tr, yl, ev["retrieval_ks"]).items()}
+            recall = A.retrieval_recall(arr["test/feature"], ql, tr, yl, ev["retrieval_ks"], center=True)
+            entry["retrieval"] = {f"R@{k}": r for k, r in recall.items()}
         if len(ql) >= 2:
             same, diff = A.cosine_pairs(te, ql)
             entry["cosine"] = {"same_class_mean": float(same.mean()) if len(same) else None,
@@ -263,14 +275,7 @@ def claim(cfg: dict, scores: dict[tuple[str, str, str], Path], out: Path) -> dic
     for init, d in per.items():
         for seed, views in d.pop("_probs").items():
             if len(views) >= 2:
-                ids = sorted(set.intersection(*(set(v[0]) for v in views.values())))
-                probs, labels = {}, None
-                for view, (vid, p, lab) in views.items():
-                    pos = {x: i for i, x in enumerate(vid)}
-                    sel = np.array([pos[x] for x in ids], np.int64)
-                    probs[view], labels = p[sel], lab[sel]
-                ens = A.ensemble_probabilities(probs, {v: weights[v] for v in views})
-                d.setdefault("ensemble", {})[seed] = A.accuracy(ens, labels)
+                d.setdefault("ensemble", {})[seed] = ensemble_accuracy(views, weights)[0]
     summary = {}
     for init, d in per.items():
         for view, by_seed in d.items():

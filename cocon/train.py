@@ -91,11 +91,14 @@ def run_hash(stage: str, views: list[str], cfg: dict, init: dict[str, str]) -> s
     return hashlib.sha256(dumps(keep).encode()).hexdigest()[:16]
 
 
+INPUTS_FILE = "inputs.txt"
+
+
 def input_fingerprint(output_dir: str, views: list[str], init: dict[str, str]) -> str:
     """Hash of what a run reads besides its config: every shard's (path, size, mtime) and the bytes of
-    the --init models. Rewritten shards or retrained init models make a finished run start afresh
-    instead of resuming into stale weights (kept in checkpoints only, not in model.pt, as it holds
-    file times)."""
+    the --init models. Kept in checkpoints/inputs.txt (not in the checkpoints, which stay byte-identical
+    across reruns: this holds file times); a resume with other inputs (rewritten shards, a retrained
+    init model) starts afresh instead of resuming into stale weights."""
     digest = hashlib.sha256()
     for view, paths in sorted(discover(output_dir, views).items()):
         for p in paths:
@@ -259,7 +262,7 @@ class Trainer:
             "version": CHECKPOINT_VERSION, "stage": self.stage, "views": self.views, "run_hash": self.hash,
             "epoch": epoch, "models": {v: m.state_dict() for v, m in self.models.items()},
             "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "rng": rng_state(),
-            "history": self.history, "inputs": self.inputs, "config": dumps(self.cfg), "code_revision": dumps(code_revision()),
+            "history": self.history, "config": dumps(self.cfg), "code_revision": dumps(code_revision()),
             "library_versions": dumps(library_versions()),
         }
 
@@ -268,7 +271,9 @@ class Trainer:
         if not last.exists():
             return
         ck = load_checkpoint(last)
-        if ck.get("run_hash") != self.hash or ck.get("inputs", self.inputs) != self.inputs:
+        stamp = self.out / "checkpoints" / INPUTS_FILE
+        inputs = stamp.read_text().strip() if stamp.exists() else self.inputs
+        if ck.get("run_hash") != self.hash or inputs != self.inputs:
             # another configuration (Snakemake reran the job because train.* changed): start afresh,
             # keeping the previous run's checkpoints aside rather than deleting them
             aside = self.out / "checkpoints.previous"
@@ -278,7 +283,7 @@ class Trainer:
                 os.replace(self.out / "checkpoints", aside)
             log.warning("%s belongs to another configuration or other inputs (run hash %s, now %s; inputs %s, "
                         "now %s): starting afresh; its checkpoints were moved to %s", last, ck.get("run_hash"),
-                        self.hash, ck.get("inputs"), self.inputs, aside)
+                        self.hash, inputs, self.inputs, aside)
             return
         for v, m in self.models.items():
             m.load_state_dict(ck["models"][v])
@@ -323,6 +328,10 @@ class Trainer:
     def fit(self) -> None:
         self.try_resume()
         if D.is_main():
+            (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
+            stamp = self.out / "checkpoints" / INPUTS_FILE
+            stamp.with_name(INPUTS_FILE + ".partial").write_text(self.inputs + "\n")
+            os.replace(stamp.with_name(INPUTS_FILE + ".partial"), stamp)
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.out / "tb"))
@@ -358,7 +367,7 @@ class Trainer:
         if best != self.epochs - 1:
             final["models"] = load_checkpoint(self.out / "checkpoints" / f"epoch_{best:04d}.pt")["models"]
         final["selected_epoch"] = best
-        for key in ("optimizer", "scheduler", "rng", "inputs"):  # "inputs" holds file times: not in model.pt
+        for key in ("optimizer", "scheduler", "rng"):
             final.pop(key)
         keys = sorted({k for row in self.history for k in row}, key=lambda k: (k != "epoch", k))
         tmp = self.out / "metrics.csv.partial"

@@ -176,3 +176,21 @@ def test_ddp_two_cpu_processes_give_the_gradients_of_one_process(tmp_path):
     assert got["grads"].keys() == want.keys()
     for k in want:
         torch.testing.assert_close(got["grads"][k], want[k], rtol=1e-7, atol=1e-9, msg=lambda m, k=k: f"{k}: {m}")
+
+
+def test_finished_run_restarts_when_an_input_changes(shards_dir, tmp_path):
+    cfg = tiny_config(shards_dir, cpc_epochs=1, width=8)
+    out = tmp_path / "cpc"
+    Trainer("cpc", ["rgb"], cfg, out, {}).fit()
+    again = Trainer("cpc", ["rgb"], cfg, out, {})
+    again.try_resume()
+    assert again.start_epoch == 1  # same inputs: resumes (here: nothing left to do)
+    shard = shards_dir / "shards" / "rgb" / "00000.h5"
+    st = os.stat(shard)
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the shard was rewritten
+    try:
+        fresh = Trainer("cpc", ["rgb"], cfg, out, {})
+        fresh.try_resume()
+        assert fresh.start_epoch == 0 and (out / "checkpoints.previous" / "last.pt").exists()
+    finally:
+        os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
