@@ -173,10 +173,12 @@ def feature_analyses(features: dict, ev: dict, seed: int, figures: Path) -> dict
 
 def alignments(arr: dict, ev: dict, init: str, view: str, title: str, figures: Path) -> list[dict]:
     """Soft alignment heatmaps of the first `alignment_pairs` pairs of test videos of one class (the
-    first two videos of the classes in label order)."""
+    first two videos of the classes in label order), from block features centred by the mean block
+    feature of the test videos."""
     if "test/blocks" not in arr or ev["alignment_pairs"] == 0:
         return []
     labels, ids, blocks = arr["test/label"], arr["test/video_id"], arr["test/blocks"]
+    blocks = blocks - blocks.reshape(-1, blocks.shape[-1]).mean(axis=0)  # centred by the mean test block
     pairs = []
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
