@@ -92,7 +92,7 @@ def test_outputs_and_checkpoint_contents(shards_dir, tmp_path):
     cfg = tiny_config(shards_dir, cpc_epochs=1)
     Trainer("cpc", ["rgb"], cfg, tmp_path / "cpc", {}).fit()
     out = tmp_path / "cpc"
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_0000.pt", "last.pt"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_0000.pt", "inputs.txt", "last.pt"]
     last = load_checkpoint(out / "checkpoints" / "last.pt")
     assert {"models", "optimizer", "scheduler", "rng", "epoch", "history", "config", "code_revision",
             "library_versions", "run_hash"} <= set(last)
