@@ -85,7 +85,8 @@ class FinetuneTrainer(Trainer):
         self.sched.step()
 
     def run_hash(self) -> str:
-        fc = {k: v for k, v in self.cfg["finetune"].items() if k not in ("epochs", "inits")}
+        # epochs stay in the hash: the step schedule's milestones are fractions of them
+        fc = {k: v for k, v in self.cfg["finetune"].items() if k != "inits"}
         return run_hash(self.stage, self.views, {**self.cfg, "train": {**self.cfg["train"], "finetune": fc}},
                         {f"{self.init_kind}:{v}": p for v, p in self.init.items()} or {"random": ""})
 

@@ -191,3 +191,16 @@ def test_claim_mean_and_std_over_seeds(cfg, tmp_path):
         assert result["accuracy"]["ensemble"][init]["mean"] == pytest.approx(np.mean(per_seed))
     assert result["paper_ordering_holds"]["rgb"] == {"cocon>cpc": True, "cpc>random": True}
     assert "± " in (tmp_path / "claim.md").read_text()
+
+
+def test_finetune_resume_equals_an_uninterrupted_run(cfg, tmp_path, one_torch_thread):
+    FinetuneTrainer("rgb", "random", None, cfg, tmp_path / "straight").fit()
+    interrupted = FinetuneTrainer("rgb", "random", None, cfg, tmp_path / "resumed")
+    interrupted.epochs = 1  # as if killed after the first epoch's checkpoint (same config, same schedule)
+    interrupted.fit()
+    resumed = FinetuneTrainer("rgb", "random", None, cfg, tmp_path / "resumed")
+    resumed.fit()
+    assert resumed.start_epoch == 1
+    a, b = load_checkpoint(tmp_path / "straight" / "model.pt"), load_checkpoint(tmp_path / "resumed" / "model.pt")
+    assert a["history"] == b["history"] and a["selected_epoch"] == b["selected_epoch"]
+    assert all(torch.equal(a["models"]["rgb"][k], v) for k, v in b["models"]["rgb"].items())
