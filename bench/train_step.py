@@ -119,7 +119,7 @@ def worker(a) -> None:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     models = PerViewNetworks({v: DPC(c, depth=18, num_blocks=a.blocks, pred_steps=a.pred_steps, dropout=a.dropout)
-                           for v, c in VIEWS.items()}).to(device)
+                              for v, c in VIEWS.items()}).to(device)
     if channels_last:
         for m in models.values():
             m.encoder.to(memory_format=torch.channels_last_3d)

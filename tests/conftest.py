@@ -184,3 +184,18 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def gloo_process(rank: int, port: int, world_size: int = 2):
+    """Inside a spawned test process: join a gloo process group of `world_size` CPU processes on
+    127.0.0.1:`port` as `rank`, one torch thread; returns the device (cpu)."""
+    import os
+
+    import torch
+
+    from cocon import distributed as D
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world_size), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    return D.setup("cpu")

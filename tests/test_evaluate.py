@@ -204,3 +204,26 @@ def test_finetune_resume_equals_an_uninterrupted_run(cfg, tmp_path, one_torch_th
     a, b = load_checkpoint(tmp_path / "straight" / "model.pt"), load_checkpoint(tmp_path / "resumed" / "model.pt")
     assert a["history"] == b["history"] and a["selected_epoch"] == b["selected_epoch"]
     assert all(torch.equal(a["models"]["rgb"][k], v) for k, v in b["models"]["rgb"].items())
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"finetune": {"inits": ["random", "cocon"]}, "train": {"views": ["rgb"]}}, "finetune.inits"),
+    ({"evaluate": {"consistency_top": 2, "consistency_min": 3}}, "evaluate.consistency_min"),
+    ({"evaluate": {"window_stride": 9}}, "evaluate.window_stride"),
+    ({"finetune": {"dropout": 1.5}}, "finetune.dropout"),
+    ({"evaluate": {"ensemble_weights": {"depth": 1}}}, "evaluate.ensemble_weights"),
+])
+def test_bad_evaluation_config_is_rejected_naming_the_key(overrides, key):
+    from cocon.config import ConfigError
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(overrides=overrides)
+
+
+def test_classifier_of_other_classes_is_refused(cfg, finetuned, tmp_path):
+    ck = load_checkpoint(finetuned / "model.pt")
+    ck["class_names"] = ["X", "Y", "Z"]
+    save_atomic(ck, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="classes differ"):
+        evaluate(cfg, "rgb", tmp_path / "other.pt", tmp_path / "scores.h5")
+    assert not (tmp_path / "scores.h5").exists() and not (tmp_path / "scores.h5.partial").exists()

@@ -21,6 +21,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from conftest import gloo_process
 from cocon import distributed as D
 from cocon import train as T
 from cocon.clips import CHANNELS, view_kind
@@ -66,7 +67,7 @@ def _assert_same_history(got, want, rel):
 def _model(dtype=torch.float32):
     torch.manual_seed(0)
     return PerViewNetworks({"rgb": DPC(3, num_blocks=4, pred_steps=2, dropout=0.0, width=WIDTH),
-                         "flow_tvl1": DPC(2, num_blocks=4, pred_steps=2, dropout=0.0, width=WIDTH)}).to(dtype)
+                            "flow_tvl1": DPC(2, num_blocks=4, pred_steps=2, dropout=0.0, width=WIDTH)}).to(dtype)
 
 
 def _batch(dtype=torch.float32, B=4):
@@ -216,10 +217,7 @@ def test_compile_with_inductor_gives_the_loss_and_gradients_of_eager(tmp_path):
 
 
 def _ddp_compiled_worker(rank: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    device = D.setup("cpu")
+    device = gloo_process(rank, port)
     model = D.convert_batchnorm(_model(), device)
     for m in model.values():  # the Trainer's order: compile in place, then wrap in DDP
         m.compile(backend="aot_eager")

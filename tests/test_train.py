@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from conftest import gloo_process
 from cocon import distributed as D
 from cocon.config import load_config
 from cocon.losses import cocon_loss
@@ -139,7 +140,7 @@ def _batch(seed=0, B=4):
 def _model():
     torch.manual_seed(0)
     return PerViewNetworks({"rgb": DPC(3, num_blocks=4, pred_steps=2, dropout=0.0),
-                         "flow_tvl1": DPC(2, num_blocks=4, pred_steps=2, dropout=0.0)}).double()
+                            "flow_tvl1": DPC(2, num_blocks=4, pred_steps=2, dropout=0.0)}).double()
 
 
 def _grads(model) -> dict[str, torch.Tensor]:
@@ -147,10 +148,7 @@ def _grads(model) -> dict[str, torch.Tensor]:
 
 
 def _ddp_worker(rank: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    device = D.setup("cpu")
+    device = gloo_process(rank, port)
     model = D.convert_batchnorm(_model(), device)
     net = torch.nn.parallel.DistributedDataParallel(model)
     x = {k: v[2 * rank : 2 * rank + 2] for k, v in _batch().items()}
