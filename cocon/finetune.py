@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed as D
-from .clips import CHANNELS, MultiViewClips, view_kind
+from .clips import CHANNELS, view_kind
 from .config import add_config_args, config_from_args
 from .models import ActionClassifier
-from .train import PerViewNetworks, Trainer, build_datasets, load_checkpoint, run_hash
+from .train import PerViewNetworks, Trainer, load_checkpoint, run_hash
 
 log = logging.getLogger("cocon.finetune")
 INIT_KINDS = ("random", "cpc", "cocon")
@@ -65,9 +65,6 @@ class FinetuneTrainer(Trainer):
     def hyperparameters(self) -> dict:
         fc = self.cfg["finetune"]
         return {k: fc[k] for k in ("epochs", "lr", "weight_decay", "batch_size", "max_steps_per_epoch")}
-
-    def make_datasets(self) -> tuple[MultiViewClips, MultiViewClips]:
-        return build_datasets(self.cfg, self.views)
 
     def build_models(self) -> nn.ModuleDict:
         view = self.views[0]
