@@ -92,6 +92,9 @@ def check(cfg: dict) -> None:
         raise ConfigError("evaluate.consistency_min", "must not exceed evaluate.consistency_top")
     if ev["window_stride"] is not None and ev["window_stride"] > cfg["train"]["num_blocks"]:
         raise ConfigError("evaluate.window_stride", "must not exceed train.num_blocks (windows would skip blocks)")
+    tvl1 = cfg["flow"]["tvl1"]
+    if tvl1["backend"] == "torch" and tvl1["gamma"] != 0:
+        raise ConfigError("flow.tvl1.gamma", "the torch TVL1 backend implements gamma = 0 only; use backend: opencv")
     for key in ("frames.encoding", "flow.encoding"):
         section, _ = key.split(".")
         check_encoding(cfg[section]["encoding"], key)

@@ -7,6 +7,12 @@ Alignment with the rgb view: flow index k holds the forward flow from rgb frame 
 pixels of the stored frames (u = x, v = y), for k = 0..T-2. The last index, T-1, repeats flow T-2,
 so every view of a video has the same T and index k means the same instant in all of them.
 
+TVL1 has two backends with the same output format (flow.tvl1.backend): `opencv`
+(cv2.optflow.DualTVL1OpticalFlow, one pair per thread) and `torch` (cocon.tvl1, batches of
+flow.tvl1.batch_size pairs, on CUDA when there is one); `auto` picks torch when a GPU is visible, else
+opencv. The backend that ran and its device are recorded in the shard attributes (tvl1_backend,
+tvl1_device) and in each video's attributes.
+
 Quantisation: each component is clipped to [-bound, +bound] px and mapped linearly to uint8,
 q = round((f + bound) * 255 / (2 * bound)); so 0 px -> 127.5 -> 128, and f = q * 2 * bound / 255 - bound.
 Stored as uint8 (T, H, W, 2), channel 0 = u (x), channel 1 = v (y).
@@ -15,17 +21,22 @@ Stored as uint8 (T, H, W, 2), channel 0 = u (x), channel 1 = v (y).
 from __future__ import annotations
 
 import json
+import logging
 import threading
 
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
+import torch
 
 from . import stage
+from . import tvl1 as tvl1_torch
 from .records import VideoRecord
 from .shards import ShardReader, ShardWriter, encode_frames
 from .video import BadVideo
+
+log = logging.getLogger("cocon")
 
 METHODS = ("tvl1", "farneback")
 FLOW_INDEX = "k: forward flow from rgb frame k to k+1; index T-1 repeats T-2"
@@ -57,9 +68,23 @@ def make_tvl1(p: dict):
     )
 
 
+def tvl1_backend(p: dict) -> tuple[str, str]:
+    """(backend, device) that TVL1 runs on for the flow.tvl1 section `p`: 'auto' resolves to torch on
+    CUDA when a GPU is visible, else opencv on the CPU."""
+    backend, device = p.get("backend", "opencv"), p.get("device", "auto")
+    if backend == "opencv":
+        return "opencv", "cpu"
+    device = tvl1_torch.resolve_device(device)
+    if backend == "auto":
+        gpu = device.startswith("cuda") and p.get("gamma", 0) == 0  # torch has no gamma term
+        return ("torch", device) if gpu else ("opencv", "cpu")
+    return "torch", device
+
+
 class FlowComputer:
     """Computes float32 flow (H, W, 2) for one grayscale pair; safe to call from many threads
-    (each thread gets its own OpenCV algorithm object)."""
+    (each thread gets its own OpenCV algorithm object). With the torch TVL1 backend, `batched` is
+    True and `batch` computes many pairs at once instead."""
 
     def __init__(self, method: str, params: dict):
         if method not in METHODS:
@@ -67,6 +92,15 @@ class FlowComputer:
         self.method = method
         self.params = params[method]
         self._local = threading.local()
+        self.backend, self.device = tvl1_backend(self.params) if method == "tvl1" else ("opencv", "cpu")
+        self.batched = self.backend == "torch"
+        if self.batched:
+            self.batch_size = self.params["batch_size"]
+            self._tvl1 = tvl1_torch.TVL1(self.params, self.device, compile=self.device.startswith("cuda"))
+
+    def batch(self, prev_gray: np.ndarray, next_gray: np.ndarray) -> np.ndarray:
+        """uint8 (B, H, W) pairs -> float32 flow (B, H, W, 2), torch backend."""
+        return self._tvl1(prev_gray, next_gray).numpy()
 
     def __call__(self, prev_gray: np.ndarray, next_gray: np.ndarray) -> np.ndarray:
         if self.method == "tvl1":
@@ -88,13 +122,18 @@ def video_flow(frames: np.ndarray, compute: FlowComputer, bound: float, pool_map
     t = len(frames)
     if t < 2:
         raise BadVideo(f"too short for flow: {t} frame")
-    gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
-    out = np.empty((t, *gray[0].shape, 2), np.uint8)
+    gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
+    out = np.empty((t, *gray.shape[1:], 2), np.uint8)
+    if compute.batched:
+        for s in range(0, t - 1, compute.batch_size):
+            e = min(s + compute.batch_size, t - 1)
+            out[s:e] = quantize(compute.batch(gray[s:e], gray[s + 1:e + 1]), bound)
+    else:
 
-    def pair(k):
-        out[k] = quantize(compute(gray[k], gray[k + 1]), bound)
+        def pair(k):
+            out[k] = quantize(compute(gray[k], gray[k + 1]), bound)
 
-    list(pool_map(pair, range(t - 1)))
+        list(pool_map(pair, range(t - 1)))
     out[t - 1] = out[t - 2]
     return out
 
@@ -105,6 +144,9 @@ def run(method: str, rgb: str, shard: str, out: str, params: dict, dataset: dict
     compute = FlowComputer(method, params)
     view = f"flow_{method}"
     attrs = {**stage.root_attrs(view, params, dataset), "flow_index": FLOW_INDEX, "rgb_params": src.attrs["params"]}
+    if method == "tvl1":
+        attrs.update(tvl1_backend=compute.backend, tvl1_device=compute.device)
+        log.info("tvl1 backend: %s on %s", compute.backend, compute.device)
     failures = []
     rows = src.index
     with ThreadPoolExecutor(max_workers=threads) as pool, ShardWriter(out, view, shard, attrs, params["encoding"]) as writer, stage.progress(len(rows), f"{view} {shard}") as bar:
@@ -124,6 +166,8 @@ def run(method: str, rgb: str, shard: str, out: str, params: dict, dataset: dict
                     failures.append((rec.video_id, str(exc)))
                 else:
                     meta.update(method=method, bound=float(params["bound"]))
+                    if method == "tvl1":
+                        meta.update(backend=compute.backend)
                     writer.add_video(rec, encode_frames(flow, params["encoding"]), meta)
             bar.update()
     src.close()
@@ -137,6 +181,7 @@ def main(argv=None) -> None:
     p.add_argument("--rgb", required=True, help="the rgb shard of the same shard name")
     a = p.parse_args(argv)
     stage.setup(a.threads)
+    torch.set_num_threads(a.threads)
     run(a.method, a.rgb, a.shard, a.out, a.params, a.dataset, a.threads)
 
 

@@ -45,6 +45,11 @@ DATASET_JSON = as_json({"name": config["dataset"]["name"], "format": config["dat
 FRAMES_JSON = as_json(config["frames"])
 
 
+# The TVL1 flow jobs ask for a GPU when set to the torch backend on a GPU (with backend: auto they use
+# one only if the scheduler gives it to them anyway).
+TVL1_GPUS = int(config["flow"]["tvl1"]["backend"] == "torch" and config["flow"]["tvl1"]["device"] != "cpu")
+
+
 def flow_json(wildcards):
     f = config["flow"]
     return as_json({"bound": f["bound"], "encoding": f["encoding"], wildcards.method: f[wildcards.method]})

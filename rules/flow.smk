@@ -12,6 +12,7 @@ rule flow:
         "benchmarks/flow_{method}/{shard}.tsv"
     threads: 8
     resources:
+        gpu=lambda wildcards: TVL1_GPUS if wildcards.method == "tvl1" else 0,
         mem_mb=4000,
         runtime=240,
     conda:
