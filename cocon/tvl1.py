@@ -23,7 +23,7 @@ Not supported: gamma > 0 (OpenCV's illumination term; rejected), an initial flow
 
 from __future__ import annotations
 
-import math
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -207,8 +207,8 @@ def tvl1_iteration(u1, u2, p11, p12, p21, p22, i1wx, i1wy, grad, rho_c, active, 
     still = ((n1 - u1).square() + (n2 - u2).square()).sum(dim=(1, 2)) > eps
     u1x, u1y = _forward_gradient(n1)
     u2x, u2y = _forward_gradient(n2)
-    ng1 = 1.0 + taut * torch.sqrt(u1x.square() + u1y.square())
-    ng2 = 1.0 + taut * torch.sqrt(u2x.square() + u2y.square())
+    ng1 = 1.0 + taut * torch.hypot(u1x, u1y)
+    ng2 = 1.0 + taut * torch.hypot(u2x, u2y)
     new = (n1, n2, (p11 + taut * u1x) / ng1, (p12 + taut * u1y) / ng1, (p21 + taut * u2x) / ng2, (p22 + taut * u2y) / ng2)
     if active is None:
         return new, still
@@ -239,8 +239,8 @@ class TVL1:
             params = TVL1Params.from_config(params)
         self.p = params or TVL1Params()
         self.device = torch.device(device)
-        self.step = torch.compile(tvl1_iteration, dynamic=True) if compile else tvl1_iteration
-        self.median = torch.compile(median_where, dynamic=True) if compile else median_where
+        self.step = _compiled(tvl1_iteration) if compile else tvl1_iteration
+        self.median = _compiled(median_where) if compile else median_where
         self.check_every = check_every or (1 if self.device.type == "cpu" else 10)
         self.iterations = 0  # pair-iterations computed by the last call (for benchmarks)
 
@@ -326,6 +326,23 @@ class TVL1:
                     idx, state, data = idx[keep], tuple(s[keep] for s in state), tuple(d[keep] for d in data)
                 active = None
         return out[0], out[1], out[2:]
+
+
+def _compiled(fn):
+    """torch.compile(fn) that falls back to fn, with a warning, if compiling fails (e.g. no Triton or
+    no C++ compiler): the result is the same either way, only slower."""
+    compiled, failed = torch.compile(fn, dynamic=True), []
+
+    def call(*args):
+        if not failed:
+            try:
+                return compiled(*args)
+            except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eagerly
+                failed.append(exc)
+                logging.getLogger("cocon").warning("torch.compile of %s failed (%s); running eagerly", fn.__name__, exc)
+        return fn(*args)
+
+    return call
 
 
 def _round(x: float) -> int:

@@ -242,6 +242,37 @@ def test_default_jpeg_encoding_close_to_lossless(rgb, tvl1_png, tmp_path):
         np.testing.assert_allclose(b.reshape(-1, 2).mean(0), a.reshape(-1, 2).mean(0), atol=1.0)
 
 
+def test_torch_backend_writes_the_same_shard_as_opencv(rgb, tvl1_png, tmp_path):
+    """flow.tvl1.backend torch (cocon.tvl1, batches of 8 pairs, CPU), by the command line: the same
+    shard layout, rows, failures, shapes, dtype and quantisation as the OpenCV backend, values within
+    a quantisation step almost everywhere, the backend recorded; and the same bytes again on a rerun."""
+    p = tvl1_params({**FAST_TVL1, "backend": "torch", "device": "cpu", "batch_size": 8})
+    out = tmp_path / "torch" / "00000.h5"
+    cmd = [sys.executable, "-m", "cocon.flow", "--method", "tvl1", "--rgb", str(rgb), "--shard", "00000",
+           "--out", str(out), "--params", json.dumps(p), "--dataset", json.dumps(DATASET), "--threads", "2"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "tvl1 backend: torch on cpu" in proc.stderr
+    ref, got = ShardReader(tvl1_png["path"]), ShardReader(out)
+    assert got.failures() == ref.failures()
+    assert [dict(r, **{"n_frames": 0}) for r in got.index] == [dict(r, **{"n_frames": 0}) for r in ref.index]
+    assert (got.attrs["tvl1_backend"], got.attrs["tvl1_device"]) == ("torch", "cpu")
+    assert (ref.attrs["tvl1_backend"], ref.attrs["tvl1_device"]) == ("opencv", "cpu")
+    assert got.attrs["params"] == dumps(p)
+    for vid, i in ok_rows(ref).items():
+        a, b = ref.read(i), got.read(i)
+        assert a.shape == b.shape and a.dtype == b.dtype == np.uint8
+        assert got.video_attrs(i)["backend"] == "torch" and ref.video_attrs(i)["backend"] == "opencv"
+        assert set(got.video_attrs(i)) == set(ref.video_attrs(i))
+        steps = np.abs(a.astype(int) - b.astype(int))
+        assert (steps <= 1).mean() > 0.99 and steps.mean() < 0.1, (vid, (steps <= 1).mean(), steps.mean())
+        np.testing.assert_array_equal(b[-1], b[-2])
+        np.testing.assert_allclose(interior_mean(flow.dequantize(b, BOUND)), SHIFT[vid], atol=0.15)
+    again = tmp_path / "again.h5"
+    flow.run("tvl1", str(rgb), "00000", str(again), p, DATASET, threads=1)
+    assert again.read_bytes() == out.read_bytes()
+
+
 # ------------------------------------------------------------------ Farneback
 
 

@@ -1,0 +1,188 @@
+"""TVL1 backends: agreement of the PyTorch TV-L1 (cocon.tvl1) with OpenCV's DualTVL1OpticalFlow, and
+their speed on the same frame pairs.
+
+    python bench/tvl1.py [--video V.avi ...] [--pairs 8] [--threads 2] [--device auto]
+                         [--batch-sizes 1 4 16] [--sizes 320x240 171x128] [--speed-pairs 8]
+
+Frames. Real: consecutive frames of each --video (e.g. OpenCV's sample videos vtest.avi, tree.avi,
+Megamind.avi from Debian's opencv-doc package), grayscale, resized (INTER_AREA) to each size, pairs
+taken every 5th frame. Synthetic with ground truth, always: scikit-learn's two bundled photographs
+under a known rotation + zoom + translation (cv2.warpAffine, bicubic). Parameters: the config's
+defaults (= OpenCV's: 5 scales, 5 warps, 10 x 30 iterations, median 5, epsilon 0.01).
+
+agreement (at the first --sizes entry): per pair, mean end-point error (px) between the two backends
+over the whole frame, and for the synthetic pairs each backend's EPE to the truth (8 px border left
+out, where content leaves the frame).
+
+speed: pairs/s on the same --speed-pairs pairs per size.
+  opencv      the flow stage's way: a pool of --threads threads, one pair per thread,
+              cv2.setNumThreads(1); (the obvious baseline: what the pipeline does without a GPU).
+  torch_cpu   cocon.tvl1.TVL1 on the CPU, torch.set_num_threads(--threads), batch sizes --batch-sizes.
+  torch_cuda  (only with a GPU) the same on CUDA with torch.compile, after a warm-up call per shape,
+              batch sizes --batch-sizes plus 64, 128, 256; peak GPU memory per batch size. The pair
+              count is raised to a multiple of the largest batch so every batch is full.
+Ratios (torch / opencv) are what to compare across machines; absolute GPU pairs/s only from a GPU
+machine. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import cpu_model  # noqa: E402
+from cocon import tvl1  # noqa: E402
+from cocon.config import load_config  # noqa: E402
+from cocon.flow import make_tvl1  # noqa: E402
+from cocon.provenance import code_revision, library_versions  # noqa: E402
+
+GOAL_EPE_PX = 0.5
+GOAL_CUDA_PAIRS_S = 1000  # at 320x240 on one H100-class GPU
+PARAMS = load_config()["flow"]["tvl1"]
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    w, h = text.lower().split("x")
+    return int(w), int(h)
+
+
+def video_pairs(path: str, size: tuple[int, int], n: int, gap: int = 5) -> list[tuple[np.ndarray, np.ndarray]]:
+    """n consecutive-frame pairs (gray uint8 at size (W, H)), one every `gap` frames."""
+    cap, frames = cv2.VideoCapture(path), []
+    while len(frames) < n * gap + 1:
+        ok, f = cap.read()
+        if not ok:
+            break
+        frames.append(cv2.resize(cv2.cvtColor(f, cv2.COLOR_BGR2GRAY), size, interpolation=cv2.INTER_AREA))
+    return [(frames[k], frames[k + 1]) for k in range(0, len(frames) - 1, gap)][:n]
+
+
+def synthetic_pairs(size: tuple[int, int]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Photographs moved by a known affine motion: (frame0, frame1, true flow (H, W, 2))."""
+    from sklearn.datasets import load_sample_images
+
+    out = []
+    for img, (angle, zoom, dx, dy) in zip(load_sample_images().images, [(2.0, 1.02, 3.2, 2.1), (-1.5, 0.98, -4.3, 1.1)]):
+        g = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)
+        h, w = g.shape
+        m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, zoom)
+        m[:, 2] += (dx, dy)
+        g1 = cv2.warpAffine(g, m, (w, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+        (cw, ch), x0, y0 = size, (w - size[0]) // 2, (h - size[1]) // 2
+        ys, xs = np.mgrid[y0 : y0 + ch, x0 : x0 + cw].astype(np.float32)
+        true = np.stack([m[0, 0] * xs + m[0, 1] * ys + m[0, 2] - xs, m[1, 0] * xs + m[1, 1] * ys + m[1, 2] - ys], -1)
+        crop = lambda a: np.clip(np.rint(a[y0 : y0 + ch, x0 : x0 + cw]), 0, 255).astype(np.uint8)  # noqa: E731
+        out.append((crop(g), crop(g1), true))
+    return out
+
+
+def epe(a: np.ndarray, b: np.ndarray, margin: int = 0) -> float:
+    h, w = a.shape[:2]
+    return float(np.linalg.norm((a - b)[margin : h - margin, margin : w - margin], axis=-1).mean())
+
+
+def opencv_flows(pairs, threads: int) -> tuple[list[np.ndarray], float]:
+    """The flow stage's OpenCV path: one DualTVL1 object per thread, one pair per call."""
+    cv2.setNumThreads(1)
+    algos = {}
+
+    def one(pair):
+        import threading
+
+        algo = algos.setdefault(threading.get_ident(), make_tvl1(PARAMS))
+        return algo.calc(pair[0], pair[1], None)
+
+    t = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        flows = list(pool.map(one, pairs))
+    return flows, time.perf_counter() - t
+
+
+def torch_flows(pairs, device: str, batch: int, compile: bool) -> tuple[np.ndarray, float]:
+    solver = tvl1.TVL1(PARAMS, device, compile=compile)
+    i0, i1 = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+    if device.startswith("cuda"):
+        solver(i0[:batch], i1[:batch])  # warm-up: compilation, CUDA context
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    out = [solver(i0[s : s + batch], i1[s : s + batch]) for s in range(0, len(pairs), batch)]
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return torch.cat(out).numpy(), time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--video", nargs="*", default=[], help="real videos to take frame pairs from")
+    ap.add_argument("--pairs", type=int, default=4, help="pairs per video for the agreement")
+    ap.add_argument("--speed-pairs", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8])
+    ap.add_argument("--sizes", type=parse_size, nargs="+", default=[(320, 240)])
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    device = tvl1.resolve_device(a.device)
+    result = {"benchmark": "tvl1", "cpu": cpu_model(), "threads": a.threads, "device": device,
+              "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
+              "params": PARAMS, "code_revision": code_revision(), "versions": library_versions()}  # fmt: skip
+
+    size = a.sizes[0]
+    real = [p for v in a.video for p in video_pairs(v, size, a.pairs)]
+    synth = synthetic_pairs(size)
+    pairs = real + [(p[0], p[1]) for p in synth]
+    ref, _ = opencv_flows(pairs, a.threads)
+    got, _ = torch_flows(pairs, device, 8, device.startswith("cuda"))
+    per_pair = [epe(r, g) for r, g in zip(ref, got)]
+    far = [float((np.linalg.norm(r - g, axis=-1) > 1).mean()) for r, g in zip(ref, got)]
+    truth = [{"opencv": epe(ref[len(real) + k], t[2], 8), "torch": epe(got[len(real) + k], t[2], 8)} for k, t in enumerate(synth)]
+    result["agreement"] = {
+        "size": f"{size[0]}x{size[1]}", "real_pairs": len(real), "synthetic_pairs": len(synth),
+        "epe_torch_vs_opencv_px": {"mean": statistics.mean(per_pair), "max_pair": max(per_pair),
+                                   "real_mean": statistics.mean(per_pair[: len(real)]) if real else None,
+                                   "per_pair": per_pair},
+        "fraction_of_pixels_over_1px": statistics.mean(far),
+        "epe_to_truth_synthetic_px": truth,
+        "goal_epe_px": GOAL_EPE_PX, "goal_met": statistics.mean(per_pair) <= GOAL_EPE_PX,
+    }  # fmt: skip
+
+    speed = []
+    for size in a.sizes:
+        src = (real and [p for v in a.video for p in video_pairs(v, size, a.speed_pairs)]) or [(p[0], p[1]) for p in synthetic_pairs(size)]
+        batches = a.batch_sizes + ([64, 128, 256] if device.startswith("cuda") else [])
+        n = max(a.speed_pairs, max(batches) if device.startswith("cuda") else 0)
+        sample = [src[k % len(src)] for k in range(n)]
+        _, cv_s = opencv_flows(sample[: a.speed_pairs], a.threads)
+        row = {"size": f"{size[0]}x{size[1]}", "opencv_pairs_s": a.speed_pairs / cv_s, "torch_cpu": [], "torch_cuda": []}
+        if not device.startswith("cuda"):
+            for b in a.batch_sizes:
+                _, s = torch_flows(sample[: a.speed_pairs], "cpu", b, False)
+                row["torch_cpu"].append({"batch": b, "pairs_s": a.speed_pairs / s, "vs_opencv": cv_s / s})
+        else:
+            for b in batches:
+                m = max(n // b, 1) * b
+                _, s = torch_flows(sample[:m], device, b, True)
+                row["torch_cuda"].append({"batch": b, "pairs_s": m / s, "vs_opencv": (m / s) / row["opencv_pairs_s"],
+                                          "peak_mem_mib": torch.cuda.max_memory_allocated() / 2**20})  # fmt: skip
+            best = max(r["pairs_s"] for r in row["torch_cuda"])
+            if size == (320, 240):
+                row["goal_cuda_pairs_s"], row["goal_met"] = GOAL_CUDA_PAIRS_S, best >= GOAL_CUDA_PAIRS_S
+        speed.append(row)
+    result["speed"] = speed
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
