@@ -229,18 +229,19 @@ class TVL1:
     """Batched TV-L1: `TVL1(params, device)(i0, i1)` -> flow (B, H, W, 2) float32 on the CPU.
 
     compile: run the iteration and the median filter through torch.compile (fused kernels; worth it on
-    CUDA, not on the CPU). check_every: how many iterations between the host's look at which pairs
+    CUDA, not on the CPU); True = inductor, or a torch.compile backend name. check_every: how many iterations between the host's look at which pairs
     have converged (each look is a device sync; between looks converged pairs are frozen on the device,
     so the result does not depend on it). None = 1 on the CPU, 10 on CUDA."""
 
     def __init__(self, params: TVL1Params | dict | None = None, device: str | torch.device = "cpu",
-                 compile: bool = False, check_every: int | None = None):
+                 compile: bool | str = False, check_every: int | None = None):
         if isinstance(params, dict):
             params = TVL1Params.from_config(params)
         self.p = params or TVL1Params()
         self.device = torch.device(device)
-        self.step = _compiled(tvl1_iteration) if compile else tvl1_iteration
-        self.median = _compiled(median_where) if compile else median_where
+        backend = compile if isinstance(compile, str) else "inductor"
+        self.step = _compiled(tvl1_iteration, backend) if compile else tvl1_iteration
+        self.median = _compiled(median_where, backend) if compile else median_where
         self.check_every = check_every or (1 if self.device.type == "cpu" else 10)
         self.iterations = 0  # pair-iterations computed by the last call (for benchmarks)
         self.pixel_iterations = 0  # the same weighted by the level's pixels (for benchmarks)
@@ -330,15 +331,17 @@ class TVL1:
         return out[0], out[1], out[2:]
 
 
-def _compiled(fn):
+def _compiled(fn, backend: str = "inductor"):
     """torch.compile(fn) that falls back to fn, with a warning, if compiling fails (e.g. no Triton or
     no C++ compiler): the result is the same either way, only slower."""
-    compiled, failed = torch.compile(fn, dynamic=True), []
+    compiled, failed = [], []
 
     def call(*args):
         if not failed:
             try:
-                return compiled(*args)
+                if not compiled:
+                    compiled.append(torch.compile(fn, dynamic=True, backend=backend))
+                return compiled[0](*args)
             except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eagerly
                 failed.append(exc)
                 logging.getLogger("cocon").warning("torch.compile of %s failed (%s); running eagerly", fn.__name__, exc)

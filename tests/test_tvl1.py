@@ -5,6 +5,8 @@ The flow stage with the torch backend is tested in test_flow.py (same shard form
 
 from __future__ import annotations
 
+import os
+
 import cv2
 import numpy as np
 import pytest
@@ -166,6 +168,28 @@ def test_batch_and_check_interval_do_not_change_a_pair():
         assert torch.equal(tvl1.TVL1(FAST)(i0[k : k + 1], i1[k : k + 1])[0], batch[k])
     assert torch.equal(tvl1.TVL1(FAST, check_every=4)(i0, i1), batch)
     assert batch[2].abs().max() < 1e-3 and batch[0].abs().mean() > 0.3
+
+
+def test_compiled_path_traces_and_gives_the_eager_result(caplog):
+    """The CUDA path's torch.compile wiring, traced by dynamo with the 'eager' backend (no code
+    generation, so the same arithmetic): the same flow bit for bit, also when the batch shrinks as pairs
+    converge (dynamic shapes). A backend that fails falls back to eager mode with a warning."""
+    pairs = [moved_pair(smooth_texture(50, 60, s, 2.0), translation(0.5 * s, -0.3), (40, 30)) for s in range(3)]
+    i0, i1, _ = (np.stack(x) for x in zip(*pairs))
+    want = tvl1.TVL1(FAST)(i0, i1)
+    assert torch.equal(tvl1.TVL1(FAST, compile="eager", check_every=3)(i0, i1), want)
+    with caplog.at_level("WARNING", logger="cocon"):
+        assert torch.equal(tvl1.TVL1(FAST, compile="no-such-backend")(i0, i1), want)
+    assert "torch.compile of tvl1_iteration failed" in caplog.text
+
+
+@pytest.mark.skipif(not os.environ.get("COCON_COMPILE_TEST_TIMEOUT"), reason="opt-in: inductor's C++ "
+                    "compile of the iteration and the median takes minutes on a 2-core VM; set COCON_COMPILE_TEST_TIMEOUT")
+def test_inductor_compiled_flow_matches_eager():
+    pairs = [moved_pair(smooth_texture(50, 60, s, 2.0), translation(0.5 * s, -0.3), (40, 30)) for s in range(2)]
+    i0, i1, _ = (np.stack(x) for x in zip(*pairs))
+    got = tvl1.TVL1(FAST, compile=True)(i0, i1).numpy()
+    assert epe(got, tvl1.TVL1(FAST)(i0, i1).numpy()) < 0.01
 
 
 def test_rejects_what_it_does_not_implement():
