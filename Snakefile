@@ -21,6 +21,14 @@ include: "rules/train.smk"
 include: "rules/evaluate.smk"
 
 
+# Quick bookkeeping jobs: under a cluster executor they run on the submitting host, not as jobs
+# (the manifest repeats what parsing the workflow already did there).
+localrules:
+    demo_dataset,
+    manifest,
+    preprocess_summary,
+
+
 rule all:
     input:
         preprocess_targets(),

@@ -17,8 +17,13 @@ cocon_config.validate(config)
 validate(config, cocon_config.SCHEMA_PATH)
 
 # The rules run `python -m cocon.<stage>`: make the workflow's own package importable in every job,
-# including conda environments that do not install it.
-shell.prefix("export PYTHONPATH={}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ".format(shlex.quote(workflow.basedir)))
+# including conda environments that do not install it. HDF5's file locking fails or hangs on NFS and
+# Lustre, and our writers never share a file (each writes <name>.partial, then renames): every job,
+# local or on SLURM, runs with it off unless HDF5_USE_FILE_LOCKING is set.
+shell.prefix(
+    "export PYTHONPATH={}${{{{PYTHONPATH:+:$PYTHONPATH}}}}"
+    " HDF5_USE_FILE_LOCKING=${{{{HDF5_USE_FILE_LOCKING:-FALSE}}}}; ".format(shlex.quote(workflow.basedir))
+)
 
 OUT = config["output_dir"]
 RECORDS, MISSING = ingest.load_dataset(config)
@@ -152,6 +157,13 @@ def print_summary(path):
     if os.path.exists(path):
         with open(path) as fh:
             print(format_summary(json.load(fh)))
+
+
+def on_gpus(command):
+    """A GPU rule's shell command, run under `cocon.gpus`: the job gets `resources.gpu` GPUs of its own
+    (CUDA_VISIBLE_DEVICES) on a workstation, where Snakemake only counts them; none when the resource
+    is 0; under SLURM the ones SLURM gave it."""
+    return f"python -m cocon.gpus {{resources.gpu}} -- {command}"
 
 
 def output_dir_of_model(wildcards, output):

@@ -25,8 +25,10 @@ rule finetune:
         init=lambda w, input: f"--init {input.init}" if input.init else "",
         out=output_dir_of_model,
     shell:
-        "python -m cocon.finetune --view {wildcards.view} --init-kind {wildcards.init} {params.init}"
-        " --out {params.out} --threads {threads} --config-json {params.config:q} > {log} 2>&1"
+        on_gpus(
+            "python -m cocon.finetune --view {wildcards.view} --init-kind {wildcards.init} {params.init}"
+            " --out {params.out} --threads {threads} --config-json {params.config:q} > {log} 2>&1"
+        )
 
 
 rule evaluate:
@@ -49,8 +51,10 @@ rule evaluate:
     params:
         config=EVAL_JSON,
     shell:
-        "python -m cocon.evaluate --view {wildcards.view} --model {input.model} --out {output}"
-        " --threads {threads} --config-json {params.config:q} > {log} 2>&1"
+        on_gpus(
+            "python -m cocon.evaluate --view {wildcards.view} --model {input.model} --out {output}"
+            " --threads {threads} --config-json {params.config:q} > {log} 2>&1"
+        )
 
 
 rule features:
@@ -74,8 +78,10 @@ rule features:
         config=EVAL_JSON,
         model=lambda w, input: f"--model {input.init}" if input.init else "",
     shell:
-        "python -m cocon.features --view {wildcards.view} --init-kind {wildcards.init} {params.model}"
-        " --out {output} --threads {threads} --config-json {params.config:q} > {log} 2>&1"
+        on_gpus(
+            "python -m cocon.features --view {wildcards.view} --init-kind {wildcards.init} {params.model}"
+            " --out {output} --threads {threads} --config-json {params.config:q} > {log} 2>&1"
+        )
 
 
 rule report:

@@ -22,8 +22,10 @@ rule cpc:
         config=TRAIN_JSON,
         out=output_dir_of_model,
     shell:
-        "python -m cocon.train --stage cpc --views {wildcards.view} --out {params.out}"
-        " --threads {threads} --config-json {params.config:q} > {log} 2>&1"
+        on_gpus(
+            "python -m cocon.train --stage cpc --views {wildcards.view} --out {params.out}"
+            " --threads {threads} --config-json {params.config:q} > {log} 2>&1"
+        )
 
 
 rule cocon:
@@ -50,5 +52,7 @@ rule cocon:
         init=" ".join(f"--init {v}={OUT}/train/cpc/{v}/model.pt" for v in config["train"]["views"]),
         out=output_dir_of_model,
     shell:
-        "python -m cocon.train --stage cocon --views {params.views} {params.init} --out {params.out}"
-        " --threads {threads} --config-json {params.config:q} > {log} 2>&1"
+        on_gpus(
+            "python -m cocon.train --stage cocon --views {params.views} {params.init} --out {params.out}"
+            " --threads {threads} --config-json {params.config:q} > {log} 2>&1"
+        )

@@ -1,0 +1,174 @@
+"""The SLURM profile on a real SLURM: a private single-node cluster on localhost (tests/slurm_cluster.py)
+runs the demo DAG with tiny settings through `--profile profiles/slurm`; the results must equal a local
+run's byte for byte. One training job is cancelled while it runs: the profile's retry resubmits it with
+doubled memory and runtime, and the results are still identical.
+
+Needs Debian's slurm-wlm and munge, root (slurmd), and snakemake-executor-plugin-slurm (`make setup`).
+Skipped when they are missing, unless COCON_REQUIRE_SLURM=1 (set by .ci/run, which installs them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from slurm_cluster import LocalSlurm, missing_binaries
+from test_workflow import REPO, TINY, artefacts, snakemake
+
+# Every rule of the default target on 8 videos in one shard, one flow method, CoCon init only: 12 SLURM
+# jobs (+ 3 local rules). train.gpus: 2, so every training job asks SLURM for 2 GPUs and every test or
+# feature job for 1 (the test node's 8 GPUs are bookkeeping only: everything computes on the CPU, as
+# in the local run).
+SMALL = {**TINY, "shards": {"videos_per_shard": 8}, "flow": {**TINY["flow"], "methods": ["tvl1"]},
+         "train": {**TINY["train"], "gpus": 2}, "finetune": {**TINY["finetune"], "inits": ["cocon"]}}
+JOBS = {"frames": 1, "flow": 1, "cpc": 2, "cocon": 1, "finetune": 2, "evaluate": 2, "features": 2, "report": 1}
+GPUS = {"cpc": 2, "cocon": 2, "finetune": 2, "evaluate": 1, "features": 1}
+# The profile as users run it, with the partition chosen on the command line (as README says; not the
+# cluster's default one), plus what this one-node test cluster needs: no job accounting (squeue for
+# status), 2 real cores (every job gets at most 2 threads, as in the local run with --cores 2, so that
+# both runs do the same arithmetic), and quick status polls.
+PROFILE = ["--profile", str(REPO / "profiles" / "slurm"), "--default-resources", "slurm_partition=long",
+           "--max-threads", "2", "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2"]
+TRAINING = ("rule_cpc", "rule_cocon", "rule_finetune")
+
+
+def _unavailable() -> str | None:
+    missing = missing_binaries()
+    if missing:
+        return f"SLURM is not installed (no {', '.join(missing)}): apt-get install slurm-wlm munge"
+    if os.geteuid() != 0:
+        return "the test cluster's slurmd must run as root"
+    try:
+        import snakemake_executor_plugin_slurm  # noqa: F401
+    except ImportError:
+        return "snakemake-executor-plugin-slurm is not installed (make setup)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    why = _unavailable()
+    if why:
+        if os.environ.get("COCON_REQUIRE_SLURM") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
+    with LocalSlurm(tmp_path_factory.mktemp("slurm"), gpus=8) as c:
+        saved = dict(os.environ)
+        os.environ.update(c.env())  # snakemake, the plugin's sbatch/squeue and the jobs find this cluster
+        try:
+            yield c
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+
+class CancelFirstTrainingJob(threading.Thread):
+    """Watch the queue; `scancel` the first training job 1 s after it starts running."""
+
+    def __init__(self, cluster: LocalSlurm):
+        super().__init__(daemon=True)
+        self.cluster, self.killed, self.done = cluster, None, threading.Event()
+
+    def run(self):
+        while not self.done.is_set() and self.killed is None:
+            out = self.cluster.run("squeue", "-h", "-o", "%i %T %k", check=False).stdout
+            for line in out.splitlines():
+                job_id, state, comment = (line.split(None, 2) + ["", ""])[:3]
+                if state == "RUNNING" and comment.startswith(TRAINING):
+                    time.sleep(1.0)
+                    self.cluster.run("scancel", job_id, check=False)
+                    self.killed = job_id
+                    return
+            time.sleep(0.3)
+
+
+@pytest.fixture(scope="module")
+def slurm_run(cluster, tmp_path_factory):
+    """(local run's folder, SLURM run's folder, the SLURM run's wall time, id of the cancelled job)."""
+    local, work = tmp_path_factory.mktemp("local_run"), tmp_path_factory.mktemp("slurm_run")
+    watcher = CancelFirstTrainingJob(cluster)
+    # the local run computes while the SLURM run mostly waits for the queue: run them side by side
+    with ThreadPoolExecutor(1) as pool:
+        local_done = pool.submit(snakemake, local, SMALL, "--cores", "2")
+        watcher.start()
+        t0 = time.monotonic()
+        try:
+            snakemake(work, SMALL, *PROFILE)
+        finally:
+            watcher.done.set()
+            watcher.join()
+        seconds = time.monotonic() - t0
+        local_done.result()
+    return local, work, seconds, watcher.killed
+
+
+def _mb(value: str) -> int:
+    m = re.fullmatch(r"(\d+)([MG])", value)
+    return int(m.group(1)) * (1024 if m.group(2) == "G" else 1)
+
+
+def test_slurm_run_equals_local_run_byte_for_byte(slurm_run):
+    local, work, seconds, _ = slurm_run
+    first, second = artefacts(local), artefacts(work)
+    strip = lambda keys: {k for k in keys if "/tb/" not in k and not k.endswith("checkpoints/inputs.txt")}  # noqa: E731
+    assert strip(first) == strip(second)
+    assert [k for k in strip(first) if first[k] != second[k]] == []
+    assert any(k.startswith("shards/rgb/") for k in first) and any(k.startswith("shards/flow_tvl1/") for k in first)
+    assert json.loads(first["reports/metrics.json"]) == json.loads(second["reports/metrics.json"])
+    print(f"SLURM run: {seconds:.0f} s")
+
+
+def test_every_job_ran_as_a_slurm_job_sized_by_the_profile(slurm_run, cluster):
+    _, work, _, killed = slurm_run
+    jobs = [j for j in cluster.jobs() if j["WorkDir"] == str(work)]
+    rules = [_rule(j) for j in jobs]
+    # one SLURM job per DAG job (the local rules ran in snakemake's process), plus the resubmitted one
+    assert {r: rules.count(r) for r in set(rules)} == {r: n + (r == _rule(_job(jobs, killed))) for r, n in JOBS.items()}
+    by_rule = {}
+    for rule, j in sorted(zip(rules, jobs), key=lambda rj: int(rj[1]["JobId"])):
+        by_rule.setdefault(rule, j)  # first attempts
+    assert _mb(by_rule["frames"]["MinMemoryNode"]) == 4000 and by_rule["frames"]["TimeLimit"] == "01:00:00"
+    assert _mb(by_rule["report"]["MinMemoryNode"]) == 8000 and _mb(by_rule["cocon"]["MinMemoryNode"]) == 32000
+    for j, rule in zip(jobs, rules):
+        assert j["JobState"] == ("CANCELLED" if j["JobId"] == killed else "COMPLETED"), j
+        assert j["NumCPUs"] in ("1", "2") and j["Partition"] == "long"
+        # a GPU job is one task holding all its GPUs (tasks_per_gpu: 0), not one copy per GPU
+        assert (j["NumTasks"], j.get("TresPerJob")) == ("1", f"gres:gpu:{GPUS[rule]}" if rule in GPUS else None), j
+    # ... and ran one training process (on a GPU node it relaunches itself under torchrun, one per GPU);
+    # under SLURM the GPU wrapper claims nothing: SLURM chose the job's GPUs
+    log = (work / "logs" / "train" / "cocon.log").read_text()
+    assert "1 process(es)" in log and "rank1" not in log and "cocon.gpus" not in log
+    # per-job SLURM logs, kept also for successful jobs
+    logs = list((work / "logs" / "slurm").rglob("*.log"))
+    assert len(logs) == len(jobs) and all(p.stat().st_size > 0 for p in logs)
+
+
+def _rule(job: dict) -> str:
+    return re.sub(r"_wildcards_.*", "", job["Comment"]).removeprefix("rule_")
+
+
+def _job(jobs: list[dict], job_id: str) -> dict:
+    return next(j for j in jobs if j["JobId"] == job_id)
+
+
+def test_cancelled_job_is_resubmitted_with_doubled_resources(slurm_run, cluster):
+    _, work, _, killed = slurm_run
+    assert killed is not None, "no training job was seen running"
+    jobs = cluster.jobs()
+    first = next(j for j in jobs if j["JobId"] == killed)
+    again = [j for j in jobs if j["Comment"] == first["Comment"] and j["WorkDir"] == str(work) and j["JobId"] != killed]
+    assert len(again) == 1 and again[0]["JobState"] == "COMPLETED"
+    assert _mb(again[0]["MinMemoryNode"]) == 2 * _mb(first["MinMemoryNode"])  # mem_mb: "... * attempt"
+    assert _hours(again[0]["TimeLimit"]) == 2 * _hours(first["TimeLimit"])  # runtime: "... * attempt"
+
+
+def _hours(limit: str) -> float:
+    days, _, hms = limit.rpartition("-")
+    h, m, s = (int(x) for x in hms.split(":"))
+    return int(days or 0) * 24 + h + m / 60 + s / 3600
