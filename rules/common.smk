@@ -9,6 +9,7 @@ import shlex
 from snakemake.utils import validate
 
 from cocon import config as cocon_config
+from cocon import gpus as cocon_gpus
 from cocon import ingest
 from cocon.records import assign_shards, shard_name
 
@@ -50,9 +51,14 @@ DATASET_JSON = as_json({"name": config["dataset"]["name"], "format": config["dat
 FRAMES_JSON = as_json(config["frames"])
 
 
-# The TVL1 flow jobs ask for a GPU when set to the torch backend on a GPU (with backend: auto they use
-# one only if the scheduler gives it to them anyway).
-TVL1_GPUS = int(config["flow"]["tvl1"]["backend"] == "torch" and config["flow"]["tvl1"]["device"] != "cpu")
+# GPUs of a TVL1 flow job: 1 with backend torch on a device other than cpu; with backend auto, 1 when
+# the machine running Snakemake has a GPU (cocon.gpus's list: COCON_GPU_IDS, CUDA_VISIBLE_DEVICES or
+# nvidia-smi), so a workstation with GPUs runs TVL1 on them; on a cluster set backend: torch.
+_tvl1 = config["flow"]["tvl1"]
+TVL1_GPUS = int(
+    _tvl1["device"] != "cpu"
+    and (_tvl1["backend"] == "torch" or (_tvl1["backend"] == "auto" and _tvl1["gamma"] == 0 and bool(cocon_gpus.machine_gpu_ids())))
+)
 
 
 def flow_json(wildcards):

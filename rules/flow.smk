@@ -21,5 +21,7 @@ rule flow:
         flow=flow_json,
         dataset=DATASET_JSON,
     shell:
-        "python -m cocon.flow --method {wildcards.method} --rgb {input.rgb} --shard {wildcards.shard}"
-        " --out {output} --params {params.flow:q} --dataset {params.dataset:q} --threads {threads} > {log} 2>&1"
+        on_gpus(
+            "python -m cocon.flow --method {wildcards.method} --rgb {input.rgb} --shard {wildcards.shard}"
+            " --out {output} --params {params.flow:q} --dataset {params.dataset:q} --threads {threads} > {log} 2>&1"
+        )
