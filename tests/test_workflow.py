@@ -302,6 +302,21 @@ def test_dry_run_shards_are_fixed_at_parse_time(tmp_path):
     shutil.rmtree(tmp_path / ".snakemake", ignore_errors=True)
 
 
+@pytest.mark.parametrize("backend, visible, tvl1_gpus", [("torch", "", 1), ("opencv", "0", 0), ("auto", "", 0), ("auto", "0", 1)])
+def test_tvl1_jobs_ask_for_a_gpu_only_when_they_will_use_it(tmp_path, monkeypatch, backend, visible, tvl1_gpus):
+    """backend torch: one GPU per TVL1 job; auto: one when the machine running Snakemake has a GPU
+    (here: COCON_GPU_IDS); opencv: none. Farneback jobs never; every flow job runs under cocon.gpus."""
+    monkeypatch.setenv("COCON_GPU_IDS", visible)
+    cfg = {**TINY, "flow": {**TINY.get("flow", {}), "tvl1": {"backend": backend}}}
+    out = snakemake(tmp_path, cfg, "-n", "-p", "--cores", "1", "--until", "flow").stdout
+    cmds = [line for line in out.splitlines() if "-m cocon.flow" in line]
+    assert cmds and all(line.split("Shell command:")[-1].lstrip().startswith("python -m cocon.gpus") for line in cmds)
+    for line in cmds:
+        want = tvl1_gpus if "--method tvl1" in line else 0
+        assert f"cocon.gpus {want} --" in line, line
+    shutil.rmtree(tmp_path / ".snakemake", ignore_errors=True)
+
+
 def test_replaced_video_reruns_only_its_shard(tmp_path, csv_dataset):
     cfg = {**TINY, "dataset": {"format": "csv", "name": "mini", "manifest": str(csv_dataset / "videos.csv")},
            "shards": {"videos_per_shard": 3}, "flow": {"methods": ["farneback"]},
