@@ -6,13 +6,26 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup mm-stack demo test lint bench clean
 
-$(BIN)/.installed: pyproject.toml constraints.txt
+$(BIN)/.installed: pyproject.toml constraints.txt envs/mm-requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	$(MAKE) mm-stack
 	touch $@
+
+# The OpenMMLab stack of the pose and seg stages (docs/pose_seg.md, "Install"), next to torch 2.13 CPU,
+# numpy 2 and the contrib OpenCV: build tools first; mmcv 2.1.0 built from source against the installed
+# torch (~15 min on 2 cores the first time; pip caches the wheel) and xtcocotools against numpy 2; then
+# the rest without their declared dependencies, which would pull opencv-python over the contrib cv2,
+# a CUDA torchvision and chumpy (none of them is needed).
+mm-stack:
+	$(BIN)/pip install --quiet -c constraints.txt setuptools ninja wheel Cython
+	MAX_JOBS=$$(nproc) $(BIN)/pip install --quiet -c constraints.txt --no-deps --no-build-isolation \
+		--no-binary xtcocotools mmcv xtcocotools
+	$(BIN)/pip install --quiet -c constraints.txt --no-deps -r envs/mm-requirements.txt
+	$(BIN)/python -c "import cv2, mmcv.ops, mmpose.models, mmseg.apis, mmdet.apis; cv2.optflow.DualTVL1OpticalFlow_create"
 
 setup: $(BIN)/.installed
 

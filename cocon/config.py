@@ -83,8 +83,8 @@ def check(cfg: dict) -> None:
     for v in cfg["train"]["views"]:
         if v.startswith("flow_") and v not in computed:
             raise ConfigError("train.views", f"view '{v}' needs '{v[5:]}' in flow.methods")
-        if v in ("pose", "seg"):
-            raise ConfigError("train.views", f"view '{v}' is not produced by this version of the pipeline yet")
+        if v in ("pose", "seg") and not cfg[v]["enabled"]:
+            raise ConfigError("train.views", f"view '{v}' needs {v}.enabled: true")
     if "cocon" in cfg["finetune"]["inits"] and len(cfg["train"]["views"]) < 2:
         raise ConfigError("finetune.inits", "'cocon' needs at least two train.views (CoCon trains views jointly)")
     ev = cfg["evaluate"]
@@ -95,7 +95,14 @@ def check(cfg: dict) -> None:
     tvl1 = cfg["flow"]["tvl1"]
     if tvl1["backend"] == "torch" and tvl1["gamma"] != 0:
         raise ConfigError("flow.tvl1.gamma", "the torch TVL1 backend implements gamma = 0 only; use backend: opencv")
-    for key in ("frames.encoding", "flow.encoding"):
+    pose, seg = cfg["pose"], cfg["seg"]
+    if pose["enabled"] and pose["boxes"] == "seg":
+        if not seg["enabled"]:
+            raise ConfigError("pose.boxes", "'seg' needs seg.enabled: true")
+        for key in ("frame_stride", "frame_offset"):
+            if pose[key] != seg[key]:
+                raise ConfigError(f"pose.{key}", f"must equal seg.{key} when pose.boxes is 'seg'")
+    for key in ("frames.encoding", "flow.encoding", "pose.encoding", "seg.encoding"):
         section, _ = key.split(".")
         check_encoding(cfg[section]["encoding"], key)
 

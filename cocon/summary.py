@@ -22,10 +22,13 @@ from .shards import ShardReader
 def summarize(shards: list[str], manifest: str, missing: str) -> dict:
     """{"videos": n, "missing_skipped": [...], "views": {view: {"shards", "ok", "failed", "failures"}}}."""
     views: dict = defaultdict(lambda: {"shards": 0, "ok": 0, "failed": 0, "failures": []})
+    random_init: dict = defaultdict(list)
     for path in sorted(shards):
         r = ShardReader(path)
         v = views[r.attrs["view"]]
         v["shards"] += 1
+        if r.attrs.get("weights") == "none":  # pose/seg computed by a randomly initialised model
+            random_init[r.attrs["view"]].append(r.attrs["shard"])
         for row in r.index:
             if row["status"] == "ok":
                 v["ok"] += 1
@@ -38,6 +41,9 @@ def summarize(shards: list[str], manifest: str, missing: str) -> dict:
         "videos": len(read_manifest(manifest)),
         "missing_skipped": skipped,
         "views": dict(sorted(views.items())),
+        "warnings": [f"{view}: weights none - computed by randomly initialised models ({len(names)} shards); "
+                     f"its maps carry no information about people (configure {view}.checkpoint)"
+                     for view, names in sorted(random_init.items())],
         "code_revision": code_revision(),
         "library_versions": library_versions(),
     }
@@ -52,6 +58,8 @@ def format_summary(s: dict) -> str:
         lines.append(f"  {view}: {v['ok']} ok, {v['failed']} failed ({v['shards']} shards)")
         for f in v["failures"]:
             lines.append(f"    FAILED {f['video_id']} (shard {f['shard']}): {f['reason']}")
+    for w in s.get("warnings", []):
+        lines.append(f"  WARNING {w}")
     return "\n".join(lines)
 
 

@@ -31,12 +31,13 @@ RECORDS, MISSING = ingest.load_dataset(config)
 SHARD_LIST = assign_shards(RECORDS, config["shards"]["videos_per_shard"])
 SHARDS = [shard_name(k) for k in range(len(SHARD_LIST))]
 FLOW_VIEWS = [f"flow_{m}" for m in config["flow"]["methods"]]
-VIEWS = ["rgb", *FLOW_VIEWS]
+INFERRED_VIEWS = [v for v in ("seg", "pose") if config[v]["enabled"]]
+VIEWS = ["rgb", *FLOW_VIEWS, *INFERRED_VIEWS]
 
 
 wildcard_constraints:
     shard=r"\d{5}",
-    view="|".join(["rgb", *[f"flow_{m}" for m in config["flow"]["methods"]]]),
+    view="|".join(["rgb", *[f"flow_{m}" for m in config["flow"]["methods"]], *INFERRED_VIEWS]),
     method="|".join(config["flow"]["methods"]) or "none",
     init="random|cpc|cocon",
     cseed=r"\d+",
@@ -64,6 +65,28 @@ TVL1_GPUS = int(
 def flow_json(wildcards):
     f = config["flow"]
     return as_json({"bound": f["bound"], "encoding": f["encoding"], wildcards.method: f[wildcards.method]})
+
+
+def inferred_json(view):
+    """Parameters of the pose or seg stage: its config section, the global seed (random-init models)
+    and, for pose with boxes from the seg view, the seg section its boxes depend on."""
+    params = {**config[view], "seed": config["seed"]}
+    params.pop("enabled")
+    params.pop("gpus")
+    if view == "pose" and params["boxes"] == "seg":
+        params["seg"] = json.loads(inferred_json("seg"))
+    if view == "pose" and params["boxes"] != "detector":
+        params.pop("detector")
+    return as_json(params)
+
+
+def model_files(view):
+    """Local config and checkpoint files of the pose or seg stage (URLs and shipped config names are
+    params): editing or replacing one reruns the stage."""
+    specs = [config[view]["config"], config[view]["checkpoint"]]
+    if view == "pose" and config["pose"]["boxes"] == "detector":
+        specs += [config["pose"]["detector"]["config"], config["pose"]["detector"]["checkpoint"]]
+    return [local_path(s) for s in specs if s and not s.startswith(("http://", "https://")) and os.path.isfile(s)]
 
 
 def local_path(path):
