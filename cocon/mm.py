@@ -18,7 +18,6 @@ import logging
 import os
 import pickle
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from . import stage
+from .provenance import distribution_versions
 from .records import VideoRecord
 from .shards import ShardReader, ShardWriter, encode_frames
 from .video import BadVideo, resized_size
@@ -66,13 +66,8 @@ def scope(kind: str):
 
 
 def mm_versions() -> dict:
-    out = {}
-    for name in DISTRIBUTIONS:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "absent"
-    return out
+    """Versions of the OpenMMLab distributions (recorded in the pose/seg shards)."""
+    return distribution_versions(DISTRIBUTIONS)
 
 
 # ---------------------------------------------------------------- configs and checkpoints

@@ -42,15 +42,21 @@ def code_revision() -> dict:
     return {"git": rev, "dirty": dirty, "source_sha256": digest.hexdigest()}
 
 
-@functools.lru_cache(maxsize=1)
-def library_versions() -> dict:
-    """Installed versions of the libraries that shape the outputs ("absent" when not installed)."""
+def distribution_versions(names) -> dict:
+    """{name: installed version, or "absent"} for the given distributions."""
     out = {}
-    for name in LIBRARIES:
+    for name in names:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = "absent"
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def library_versions() -> dict:
+    """Installed versions of the libraries that shape the outputs ("absent" when not installed)."""
+    out = distribution_versions(LIBRARIES)
     try:
         import cv2
 
