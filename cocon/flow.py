@@ -127,7 +127,11 @@ def video_flow(frames: np.ndarray, compute: FlowComputer, bound: float, pool_map
     if compute.batched:
         for s in range(0, t - 1, compute.batch_size):
             e = min(s + compute.batch_size, t - 1)
-            out[s:e] = quantize(compute.batch(gray[s:e], gray[s + 1:e + 1]), bound)
+            try:
+                flow = compute.batch(gray[s:e], gray[s + 1:e + 1])
+            except ValueError as exc:  # e.g. frames too small for TV-L1: this video fails, not the shard
+                raise BadVideo(f"tvl1 (torch): {exc}") from exc
+            out[s:e] = quantize(flow, bound)
     else:
 
         def pair(k):

@@ -201,6 +201,17 @@ def test_rejects_what_it_does_not_implement():
         tvl1.TVL1(DEFAULT)(np.zeros((1, 8, 9), np.uint8), np.zeros((2, 8, 9), np.uint8))
 
 
+def test_frames_too_small_fail_the_video_not_the_job():
+    """In the flow stage a video too small for TV-L1 is a BadVideo (listed as failed, the rest of the
+    shard goes on), not an exception that kills the job."""
+    from cocon.flow import video_flow
+    from cocon.video import BadVideo
+
+    c = FlowComputer("tvl1", {"tvl1": {**DEFAULT, "backend": "torch", "device": "cpu"}})
+    with pytest.raises(BadVideo, match="too small"):
+        video_flow(np.zeros((3, 2, 9, 3), np.uint8), c, 20.0, map)
+
+
 def test_tiny_images_use_fewer_scales_like_opencv():
     """Below 16 px a level is not added (as OpenCV); a 20x18 pair still gives OpenCV's flow."""
     i0, i1, _ = moved_pair(smooth_texture(40, 40, 3, 1.5), translation(0.6, -0.4), (20, 18))
