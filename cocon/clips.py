@@ -352,6 +352,10 @@ class Augmentation:
                  (ITU-R 601 grey)
     shared_crop: one crop box (in relative coordinates) and one flip decision for all views of a sample
     flip_flow:   let flow be flipped as well (mirrored and u negated: q -> 255 - q)
+    p_jitter:    probability that the colour jitter is applied (per frame, or per clip when consistent)
+    consistent_jitter: one jitter draw (factors and order) for every frame of the clip, as the
+                 fine-tuning augmentation of CoCon/DPC (ColorJitter(consistent=True)); the default
+                 (False) draws per frame, as their pretraining augmentation
     """
 
     crop_scale: tuple[float, float] = (0.5, 1.0)
@@ -362,6 +366,8 @@ class Augmentation:
     gray: str = "channel"
     shared_crop: bool = False
     flip_flow: bool = False
+    p_jitter: float = 1.0
+    consistent_jitter: bool = False
 
     def __post_init__(self):
         if self.gray not in ("channel", "luma"):
@@ -369,6 +375,11 @@ class Augmentation:
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"crop_scale must satisfy 0 < lo <= hi <= 1, got {self.crop_scale}")
+
+
+# Fine-tuning augmentation of CoCon's and DPC's code: crop and flip as in pretraining, one clip-consistent
+# ColorJitter(0.5, 0.5, 0.5, 0.25) applied with probability 0.3, no grey.
+FINETUNE_AUGMENTATION = Augmentation(p_gray=0.0, p_jitter=0.3, consistent_jitter=True)
 
 
 def _draw_box(rng: np.random.Generator, aug: Augmentation) -> tuple[float, float, float, float, bool]:
@@ -426,6 +437,9 @@ def _colour(frames: np.ndarray, rng: np.random.Generator, aug: Augmentation) -> 
     fs = rng.uniform(max(0.0, 1 - js), 1 + js, t)
     fh = rng.uniform(-jh, jh, t)
     orders = np.argsort(rng.random((t, 4)), axis=1)
+    jitter_on = rng.random(t) < aug.p_jitter
+    if aug.consistent_jitter:  # the first frame's draws for the whole clip
+        fb[:], fc[:], fs[:], fh[:], orders[:], jitter_on[:] = fb[0], fc[0], fs[0], fh[0], orders[0], jitter_on[0]
     active = (jb > 0, jc > 0, js > 0, jh > 0)
     for k in range(t):
         f = frames[k]
@@ -435,7 +449,7 @@ def _colour(frames: np.ndarray, rng: np.random.Generator, aug: Augmentation) -> 
             else:
                 f[...] = cv2.cvtColor(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
         for op in orders[k]:
-            if not active[op]:
+            if not (active[op] and jitter_on[k]):
                 continue
             if op == 0:
                 f = cv2.addWeighted(f, float(fb[k]), f, 0.0, 0.0)

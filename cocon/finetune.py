@@ -62,6 +62,12 @@ class FinetuneTrainer(Trainer):
         self.init_kind = init_kind
         super().__init__("finetune", [view], cfg, out, {view: init_path} if init_path else {})
 
+    def make_datasets(self):
+        from .clips import FINETUNE_AUGMENTATION
+        from .train import build_datasets
+
+        return build_datasets(self.cfg, self.views, FINETUNE_AUGMENTATION)
+
     def hyperparameters(self) -> dict:
         fc = self.cfg["finetune"]
         return {k: fc[k] for k in ("epochs", "lr", "weight_decay", "batch_size", "max_steps_per_epoch")}

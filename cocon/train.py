@@ -65,7 +65,7 @@ def build_models(views: list[str], tc: dict) -> PerViewNetworks:
     })
 
 
-def build_datasets(cfg: dict, views: list[str]) -> tuple[MultiViewClips, MultiViewClips]:
+def build_datasets(cfg: dict, views: list[str], augmentation=None) -> tuple[MultiViewClips, MultiViewClips]:
     """Training clips (train role minus the held-out subset) and validation clips (the subset)."""
     tc = cfg["train"]
     shards = discover(cfg["output_dir"], views)
@@ -73,7 +73,8 @@ def build_datasets(cfg: dict, views: list[str]) -> tuple[MultiViewClips, MultiVi
     common = dict(shards=shards, views=views, split=cfg["dataset"]["split"], holdout_fraction=tc["val_fraction"],
                   holdout_seed=cfg["seed"], num_blocks=tc["num_blocks"], block_len=tc["block_len"],
                   stride=tc["stride"], sizes=sizes, seed=cfg["seed"])
-    return MultiViewClips(role="train", augment=True, **common), MultiViewClips(role="val", augment=False, **common)
+    return (MultiViewClips(role="train", augment=True, augmentation=augmentation, **common),
+            MultiViewClips(role="val", augment=False, **common))
 
 
 # Left out of the run hash: the epoch counts (raising them continues a finished run) and the speed-only
