@@ -1,4 +1,4 @@
-"""Dense-evaluation benchmark: test videos/s of cocon.evaluate's path against the obvious baseline.
+"""Dense-evaluation benchmark: test videos/s of cocon.evaluate.dense's path against the obvious baseline.
 
     python bench/dense_eval.py [--videos a.avi ...] [--repeats 3] [--window-batch 16] [--size 64]
 
@@ -10,9 +10,9 @@ Model: the rgb ActionClassifier (ResNet18-2D3D + ConvGRU + head), random weights
 Compared, on the same videos and windows, producing the same probabilities:
   baseline   one window at a time: each window's frames read and decoded from the shard on their own
              (overlapping windows decode shared frames again), one forward pass per window.
-  ours       cocon.clips.DenseClips (each stored frame of a video decoded once, all windows cut from
+  ours       cocon.data.clips.DenseClips (each stored frame of a video decoded once, all windows cut from
              it) and the windows of a video in batches of --window-batch per forward pass
-             (cocon.evaluate.run_in_chunks).
+             (cocon.evaluate.dense.run_in_chunks).
 Reported: videos/s of each (median of --repeats, interleaved), the paired ratio, the decode-only
 ratio, and the largest probability difference between the two. Prints one JSON object. CPU numbers
 are ratios only; absolute times belong to the GPU machine.
@@ -36,10 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import cpu_model  # noqa: E402
 from loader import build_shards, source_records  # noqa: E402
 
-from cocon import clips  # noqa: E402
-from cocon.clips import DenseClips, discover  # noqa: E402
-from cocon.evaluate import run_in_chunks  # noqa: E402
-from cocon.models import ActionClassifier  # noqa: E402
+from cocon.data import clips  # noqa: E402
+from cocon.data.clips import DenseClips, discover  # noqa: E402
+from cocon.evaluate.dense import run_in_chunks  # noqa: E402
+from cocon.models.networks import ActionClassifier  # noqa: E402
 from cocon.provenance import library_versions  # noqa: E402
 
 N, K, STRIDE = 8, 5, 3

@@ -1,5 +1,5 @@
 """Dry-run benchmark: seconds for `snakemake -n` on a Kinetics-400-sized dataset (240k clips, 400
-labels, official-style CSVs), against the 60 s goal; also the ingest alone (cocon.ingest.load_dataset).
+labels, official-style CSVs), against the 60 s goal; also the ingest alone (cocon.sources.ingest.load_dataset).
 
     python bench/dryrun.py [--videos 240000] [--labels 400] [--videos-per-shard 256] [--cores 2]
                            [--repeats 1] [--plain] [--phases] [--what-if] [--profile] [--analyse]
@@ -49,8 +49,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from cocon.config import load_config  # noqa: E402
-from cocon.ingest import load_dataset  # noqa: E402
-from cocon.records import assign_shards  # noqa: E402
+from cocon.sources.ingest import load_dataset  # noqa: E402
+from cocon.sources.records import assign_shards  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import cpu_model  # noqa: E402
@@ -86,7 +86,7 @@ import atexit, inspect, json, sys, time
 T0 = time.perf_counter()
 import snakemake.cli, snakemake.dag, snakemake.jobs, snakemake.rules, snakemake.workflow
 import snakemake.persistence, snakemake.scheduling.job_scheduler
-import cocon.ingest, cocon.records
+import cocon.sources.ingest, cocon.sources.records
 incl, own, depth, calls = {}, {}, {}, {}
 stack = []  # [key, seconds spent in timed callees] per active timed call
 
@@ -138,8 +138,8 @@ def wrap(owner, name, key):
 D, W = snakemake.dag.DAG, snakemake.workflow.Workflow
 for owner, name, key in [
     (W, "include", "parse: Workflow.include"),
-    (cocon.ingest, "load_dataset", "parse > cocon.ingest.load_dataset (common.smk)"),
-    (cocon.records, "assign_shards", "parse > cocon.records.assign_shards (common.smk)"),
+    (cocon.sources.ingest, "load_dataset", "parse > cocon.sources.ingest.load_dataset (common.smk)"),
+    (cocon.sources.records, "assign_shards", "parse > cocon.sources.records.assign_shards (common.smk)"),
     (W, "_prepare_dag", "Workflow._prepare_dag (persistence, locks)"),
     (D, "init", "DAG.init (DAG build)"),
     (D, "update", "DAG.init > DAG.update (job graph)"),

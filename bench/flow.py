@@ -1,11 +1,11 @@
-"""Flow-stage benchmark: pairs/s of the flow stage (cocon.flow.run) against a bare loop of the same
+"""Flow-stage benchmark: pairs/s of the flow stage (cocon.preprocess.flow.run) against a bare loop of the same
 OpenCV calls on the same frames, for TVL1 and Farneback, and the stage's speedup on 2 threads.
 
     python bench/flow.py [--video V.mp4] [--short-side 128] [--frames 800] [--tvl1-frames 40]
                          [--repeats 3] [--methods tvl1 farneback] [--threads 2]
 
-Frames: the first --frames frames of --video decoded with cocon.video.decode_video at --short-side,
-or, without --video, 4 demo videos (cocon.demo, 320x240) decoded the same way. They are written to an
+Frames: the first --frames frames of --video decoded with cocon.preprocess.video.decode_video at --short-side,
+or, without --video, 4 demo videos (cocon.sources.demo, 320x240) decoded the same way. They are written to an
 rgb shard with the pipeline's default frames encoding (jpeg 90); the bare loop runs on the frames read
 back from that shard, so both sides see the same pixels. Farneback uses all the frames, TVL1 (about
 50x slower) only the first --tvl1-frames; pairs = frames - videos.
@@ -13,7 +13,7 @@ back from that shard, so both sides see the same pixels. Farneback uses all the 
   bare       cv2.setNumThreads(1); per video: cvtColor RGB->gray for every frame, then
              DualTVL1OpticalFlow.calc / calcOpticalFlowFarneback (the config's default parameters)
              for every consecutive pair. Frames already decoded in memory; nothing stored.
-  stage      cocon.flow.run(method, rgb shard, ...) end to end: read and decode the rgb shard,
+  stage      cocon.preprocess.flow.run(method, rgb shard, ...) end to end: read and decode the rgb shard,
              gray, flow, quantise, encode (jpeg 95), write the flow shard; threads=1 and --threads.
              Process start-up and the provenance lookup (git) are one-off costs per job, left out.
 
@@ -45,12 +45,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import cpu_model  # noqa: E402
-from cocon import demo, flow  # noqa: E402
+from cocon.sources import demo
+from cocon.preprocess import flow  # noqa: E402
 from cocon.config import load_config  # noqa: E402
 from cocon.provenance import code_revision, library_versions  # noqa: E402
-from cocon.records import VideoRecord  # noqa: E402
-from cocon.shards import ShardReader, ShardWriter, encode_frames  # noqa: E402
-from cocon.video import decode_video  # noqa: E402
+from cocon.sources.records import VideoRecord  # noqa: E402
+from cocon.data.shards import ShardReader, ShardWriter, encode_frames  # noqa: E402
+from cocon.preprocess.video import decode_video  # noqa: E402
 
 GOAL_OVERHEAD = 0.05
 GOAL_SPEEDUP_2 = 1.8

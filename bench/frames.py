@@ -1,20 +1,20 @@
-"""Frames-stage benchmark: frames/s of the frames stage (cocon.frames.run) on 1 and 2 threads against
+"""Frames-stage benchmark: frames/s of the frames stage (cocon.preprocess.frames.run) on 1 and 2 threads against
 a bare single-thread loop of cv2.VideoCapture decode + cv2.resize (INTER_AREA) + BGR->RGB of the same
 videos.
 
     python bench/frames.py [--videos a.mp4 b.mp4 ...] [--short-side 128] [--repeats 3] [--threads 2]
                            [--demo-groups 3] [--demo-frames 240] [--demo-size 320x240]
 
-Input: --videos, or demo videos (cocon.demo: 8 classes x --demo-groups groups x 1 clip, default
+Input: --videos, or demo videos (cocon.sources.demo: 8 classes x --demo-groups groups x 1 clip, default
 24 videos of 240 frames, i.e. 10 s at 24 fps like a Kinetics clip, at 320x240, XVID), all in one
 shard of a manifest written for the run.
 
   bare         cv2.setNumThreads(1); per video: VideoCapture (FFMPEG backend, 1 decoder thread, as in
-               cocon.video.decode_video), read every frame, resize to --short-side with INTER_AREA,
+               cocon.preprocess.video.decode_video), read every frame, resize to --short-side with INTER_AREA,
                cvtColor BGR->RGB. Frames are dropped, nothing stored.
   bare+jpeg    the same plus cv2.imencode JPEG quality 90 of every frame (what the stage must also do
                with the default frames.encoding): the stage's unavoidable work, for reference.
-  stage        cocon.frames.run(manifest, shard, out, params, ...) end to end (decode, checks, resize,
+  stage        cocon.preprocess.frames.run(manifest, shard, out, params, ...) end to end (decode, checks, resize,
                RGB, JPEG encode, HDF5 shard written atomically), threads=1 and --threads; params =
                the config defaults (frames.encoding jpeg 90) with --short-side.
 
@@ -42,17 +42,18 @@ import cv2
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import cpu_model  # noqa: E402
-from cocon import demo, frames  # noqa: E402
+from cocon.sources import demo
+from cocon.preprocess import frames  # noqa: E402
 from cocon.config import load_config  # noqa: E402
 from cocon.provenance import code_revision, library_versions  # noqa: E402
-from cocon.records import VideoRecord, write_manifest  # noqa: E402
-from cocon.shards import ShardReader  # noqa: E402
+from cocon.sources.records import VideoRecord, write_manifest  # noqa: E402
+from cocon.data.shards import ShardReader  # noqa: E402
 
 
 
 
 def out_size(h: int, w: int, short: int) -> tuple[int, int]:
-    """(width, height) with the short side = short, aspect kept (as cocon.video.resized_size)."""
+    """(width, height) with the short side = short, aspect kept (as cocon.preprocess.video.resized_size)."""
     if h <= w:
         return max(1, round(w * short / h)), short
     return short, max(1, round(h * short / w))

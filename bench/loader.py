@@ -1,13 +1,13 @@
-"""Training-loader benchmark: multi-view clips/s of `cocon.clips.MultiViewClips` reading the HDF5 shards,
+"""Training-loader benchmark: multi-view clips/s of `cocon.data.clips.MultiViewClips` reading the HDF5 shards,
 against a loader reading one file per frame per view (the original research layout) on the same frames.
 
     python bench/loader.py [--videos a.avi ...] [--batch-size 8] [--batches 6] [--repeats 3]
                            [--workers 0 2] [--out DIR] [--keep]
 
 Data: the pipeline's own stages on real or demo videos. Without --videos, demo videos are generated
-(cocon.demo; default 4 classes x 2 groups x 2 clips = 16 videos of 150 frames at 320x240), every one
-put in the training role. cocon.frames.run writes the rgb shards (short side 128, jpeg 90, 8 videos
-per shard), cocon.flow.run the flow shards (jpeg 95, bound 20). TVL1 runs at ~2 pairs/s at 128 px,
+(cocon.sources.demo; default 4 classes x 2 groups x 2 clips = 16 videos of 150 frames at 320x240), every one
+put in the training role. cocon.preprocess.frames.run writes the rgb shards (short side 128, jpeg 90, 8 videos
+per shard), cocon.preprocess.flow.run the flow shards (jpeg 95, bound 20). TVL1 runs at ~2 pairs/s at 128 px,
 so BOTH flow views hold Farneback flow: the flow_farneback shards are copied as flow_tvl1 with their
 `view` attribute changed (same bytes, same read cost as a distinct view). pose and seg are not
 produced by the pipeline yet and are not included.
@@ -24,7 +24,7 @@ The folder loader is MultiViewClips itself with its shard readers swapped for re
 decode one file per frame per view with cv2.imread (the original used PIL): sampling, crop, flip, grey,
 jitter, normalisation and collate are the same code, so only the storage access differs.
 
-Loader: torch DataLoader (cocon.clips.ClipLoader, the worker setup of make_loader: one OpenCV and one
+Loader: torch DataLoader (cocon.data.clips.ClipLoader, the worker setup of make_loader: one OpenCV and one
 torch thread per worker; the main process is set to one thread too) with the same batch size, workers
 and sample indices for every layout. The sampler draws with replacement (seeded), because the
 dataset is small; training role, augmentation on, default sizes (128 px), clips of 8 x 5 frames at
@@ -66,11 +66,14 @@ from torch.utils.data import RandomSampler, default_collate  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import cpu_model  # noqa: E402
-from cocon import clips, demo, flow, frames  # noqa: E402
+from cocon.data import clips
+from cocon.sources import demo
+from cocon.preprocess import flow
+from cocon.preprocess import frames  # noqa: E402
 from cocon.config import load_config  # noqa: E402
 from cocon.provenance import library_versions  # noqa: E402
-from cocon.records import VideoRecord, assign_shards, shard_name, write_manifest  # noqa: E402
-from cocon.shards import ShardReader, ShardWriter, decode_image, encode_frames  # noqa: E402
+from cocon.sources.records import VideoRecord, assign_shards, shard_name, write_manifest  # noqa: E402
+from cocon.data.shards import ShardReader, ShardWriter, decode_image, encode_frames  # noqa: E402
 
 GOAL = 5.0
 FLOW_VIEWS = ("flow_tvl1", "flow_farneback")

@@ -4,7 +4,7 @@ per stored frame.
     python bench/pose_seg.py [--frames 48] [--short-side 128] [--batch-sizes 1 8 32] [--threads 2]
                              [--device cpu] [--models demo default] [--repeats 1]
 
-Frames: --frames frames of 2 demo videos (cocon.demo, 320x240) decoded at --short-side (171x128 for
+Frames: --frames frames of 2 demo videos (cocon.sources.demo, 320x240) decoded at --short-side (171x128 for
 128), stored in an rgb shard (jpeg 90) as the frames stage would. Models, randomly initialised (speed
 does not depend on the weights), from the packages' shipped configs:
   demo     SegFormer-B0 ADE20K at Resize 128x64 (as config.yaml); MobileNetV2 pose at 96x128 crops
@@ -16,7 +16,7 @@ arbitrary), so its cost is per person crop; add the detector's cost per frame fo
              mmseg.apis.inference_model(model, img); for pose the steps of mmpose.apis.inference_topdown
              (test pipeline on one box, pseudo_collate, model.test_step), which cannot be imported
              here because mmpose.apis imports torchvision
-  stage      cocon.seg.run / cocon.pose.run end to end (read rgb shard, batched inference, softmax or
+  stage      cocon.preprocess.seg.run / cocon.preprocess.pose.run end to end (read rgb shard, batched inference, softmax or
              heatmap warping, uint8, png, write the shard) at each --batch-sizes value
 Throughput = frames / wall time, model build excluded. Bytes per frame: the stored shard with each
 encoding (raw, png level 1, gzip 1), measured on realistic synthetic maps (17 Gaussian peaks of sigma
@@ -40,10 +40,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import cpu_model  # noqa: E402
-from cocon import demo, frames, mm, pose, seg  # noqa: E402
+from cocon.sources import demo
+from cocon.preprocess import frames
+from cocon.preprocess import mm
+from cocon.preprocess import pose
+from cocon.preprocess import seg  # noqa: E402
 from cocon.config import load_config  # noqa: E402
-from cocon.records import VideoRecord, write_manifest  # noqa: E402
-from cocon.shards import ShardWriter, encode_frames  # noqa: E402
+from cocon.sources.records import VideoRecord, write_manifest  # noqa: E402
+from cocon.data.shards import ShardWriter, encode_frames  # noqa: E402
 
 MODELS = {
     "demo": {"seg": {"config": "segformer_mit-b0_8xb2-160k_ade20k-512x512", "input_scale": [128, 64]},
@@ -170,7 +174,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         src = rgb_shard(a, tmp)
-        from cocon.shards import ShardReader
+        from cocon.data.shards import ShardReader
 
         r = ShardReader(src)
         imgs = [f for i in r.ok_rows() for f in r.read(i)]

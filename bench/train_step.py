@@ -1,6 +1,6 @@
 """Training-step benchmark: clips/s and peak memory of one CoCon training step (forward of both
 views' DPC networks, L_cocon, backward, Adam step) for the fp32 eager baseline and the fast-path
-options of cocon.train (bf16 autocast, channels_last, torch.compile), alone and combined, with the
+options of cocon.train.engine (bf16 autocast, channels_last, torch.compile), alone and combined, with the
 losses of the first steps to show that every variant trains the same function.
 
     python bench/train_step.py [--device auto|cpu|cuda] [--size PX] [--batch B] [--steps S]
@@ -11,7 +11,7 @@ GPU run (the issue's goal: fast path >= 2x the fp32 eager baseline in clips/s):
 
     python bench/train_step.py --device cuda --repeats 2    # 128 px, batch 16, 3 warm-up + 20 timed steps
 
-Model: cocon.train.PerViewNetworks with two views, rgb (3 channels) and flow_tvl1 (2), each a DPC with
+Model: cocon.train.engine.PerViewNetworks with two views, rgb (3 channels) and flow_tvl1 (2), each a DPC with
 the training defaults (ResNet2d3d-18, width 64, N = 8 blocks of K = 5 frames, P = 3 predicted),
 L_cocon with lam 10, alpha 1, tau 0.005, Adam lr 1e-3 / weight decay 1e-5. GRU dropout is 0 here
 (--dropout): inductor draws its own random numbers, so with dropout the compiled variants would not see
@@ -19,8 +19,8 @@ the same function; the dropout costs well under 1 % of a step. Input: one fixed 
 normal clips (seed 0), (B, 8, C, 5, size, size) per view, already on the device (the loader is not
 timed). Every variant starts from the same initial weights (seed 0) in a fresh process.
 
-A step is what cocon.train.Trainer._step does with the same options: the inputs converted with
-cocon.train.channels_last_3d when channels_last, the networks under autocast(bf16) when bf16, their
+A step is what cocon.train.engine.Trainer._step does with the same options: the inputs converted with
+cocon.train.engine.channels_last_3d when channels_last, the networks under autocast(bf16) when bf16, their
 outputs cast to float32, cocon_loss, zero_grad, backward, Adam step; channels_last also puts the
 encoders' Conv3d weights in channels_last_3d; compile calls nn.Module.compile() (inductor) on each
 view's network, as the Trainer does.
@@ -81,9 +81,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import cpu_model  # noqa: E402
-from cocon.losses import cocon_loss  # noqa: E402
-from cocon.models import DPC  # noqa: E402
-from cocon.train import PerViewNetworks, channels_last_3d  # noqa: E402
+from cocon.models.losses import cocon_loss  # noqa: E402
+from cocon.models.networks import DPC  # noqa: E402
+from cocon.train.engine import PerViewNetworks, channels_last_3d  # noqa: E402
 
 GOAL_RATIO_GPU = 2.0
 TOL_FP32 = 1e-3  # relative loss difference allowed for fp32 variants (float rounding only)

@@ -1,4 +1,4 @@
-"""TVL1 backends: agreement of the PyTorch TV-L1 (cocon.tvl1) with OpenCV's DualTVL1OpticalFlow, and
+"""TVL1 backends: agreement of the PyTorch TV-L1 (cocon.preprocess.tvl1) with OpenCV's DualTVL1OpticalFlow, and
 their speed on the same frame pairs.
 
     python bench/tvl1.py [--video V.avi ...] [--pairs 8] [--threads 2] [--device auto]
@@ -17,7 +17,7 @@ out, where content leaves the frame).
 speed: pairs/s on the same --speed-pairs pairs per size.
   opencv      the flow stage's way: a pool of --threads threads, one pair per thread,
               cv2.setNumThreads(1); (the obvious baseline: what the pipeline does without a GPU).
-  torch_cpu   cocon.tvl1.TVL1 on the CPU, torch.set_num_threads(--threads), batch sizes --batch-sizes.
+  torch_cpu   cocon.preprocess.tvl1.TVL1 on the CPU, torch.set_num_threads(--threads), batch sizes --batch-sizes.
   torch_cuda  (only with a GPU) the same on CUDA with torch.compile, after a warm-up call per shape,
               batch sizes --batch-sizes plus 64, 128, 256; peak GPU memory per batch size. The pair
               count is raised to a multiple of the largest batch so every batch is full.
@@ -42,9 +42,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import cpu_model  # noqa: E402
-from cocon import tvl1  # noqa: E402
+from cocon.preprocess import tvl1  # noqa: E402
 from cocon.config import load_config  # noqa: E402
-from cocon.flow import make_tvl1  # noqa: E402
+from cocon.preprocess.flow import make_tvl1  # noqa: E402
 from cocon.provenance import code_revision, library_versions  # noqa: E402
 
 GOAL_EPE_PX = 0.5

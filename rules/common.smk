@@ -9,9 +9,9 @@ import shlex
 from snakemake.utils import validate
 
 from cocon import config as cocon_config
-from cocon import gpus as cocon_gpus
-from cocon import ingest
-from cocon.records import assign_shards, shard_name
+from cocon.workflow import gpus as cocon_gpus
+from cocon.sources import ingest
+from cocon.sources.records import assign_shards, shard_name
 
 # Our own validation first: it names the offending key in one line. Then Snakemake's, same schema.
 cocon_config.validate(config)
@@ -53,7 +53,7 @@ FRAMES_JSON = as_json(config["frames"])
 
 
 # GPUs of a TVL1 flow job: 1 with backend torch on a device other than cpu; with backend auto, 1 when
-# the machine running Snakemake has a GPU (cocon.gpus's list: COCON_GPU_IDS, CUDA_VISIBLE_DEVICES or
+# the machine running Snakemake has a GPU (cocon.workflow.gpus's list: COCON_GPU_IDS, CUDA_VISIBLE_DEVICES or
 # nvidia-smi), so a workstation with GPUs runs TVL1 on them; on a cluster set backend: torch.
 _tvl1 = config["flow"]["tvl1"]
 TVL1_GPUS = int(
@@ -181,7 +181,7 @@ def training_targets():
 def print_summary(path):
     """Called on success: repeat the failed-video summary at the end of the run."""
     import json
-    from cocon.summary import format_summary
+    from cocon.preprocess.summary import format_summary
 
     if os.path.exists(path):
         with open(path) as fh:
@@ -189,10 +189,10 @@ def print_summary(path):
 
 
 def on_gpus(command):
-    """A GPU rule's shell command, run under `cocon.gpus`: the job gets `resources.gpu` GPUs of its own
+    """A GPU rule's shell command, run under `cocon.workflow.gpus`: the job gets `resources.gpu` GPUs of its own
     (CUDA_VISIBLE_DEVICES) on a workstation, where Snakemake only counts them; none when the resource
     is 0; under SLURM the ones SLURM gave it."""
-    return f"python -m cocon.gpus {{resources.gpu}} -- {command}"
+    return f"python -m cocon.workflow.gpus {{resources.gpu}} -- {command}"
 
 
 def output_dir_of_model(wildcards, output):

@@ -12,7 +12,7 @@ rule demo_dataset:
     params:
         config=as_json({k: config[k] for k in ("output_dir", "seed", "dataset", "demo")}),
     shell:
-        "python -m cocon.demo --config-json {params.config:q} > {log} 2>&1"
+        "python -m cocon.sources.demo --config-json {params.config:q} > {log} 2>&1"
 
 
 rule manifest:
@@ -28,5 +28,5 @@ rule manifest:
     params:
         config=as_json({k: config[k] for k in ("output_dir", "seed", "dataset", "demo", "shards")}),
     shell:
-        "python -m cocon.ingest --config-json {params.config:q}"
+        "python -m cocon.sources.ingest --config-json {params.config:q}"
         " --out {output.manifest} --missing {output.missing} > {log} 2>&1"

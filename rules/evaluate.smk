@@ -26,7 +26,7 @@ rule finetune:
         out=output_dir_of_model,
     shell:
         on_gpus(
-            "python -m cocon.finetune --view {wildcards.view} --init-kind {wildcards.init} {params.init}"
+            "python -m cocon.train.finetune --view {wildcards.view} --init-kind {wildcards.init} {params.init}"
             " --out {params.out} --threads {threads} --config-json {params.config:q} > {log} 2>&1"
         )
 
@@ -52,7 +52,7 @@ rule evaluate:
         config=EVAL_JSON,
     shell:
         on_gpus(
-            "python -m cocon.evaluate --view {wildcards.view} --model {input.model} --out {output}"
+            "python -m cocon.evaluate.dense --view {wildcards.view} --model {input.model} --out {output}"
             " --threads {threads} --config-json {params.config:q} > {log} 2>&1"
         )
 
@@ -79,7 +79,7 @@ rule features:
         model=lambda w, input: f"--model {input.init}" if input.init else "",
     shell:
         on_gpus(
-            "python -m cocon.features --view {wildcards.view} --init-kind {wildcards.init} {params.model}"
+            "python -m cocon.evaluate.features --view {wildcards.view} --init-kind {wildcards.init} {params.model}"
             " --out {output} --threads {threads} --config-json {params.config:q} > {log} 2>&1"
         )
 
@@ -108,7 +108,7 @@ rule report:
         features=lambda w, input: " ".join(f"{k}={p}" for k, p in zip(eval_keys(), input.features)),
         out=lambda w, output: os.path.dirname(output.metrics),
     shell:
-        "rm -rf {output.figures} && python -m cocon.report --scores {params.scores} --features {params.features}"
+        "rm -rf {output.figures} && python -m cocon.evaluate.report --scores {params.scores} --features {params.features}"
         " --out {params.out} --config-json {params.config:q} > {log} 2>&1"
 
 
@@ -194,5 +194,5 @@ rule claim:
         scores=lambda w, input: " ".join(f"{k}={p}" for k, p in zip(claim_keys(), input.scores)),
         out=lambda w, output: os.path.dirname(output.json),
     shell:
-        "python -m cocon.report claim --scores {params.scores} --out {params.out}"
+        "python -m cocon.evaluate.report claim --scores {params.scores} --out {params.out}"
         " --config-json {params.config:q} > {log} 2>&1"

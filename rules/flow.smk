@@ -22,6 +22,6 @@ rule flow:
         dataset=DATASET_JSON,
     shell:
         on_gpus(
-            "python -m cocon.flow --method {wildcards.method} --rgb {input.rgb} --shard {wildcards.shard}"
+            "python -m cocon.preprocess.flow --method {wildcards.method} --rgb {input.rgb} --shard {wildcards.shard}"
             " --out {output} --params {params.flow:q} --dataset {params.dataset:q} --threads {threads} > {log} 2>&1"
         )

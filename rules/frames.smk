@@ -21,5 +21,5 @@ rule frames:
         dataset=DATASET_JSON,
         videos=shard_fingerprint,
     shell:
-        "python -m cocon.frames --manifest {input.manifest} --shard {wildcards.shard} --out {output}"
+        "python -m cocon.preprocess.frames --manifest {input.manifest} --shard {wildcards.shard} --out {output}"
         " --params {params.frames:q} --dataset {params.dataset:q} --threads {threads} > {log} 2>&1"

@@ -24,7 +24,7 @@ rule seg:
         dataset=DATASET_JSON,
     shell:
         on_gpus(
-            "python -m cocon.seg --rgb {input.rgb} --shard {wildcards.shard} --out {output}"
+            "python -m cocon.preprocess.seg --rgb {input.rgb} --shard {wildcards.shard} --out {output}"
             " --params {params.seg:q} --dataset {params.dataset:q} --threads {threads} > {log} 2>&1"
         )
 
@@ -53,6 +53,6 @@ rule pose:
         seg=lambda w, input: f"--seg {input.seg}" if input.seg else "",
     shell:
         on_gpus(
-            "python -m cocon.pose --rgb {input.rgb} {params.seg} --shard {wildcards.shard} --out {output}"
+            "python -m cocon.preprocess.pose --rgb {input.rgb} {params.seg} --shard {wildcards.shard} --out {output}"
             " --params {params.pose:q} --dataset {params.dataset:q} --threads {threads} > {log} 2>&1"
         )

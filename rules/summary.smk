@@ -14,7 +14,7 @@ rule preprocess_summary:
     conda:
         "../envs/preprocess.yaml"
     shell:
-        "python -m cocon.summary --manifest {input.manifest} --missing {input.missing}"
+        "python -m cocon.preprocess.summary --manifest {input.manifest} --missing {input.missing}"
         " --json {output.json} --tsv {output.tsv} {input.shards} > {log} 2>&1"
 
 

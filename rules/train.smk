@@ -23,7 +23,7 @@ rule cpc:
         out=output_dir_of_model,
     shell:
         on_gpus(
-            "python -m cocon.train --stage cpc --views {wildcards.view} --out {params.out}"
+            "python -m cocon.train.engine --stage cpc --views {wildcards.view} --out {params.out}"
             " --threads {threads} --config-json {params.config:q} > {log} 2>&1"
         )
 
@@ -53,6 +53,6 @@ rule cocon:
         out=output_dir_of_model,
     shell:
         on_gpus(
-            "python -m cocon.train --stage cocon --views {params.views} {params.init} --out {params.out}"
+            "python -m cocon.train.engine --stage cocon --views {params.views} {params.init} --out {params.out}"
             " --threads {threads} --config-json {params.config:q} > {log} 2>&1"
         )

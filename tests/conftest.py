@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from cocon.records import VideoRecord, write_manifest
+from cocon.sources.records import VideoRecord, write_manifest
 
 FPS = 25.0
 
@@ -162,7 +162,7 @@ def make_records(pairs, label_of=None) -> list[VideoRecord]:
 def make_manifest():
     """make_manifest(path, pairs, per_shard=None) -> list of shards (lists of VideoRecord).
 
-    Writes a manifest with cocon.records.write_manifest for (video_id, path) pairs, kept in the given
+    Writes a manifest with cocon.sources.records.write_manifest for (video_id, path) pairs, kept in the given
     order: one shard ("00000") by default, or consecutive chunks of `per_shard` pairs."""
 
     def make(path, pairs, per_shard: int | None = None) -> list[list[VideoRecord]]:
@@ -193,7 +193,7 @@ def gloo_process(rank: int, port: int, world_size: int = 2):
 
     import torch
 
-    from cocon import distributed as D
+    from cocon.train.engine import distributed as D
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world_size), RANK=str(rank),
                       LOCAL_RANK=str(rank))

@@ -1,4 +1,4 @@
-"""Tests of cocon.analyses against brute-force loops and hand-made cases with known answers."""
+"""Tests of cocon.evaluate.analyses against brute-force loops and hand-made cases with known answers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cocon import analyses
+from cocon.evaluate.dense import analyses
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -1,4 +1,4 @@
-"""Tests of cocon.clips, the multi-view training loader, on small real shards written with ShardWriter:
+"""Tests of cocon.data.clips, the multi-view training loader, on small real shards written with ShardWriter:
 rgb (JPEG) and flow_tvl1 (PNG) of videos of different lengths, one video failed in flow only, one failed
 everywhere, and a strided 17-channel pose view (raw) to check that views with their own frame stride
 plug in.
@@ -17,14 +17,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from cocon import clips
-from cocon.clips import (
+from cocon.data import clips
+from cocon.data.clips import (
     Augmentation, ClipsError, DenseClips, MultiViewClips, clip_indices, dense_windows, discover, group_id, holdout,
     make_loader, video_table, view_frame_indices,
 )  # fmt: skip
-from cocon.flow import dequantize
-from cocon.records import VideoRecord
-from cocon.shards import ShardReader, ShardWriter, encode_frames
+from cocon.preprocess.flow import dequantize
+from cocon.sources.records import VideoRecord
+from cocon.data.shards import ShardReader, ShardWriter, encode_frames
 
 H, W = 40, 48  # rgb and flow frame size; pose is stored at half size
 BOUND = 20.0

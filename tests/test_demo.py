@@ -1,4 +1,4 @@
-"""Tests of the demo dataset generator (cocon.demo)."""
+"""Tests of the demo dataset generator (cocon.sources.demo)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from cocon import demo
+from cocon.sources import demo
 from cocon.config import ConfigError, load_config
 
 SMALL = {"classes": 3, "groups_per_class": 3, "clips_per_group": 2, "test_groups": 1,
@@ -276,7 +276,7 @@ def test_cli(tmp_path):
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
-        [sys.executable, "-m", "cocon.demo", "--config", str(config)],
+        [sys.executable, "-m", "cocon.sources.demo", "--config", str(config)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from cocon import analyses as A
-from cocon.clips import dense_windows
+from cocon.evaluate.dense import analyses as A
+from cocon.data.clips import dense_windows
 from cocon.config import load_config
-from cocon.evaluate import evaluate, save_h5, unscored_videos
-from cocon.features import extract
-from cocon.finetune import FinetuneTrainer, milestones
-from cocon.models import DPC, ActionClassifier
-from cocon.report import claim, report
-from cocon.train import load_checkpoint, save_atomic
+from cocon.evaluate.dense import evaluate, save_h5, unscored_videos
+from cocon.evaluate.features import extract
+from cocon.train.finetune import FinetuneTrainer, milestones
+from cocon.models.networks import DPC, ActionClassifier
+from cocon.evaluate.report import claim, report
+from cocon.train.engine import load_checkpoint, save_atomic
 from test_clips import write_view
 
 TRAIN = {"views": ["rgb", "flow_tvl1"], "num_blocks": 2, "block_len": 3, "stride": 2, "pred_steps": 1,

@@ -1,7 +1,7 @@
 """The training fast path (train.channels_last, train.compile) on CPU: same losses and gradients as the
 default path, Trainer runs that complete and resume, checkpoints unchanged (weights_only, same keys).
 
-The Trainer tests swap cocon.train.build_models for one with encoder width 8 (D = 32): the code path is
+The Trainer tests swap cocon.train.engine.build_models for one with encoder width 8 (D = 32): the code path is
 the Trainer's own, only the networks are small enough for a test on 2 cores."""
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ import torch
 import torch.multiprocessing as mp
 
 from conftest import gloo_process
-from cocon import distributed as D
-from cocon import train as T
-from cocon.clips import CHANNELS, view_kind
-from cocon.losses import cocon_loss
-from cocon.models import DPC
-from cocon.train import PerViewNetworks, Trainer, channels_last_3d, load_checkpoint
+from cocon.train.engine import distributed as D
+from cocon.train.engine import engine as T
+from cocon.data.clips import CHANNELS, view_kind
+from cocon.models.losses import cocon_loss
+from cocon.models.networks import DPC
+from cocon.train.engine import PerViewNetworks, Trainer, channels_last_3d, load_checkpoint
 from test_train import _free_port, shards_dir, tiny_config  # noqa: F401  (shards_dir is a fixture)
 
 VIEWS = ["flow_tvl1", "rgb"]
@@ -154,7 +154,7 @@ def test_trainer_compile_wiring_keeps_checkpoints_and_resumes(shards_dir, tmp_pa
     torch._dynamo.reset()
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
     cfg1 = tiny_config(shards_dir, compile=True, cocon_epochs=1)
-    with caplog.at_level(logging.INFO, logger="cocon.train"):
+    with caplog.at_level(logging.INFO, logger="cocon.train.engine"):
         first = _fit(cfg1, tmp_path / "compiled")
     assert any("torch.compile" in r.getMessage() for r in caplog.records)
     assert all(m._compiled_call_impl is not None for m in first.models.values())

@@ -1,4 +1,4 @@
-"""Tests of the flow stages (cocon.flow): the uint8 quantisation, and TVL1 / Farneback flow shards
+"""Tests of the flow stages (cocon.preprocess.flow): the uint8 quantisation, and TVL1 / Farneback flow shards
 checked bit for bit against OpenCV run directly on the same stored rgb frames, plus alignment with the
 rgb view, the direction of a known translation, failures carried from upstream and reproducibility."""
 
@@ -13,10 +13,11 @@ import h5py
 import numpy as np
 import pytest
 
-from cocon import flow, frames
+from cocon.preprocess import flow
+from cocon.preprocess import frames
 from cocon.config import load_config
 from cocon.provenance import dumps
-from cocon.shards import ShardReader
+from cocon.data.shards import ShardReader
 
 DATASET = {"name": "testset", "format": "csv"}
 BOUND = 20
@@ -36,7 +37,7 @@ def tvl1_params(p: dict, encoding=PNG, bound=BOUND) -> dict:
 
 
 def direct_tvl1(p: dict):
-    """The OpenCV object built here, positionally, from the config keys (independently of cocon.flow)."""
+    """The OpenCV object built here, positionally, from the config keys (independently of cocon.preprocess.flow)."""
     return cv2.optflow.DualTVL1OpticalFlow_create(
         p["tau"], p["lambda"], p["theta"], p["scales"], p["warps"], p["epsilon"], p["inner_iterations"],
         p["outer_iterations"], p["scale_step"], p["gamma"], p["median_filtering"], False,
@@ -243,12 +244,12 @@ def test_default_jpeg_encoding_close_to_lossless(rgb, tvl1_png, tmp_path):
 
 
 def test_torch_backend_writes_the_same_shard_as_opencv(rgb, tvl1_png, tmp_path):
-    """flow.tvl1.backend torch (cocon.tvl1, batches of 8 pairs, CPU), by the command line: the same
+    """flow.tvl1.backend torch (cocon.preprocess.tvl1, batches of 8 pairs, CPU), by the command line: the same
     shard layout, rows, failures, shapes, dtype and quantisation as the OpenCV backend, values within
     a quantisation step almost everywhere, the backend recorded; and the same bytes again on a rerun."""
     p = tvl1_params({**FAST_TVL1, "backend": "torch", "device": "cpu", "batch_size": 8})
     out = tmp_path / "torch" / "00000.h5"
-    cmd = [sys.executable, "-m", "cocon.flow", "--method", "tvl1", "--rgb", str(rgb), "--shard", "00000",
+    cmd = [sys.executable, "-m", "cocon.preprocess.flow", "--method", "tvl1", "--rgb", str(rgb), "--shard", "00000",
            "--out", str(out), "--params", json.dumps(p), "--dataset", json.dumps(DATASET), "--threads", "2"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -282,7 +283,7 @@ def test_farneback_equals_opencv_and_cli(rgb, tmp_path):
     params = {"bound": BOUND, "encoding": PNG, "farneback": fb}
     out = tmp_path / "flow_farneback" / "00000.h5"
     proc = subprocess.run(
-        [sys.executable, "-m", "cocon.flow", "--method", "farneback", "--rgb", str(rgb), "--shard", "00000",
+        [sys.executable, "-m", "cocon.preprocess.flow", "--method", "farneback", "--rgb", str(rgb), "--shard", "00000",
          "--out", str(out), "--params", json.dumps(params), "--dataset", json.dumps(DATASET), "--threads", "2"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
@@ -328,7 +329,7 @@ def test_unknown_method_is_rejected(rgb, tmp_path):
 
 def test_video_flow_refuses_a_single_frame():
     """One frame has no pair: a clear BadVideo, never uninitialised memory."""
-    from cocon.video import BadVideo
+    from cocon.preprocess.video import BadVideo
 
     compute = flow.FlowComputer("farneback", {"farneback": {"pyr_scale": 0.5, "levels": 1, "winsize": 5,
                                                              "iterations": 1, "poly_n": 5, "poly_sigma": 1.1}})

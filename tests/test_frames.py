@@ -1,4 +1,4 @@
-"""Tests of the frames stage (cocon.frames) on real encoded videos: good ones are decoded, resized and
+"""Tests of the frames stage (cocon.preprocess.frames) on real encoded videos: good ones are decoded, resized and
 stored exactly as OpenCV decodes them; every kind of bad video becomes a failure with its reason, in the
 shard and in the job's log, without stopping the good videos of the same shard."""
 
@@ -13,10 +13,10 @@ import cv2
 import numpy as np
 import pytest
 
-from cocon import frames
+from cocon.preprocess import frames
 from cocon.provenance import code_revision, dumps, library_versions
-from cocon.records import VideoRecord, read_manifest, splits_to_json, write_manifest
-from cocon.shards import ShardReader
+from cocon.sources.records import VideoRecord, read_manifest, splits_to_json, write_manifest
+from cocon.data.shards import ShardReader
 
 GOOD = ("avi", "mp4", "tall")  # names of the `videos` fixture (tests/conftest.py)
 BAD = ("zero", "garbage", "truncated", "short", "missing")
@@ -256,7 +256,7 @@ def test_cli_with_bad_videos_exits_zero(tmp_path, manifest, videos, rgb):
     out = tmp_path / "rgb" / "00000.h5"
     params = {**PARAMS, "encoding": {"codec": "jpeg", "quality": 90}}
     proc = subprocess.run(
-        [sys.executable, "-m", "cocon.frames", "--manifest", manifest["path"], "--shard", "00000", "--out", str(out),
+        [sys.executable, "-m", "cocon.preprocess.frames", "--manifest", manifest["path"], "--shard", "00000", "--out", str(out),
          "--params", json.dumps(params), "--dataset", json.dumps(DATASET), "--threads", "2"],
         capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )  # fmt: skip
@@ -285,7 +285,7 @@ def test_cli_with_bad_videos_exits_zero(tmp_path, manifest, videos, rgb):
 
 def test_cli_rejects_bad_arguments(tmp_path, manifest):
     proc = subprocess.run(
-        [sys.executable, "-m", "cocon.frames", "--manifest", manifest["path"], "--shard", "00000",
+        [sys.executable, "-m", "cocon.preprocess.frames", "--manifest", manifest["path"], "--shard", "00000",
          "--out", str(tmp_path / "x.h5"), "--params", "{not json", "--dataset", "{}"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip

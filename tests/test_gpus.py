@@ -1,4 +1,4 @@
-"""GPU ids for concurrent jobs on a workstation (cocon.gpus), on CPU with fake GPU ids (COCON_GPU_IDS):
+"""GPU ids for concurrent jobs on a workstation (cocon.workflow.gpus), on CPU with fake GPU ids (COCON_GPU_IDS):
 real processes, real flocks, a real snakemake run that starts more GPU jobs at once than there are GPUs."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import textwrap
 import time
 from pathlib import Path
 
-from cocon import gpus
+from cocon.workflow import gpus
 
 REPO = Path(__file__).resolve().parents[1]
-WRAP = [sys.executable, "-m", "cocon.gpus"]
+WRAP = [sys.executable, "-m", "cocon.workflow.gpus"]
 REPORT = ("import json, os, sys, time; t0 = time.time(); time.sleep(float(sys.argv[2])); "
           "ids = os.environ['CUDA_VISIBLE_DEVICES']; "
           "json.dump({'ids': ids, 'start': t0, 'end': time.time()}, open(sys.argv[1], 'w'))")
@@ -42,7 +42,7 @@ def test_concurrent_snakemake_jobs_get_disjoint_gpus(tmp_path):
             output: "out/{{job}}.json"
             log: "logs/{{job}}.log"
             resources: gpu=lambda w: NEEDS[w.job]
-            shell: "{PY} -m cocon.gpus {{resources.gpu}} -- {PY} report.py {{output}} 1.5 2> {{log}}"
+            shell: "{PY} -m cocon.workflow.gpus {{resources.gpu}} -- {PY} report.py {{output}} 1.5 2> {{log}}"
     """))
     cmd = [sys.executable, "-m", "snakemake", "--cores", "5", "--resources", "gpu=10", "-d", str(tmp_path),
            "-s", str(tmp_path / "Snakefile")]

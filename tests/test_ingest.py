@@ -1,4 +1,4 @@
-"""Tests of cocon.ingest: each annotation format, its error reports, the missing-video policy and the CLI."""
+"""Tests of cocon.sources.ingest: each annotation format, its error reports, the missing-video policy and the CLI."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cocon.ingest import (
+from cocon.sources.ingest import (
     Missing,
     load_dataset,
     read_csv_manifest,
@@ -18,7 +18,7 @@ from cocon.ingest import (
     read_kinetics400,
     read_ucf101,
 )
-from cocon.records import ManifestError, read_manifest
+from cocon.sources.records import ManifestError, read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -354,7 +354,7 @@ def test_kinetics_index_speed(tmp_path):
     """The root is walked once; a few thousand files in nested folders index quickly."""
     import time
 
-    from cocon.ingest import _index_videos
+    from cocon.sources.ingest import _index_videos
 
     for d in range(20):
         folder = tmp_path / f"class {d}"
@@ -437,12 +437,12 @@ def test_csv_skip_and_no_train(tmp_path):
 
 
 def test_demo_is_delegated(monkeypatch):
-    fake = types.ModuleType("cocon.demo")
+    fake = types.ModuleType("cocon.sources.demo")
     fake.plan = lambda cfg: ["planned", cfg["seed"]]
-    monkeypatch.setitem(sys.modules, "cocon.demo", fake)
-    import cocon
+    monkeypatch.setitem(sys.modules, "cocon.sources.demo", fake)
+    import cocon.sources
 
-    monkeypatch.setattr(cocon, "demo", fake, raising=False)
+    monkeypatch.setattr(cocon.sources, "demo", fake, raising=False)
     assert load_dataset({"seed": 7, "dataset": {"format": "demo"}}) == (["planned", 7], [])
 
 
@@ -458,7 +458,7 @@ def run_cli(tmp_path: Path, dataset: dict) -> subprocess.CompletedProcess:
     out = tmp_path / "results/manifest"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     return subprocess.run(
-        [sys.executable, "-m", "cocon.ingest", "--config", str(cfg), "--out", str(out / "manifest.tsv"),
+        [sys.executable, "-m", "cocon.sources.ingest", "--config", str(cfg), "--out", str(out / "manifest.tsv"),
          "--missing", str(out / "missing.tsv")],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60,
     )

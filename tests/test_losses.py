@@ -1,4 +1,4 @@
-"""cocon.losses against brute-force loops, and the distributed (2-process gloo) global-batch semantics."""
+"""cocon.models.losses against brute-force loops, and the distributed (2-process gloo) global-batch semantics."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from cocon.losses import (coop_features, coop_loss, cocon_loss, cpc_loss, gather_batch, nce_mask,
+from cocon.models.losses import (coop_features, coop_loss, cocon_loss, cpc_loss, gather_batch, nce_mask,
                           pool_blocks, sim_loss, sync_loss)
-from cocon.models import DPCOutput
+from cocon.models.networks import DPCOutput
 
 DT = torch.float64
 

@@ -1,12 +1,12 @@
-"""cocon.models: shapes, parameter count, normalisation, GRU dropout, recursive prediction, overfitting."""
+"""cocon.models.networks: shapes, parameter count, normalisation, GRU dropout, recursive prediction, overfitting."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from cocon.losses import cpc_loss
-from cocon.models import (DPC, DPCOutput, ConvGRU, ResNet2d3d, feature_side, l2_normalize,
+from cocon.models.losses import cpc_loss
+from cocon.models.networks import (DPC, DPCOutput, ConvGRU, ResNet2d3d, feature_side, l2_normalize,
                           temporal_pool)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -1,4 +1,4 @@
-"""Tests of the inferred views (cocon.pose, cocon.seg, cocon.mm): real mmpose / mmsegmentation / mmdet
+"""Tests of the inferred views (cocon.preprocess.pose, cocon.preprocess.seg, cocon.preprocess.mm): real mmpose / mmsegmentation / mmdet
 models built from the packages' shipped configs (random initialisation, or checkpoints these tests
 write), run on real rgb shards of tiny videos; frame alignment with the rgb view through the loader,
 checkpoint loading, failures, reproducibility and a real snakemake run of both rules."""
@@ -16,10 +16,13 @@ import torch
 
 pytest.importorskip("mmcv.ops", reason="the OpenMMLab stack is installed by `make setup`")
 
-from cocon import frames, mm, pose, seg  # noqa: E402
-from cocon.clips import MultiViewClips, view_frame_indices  # noqa: E402
+from cocon.preprocess import frames
+from cocon.preprocess import mm
+from cocon.preprocess import pose
+from cocon.preprocess import seg  # noqa: E402
+from cocon.data.clips import MultiViewClips, view_frame_indices  # noqa: E402
 from cocon.config import load_config  # noqa: E402
-from cocon.shards import ShardReader  # noqa: E402
+from cocon.data.shards import ShardReader  # noqa: E402
 
 DATASET = {"name": "testset", "format": "csv"}
 RGB_PARAMS = {"short_side": 48, "interpolation": "area", "max_frames": None, "min_frames": 8, "encoding": {"codec": "raw"}}
@@ -270,7 +273,7 @@ def test_model_that_fails_to_load_names_config_and_checkpoint(rgb, tmp_path):
     with pytest.raises(mm.ModelLoadError, match=re.escape(f"config '{SEG_CONFIG}', checkpoint '{wrong}'") + ".*missing"):
         seg.PersonProbability(seg_params(checkpoint=str(wrong)), "cpu", 0)
     out = tmp_path / "x.h5"
-    cmd = [sys.executable, "-m", "cocon.pose", "--rgb", str(rgb), "--shard", "00000", "--out", str(out),
+    cmd = [sys.executable, "-m", "cocon.preprocess.pose", "--rgb", str(rgb), "--shard", "00000", "--out", str(out),
            "--params", json.dumps(pose_params(checkpoint=str(tmp_path / "absent.pth"))), "--dataset", json.dumps(DATASET)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and not out.exists()

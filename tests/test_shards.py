@@ -1,4 +1,4 @@
-"""Tests of cocon.shards: the HDF5 shard layout, ShardWriter / ShardReader round trips for every codec,
+"""Tests of cocon.data.shards: the HDF5 shard layout, ShardWriter / ShardReader round trips for every codec,
 arbitrary frame indexing, atomic writes, format checks, pickling and byte-for-byte reproducibility."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from cocon.provenance import dumps
-from cocon.records import VideoRecord, splits_to_json
-from cocon.shards import FORMAT, FORMAT_VERSION, ShardFormatError, ShardReader, ShardWriter, encode_frames
+from cocon.sources.records import VideoRecord, splits_to_json
+from cocon.data.shards import FORMAT, FORMAT_VERSION, ShardFormatError, ShardReader, ShardWriter, encode_frames
 
 ENCODINGS = {
     "raw": {"codec": "raw"},

@@ -12,13 +12,13 @@ import torch
 import torch.multiprocessing as mp
 
 from conftest import gloo_process
-from cocon import distributed as D
+from cocon.train.engine import distributed as D
 from cocon.config import load_config
-from cocon.losses import cocon_loss
-from cocon.models import DPC
-from cocon.records import VideoRecord
-from cocon.shards import ShardWriter, encode_frames
-from cocon.train import PerViewNetworks, Trainer, load_checkpoint
+from cocon.models.losses import cocon_loss
+from cocon.models.networks import DPC
+from cocon.sources.records import VideoRecord
+from cocon.data.shards import ShardWriter, encode_frames
+from cocon.train.engine import PerViewNetworks, Trainer, load_checkpoint
 
 H, W, T = 36, 44, 16
 

@@ -1,4 +1,4 @@
-"""Tests of the PyTorch TV-L1 (cocon.tvl1) on the CPU: known sub-pixel displacements recovered,
+"""Tests of the PyTorch TV-L1 (cocon.preprocess.tvl1) on the CPU: known sub-pixel displacements recovered,
 agreement with OpenCV's DualTVL1OpticalFlow on natural and synthetic frames, the median filter equal to
 cv2.medianBlur, batch- and schedule-independence of every pair's result, and the config checks.
 The flow stage with the torch backend is tested in test_flow.py (same shard format as opencv)."""
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from cocon import tvl1
+from cocon.preprocess import tvl1
 from cocon.config import ConfigError, load_config
-from cocon.flow import FlowComputer, make_tvl1, tvl1_backend
+from cocon.preprocess.flow import FlowComputer, make_tvl1, tvl1_backend
 
 DEFAULT = load_config()["flow"]["tvl1"]  # OpenCV's defaults: 5 scales, 5 warps, 10 x 30 iterations, median 5
 FAST = {**DEFAULT, "scales": 3, "warps": 2, "inner_iterations": 10, "outer_iterations": 3}
@@ -204,8 +204,8 @@ def test_rejects_what_it_does_not_implement():
 def test_frames_too_small_fail_the_video_not_the_job():
     """In the flow stage a video too small for TV-L1 is a BadVideo (listed as failed, the rest of the
     shard goes on), not an exception that kills the job."""
-    from cocon.flow import video_flow
-    from cocon.video import BadVideo
+    from cocon.preprocess.flow import video_flow
+    from cocon.preprocess.video import BadVideo
 
     c = FlowComputer("tvl1", {"tvl1": {**DEFAULT, "backend": "torch", "device": "cpu"}})
     with pytest.raises(BadVideo, match="too small"):

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import yaml
 
-from cocon.records import VideoRecord, assign_shards, write_manifest
-from cocon.shards import ShardReader
+from cocon.sources.records import VideoRecord, assign_shards, write_manifest
+from cocon.data.shards import ShardReader
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -99,7 +99,7 @@ def test_demo_dag_produces_every_shard_and_a_summary(demo_run):
 
 
 def test_demo_dag_trains_cpc_per_view_then_cocon(demo_run):
-    from cocon.train import load_checkpoint
+    from cocon.train.engine import load_checkpoint
 
     train = demo_run / "results" / "train"
     for view in ("rgb", "flow_tvl1"):
@@ -114,7 +114,7 @@ def test_demo_dag_trains_cpc_per_view_then_cocon(demo_run):
 
 
 def test_demo_dag_finetunes_tests_and_reports(demo_run):
-    from cocon.train import load_checkpoint
+    from cocon.train.engine import load_checkpoint
 
     res = demo_run / "results"
     for init in ("random", "cpc", "cocon"):
@@ -172,7 +172,7 @@ def test_claim_target_runs_every_seed_on_the_same_shards(demo_run):
     snakemake(demo_run, one, "--cores", "2", "claim")
     result = json.loads((demo_run / "results" / "claim" / "claim.json").read_text())
     assert result["seeds"] == [4] and set(result["accuracy"]["rgb"]) == {"random", "cocon"}
-    from cocon.train import load_checkpoint
+    from cocon.train.engine import load_checkpoint
 
     ck = load_checkpoint(demo_run / "results" / "claim" / "seed4" / "train" / "cocon" / "model.pt")
     assert json.loads(ck["config"])["seed"] == 4
@@ -269,7 +269,7 @@ def test_killed_stage_leaves_no_complete_looking_output(tmp_path):
     params = json.dumps({"short_side": 48, "interpolation": "area", "max_frames": None, "min_frames": 8,
                          "encoding": {"codec": "png", "level": 9}})
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cocon.frames", "--manifest", str(manifest), "--shard", "00000", "--out", str(out),
+        [sys.executable, "-m", "cocon.preprocess.frames", "--manifest", str(manifest), "--shard", "00000", "--out", str(out),
          "--params", params, "--dataset", '{"name":"t","format":"csv"}'],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
@@ -284,7 +284,7 @@ def test_killed_stage_leaves_no_complete_looking_output(tmp_path):
     assert not out.exists() and partial.exists()
     # re-running the job replaces the stale partial with a complete shard
     subprocess.run(
-        [sys.executable, "-m", "cocon.frames", "--manifest", str(manifest), "--shard", "00000", "--out", str(out),
+        [sys.executable, "-m", "cocon.preprocess.frames", "--manifest", str(manifest), "--shard", "00000", "--out", str(out),
          "--params", params, "--dataset", '{"name":"t","format":"csv"}'],
         check=True, capture_output=True,
     )
@@ -305,15 +305,15 @@ def test_dry_run_shards_are_fixed_at_parse_time(tmp_path):
 @pytest.mark.parametrize("backend, visible, tvl1_gpus", [("torch", "", 1), ("opencv", "0", 0), ("auto", "", 0), ("auto", "0", 1)])
 def test_tvl1_jobs_ask_for_a_gpu_only_when_they_will_use_it(tmp_path, monkeypatch, backend, visible, tvl1_gpus):
     """backend torch: one GPU per TVL1 job; auto: one when the machine running Snakemake has a GPU
-    (here: COCON_GPU_IDS); opencv: none. Farneback jobs never; every flow job runs under cocon.gpus."""
+    (here: COCON_GPU_IDS); opencv: none. Farneback jobs never; every flow job runs under cocon.workflow.gpus."""
     monkeypatch.setenv("COCON_GPU_IDS", visible)
     cfg = {**TINY, "flow": {**TINY.get("flow", {}), "tvl1": {"backend": backend}}}
     out = snakemake(tmp_path, cfg, "-n", "-p", "--cores", "1", "--until", "flow").stdout
-    cmds = [line for line in out.splitlines() if "-m cocon.flow" in line]
-    assert cmds and all(line.split("Shell command:")[-1].lstrip().startswith("python -m cocon.gpus") for line in cmds)
+    cmds = [line for line in out.splitlines() if "-m cocon.preprocess.flow" in line]
+    assert cmds and all(line.split("Shell command:")[-1].lstrip().startswith("python -m cocon.workflow.gpus") for line in cmds)
     for line in cmds:
         want = tvl1_gpus if "--method tvl1" in line else 0
-        assert f"cocon.gpus {want} --" in line, line
+        assert f"cocon.workflow.gpus {want} --" in line, line
     shutil.rmtree(tmp_path / ".snakemake", ignore_errors=True)
 
 

@@ -4,7 +4,7 @@ Formats: UCF101 (classInd.txt, trainlist0N.txt, testlist0N.txt), HMDB51 (<class>
 Kinetics-400 (the official CSVs), a generic CSV (video,label,split[,group]) and the demo. Every
 problem in the annotations is a `ManifestError` naming the file and 1-based line.
 
-Command line: ``python -m cocon.ingest --config config.yaml --out manifest.tsv [--missing missing.tsv]``.
+Command line: ``python -m cocon.sources.ingest --config config.yaml --out manifest.tsv [--missing missing.tsv]``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import re
 import sys
 from dataclasses import dataclass
 
-from cocon.records import ROLES, ManifestError, VideoRecord
+from cocon.sources.records import ROLES, ManifestError, VideoRecord
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
 ON_MISSING = ("error", "skip")
@@ -589,7 +589,7 @@ def load_dataset(cfg: dict) -> tuple[list[VideoRecord], list[Missing]]:
     ds = cfg["dataset"]
     fmt = ds["format"]
     if fmt == "demo":
-        from cocon import demo
+        from cocon.sources import demo
 
         return demo.plan(cfg), []
     on_missing = ds.get("on_missing", "error")
@@ -626,7 +626,7 @@ def annotation_files(cfg: dict) -> list[str]:
     ds = cfg["dataset"]
     fmt, where = ds["format"], ds["manifest"]
     if fmt == "demo":
-        from cocon import demo
+        from cocon.sources import demo
 
         return [os.path.join(demo.annotation_dir(cfg), "classInd.txt")]
     if fmt == "csv" or os.path.isfile(where):
@@ -659,13 +659,13 @@ def write_missing(path: str, missing: list[Missing]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m cocon.ingest``."""
+    """Entry point of ``python -m cocon.sources.ingest``."""
     import yaml
 
     from cocon.config import ConfigError, add_config_args, config_from_args
-    from cocon.records import assign_shards, write_manifest
+    from cocon.sources.records import assign_shards, write_manifest
 
-    ap = argparse.ArgumentParser(prog="python -m cocon.ingest", description="Write the dataset manifest (TSV).")
+    ap = argparse.ArgumentParser(prog="python -m cocon.sources.ingest", description="Write the dataset manifest (TSV).")
     add_config_args(ap)
     ap.add_argument("--out", required=True, help="manifest TSV to write")
     ap.add_argument("--missing", help="TSV listing videos absent on disk (written even when empty)")
@@ -675,14 +675,14 @@ def main(argv: list[str] | None = None) -> int:
         records, missing = load_dataset(cfg)
         shards = assign_shards(records, cfg["shards"]["videos_per_shard"])
     except (ManifestError, ConfigError, OSError, yaml.YAMLError) as e:
-        print(f"cocon.ingest: error: {e}", file=sys.stderr)
+        print(f"cocon.sources.ingest: error: {e}", file=sys.stderr)
         return 2
     _replace_into(args.out, lambda p: write_manifest(p, shards))
     if args.missing:
         write_missing(args.missing, missing)
     labels = len({r.label for r in records})
     print(
-        f"cocon.ingest: {len(records)} videos, {labels} classes, {len(shards)} shards, {len(missing)} missing"
+        f"cocon.sources.ingest: {len(records)} videos, {labels} classes, {len(shards)} shards, {len(missing)} missing"
         f" -> {args.out}",
         file=sys.stderr,
     )

@@ -1,6 +1,6 @@
 """Frames stage: decode the videos of one shard, resize, and write the `rgb` view shard.
 
-    python -m cocon.frames --manifest M.tsv --shard 00003 --out rgb/00003.h5 \
+    python -m cocon.preprocess.frames --manifest M.tsv --shard 00003 --out rgb/00003.h5 \
         --params '{"short_side":128,"interpolation":"area","max_frames":null,"min_frames":8,
                    "encoding":{"codec":"jpeg","quality":90}}' --dataset '{"name":"demo","format":"demo"}'
 
@@ -9,10 +9,10 @@ Output frames: uint8 (T, H, W, 3) RGB, min(H, W) = short_side, every decoded fra
 
 from __future__ import annotations
 
-from . import stage
-from .records import read_manifest
-from .shards import ShardWriter, encode_frames
-from .video import BadVideo, decode_video
+from cocon.preprocess import stage
+from cocon.sources.records import read_manifest
+from cocon.data.shards import ShardWriter, encode_frames
+from cocon.preprocess.video import BadVideo, decode_video
 
 VIEW = "rgb"
 
@@ -47,7 +47,7 @@ def run(manifest: str, shard: str, out: str, params: dict, dataset: dict, thread
 
 def main(argv=None) -> None:
     p = stage.stage_parser("Decode and resize the videos of one shard into an rgb HDF5 shard.")
-    p.add_argument("--manifest", required=True, help="sharded manifest TSV (cocon.ingest)")
+    p.add_argument("--manifest", required=True, help="sharded manifest TSV (cocon.sources.ingest)")
     a = p.parse_args(argv)
     stage.setup(a.threads)
     run(a.manifest, a.shard, a.out, a.params, a.dataset, a.threads)

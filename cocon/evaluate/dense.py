@@ -1,9 +1,9 @@
 """Dense test of a fine-tuned classifier on one view (paper Sec. 4, supplement A.4).
 
-    python -m cocon.evaluate --view rgb --model results/finetune/cpc/rgb/model.pt \
+    python -m cocon.evaluate.dense --view rgb --model results/finetune/cpc/rgb/model.pt \
         --config-json '{...}' --out results/eval/cpc/rgb/scores.h5
 
-Every test video whose view is ok is cut into windows (`cocon.clips.dense_windows`: N blocks of K
+Every test video whose view is ok is cut into windows (`cocon.data.clips.dense_windows`: N blocks of K
 frames at `train.stride`, a window every `evaluate.window_stride` blocks, half overlap by default;
 too-short videos get one window, never dropped), each window is centre-cropped and classified, and
 the video's class probabilities are the mean of the windows' softmax. Videos that failed
@@ -31,11 +31,11 @@ import h5py
 import numpy as np
 import torch
 
-from .clips import DenseClips, discover, make_loader, view_kind
-from .config import add_config_args, config_from_args
-from .provenance import code_revision, dumps, library_versions
+from cocon.data.clips import DenseClips, discover, make_loader, view_kind
+from cocon.config import add_config_args, config_from_args
+from cocon.provenance import code_revision, dumps, library_versions
 
-log = logging.getLogger("cocon.evaluate")
+log = logging.getLogger("cocon.evaluate.dense")
 STR = h5py.string_dtype()
 
 
@@ -79,7 +79,7 @@ def resolve_precision(cfg: dict, device: torch.device) -> str:
 
 def unscored_videos(cfg: dict, view: str, role: str, scored: set[str]) -> list[str]:
     """Videos of `role` present in the shards (any status) that were not scored."""
-    from .clips import _open  # the full row table, failed videos included
+    from cocon.data.clips import _open  # the full row table, failed videos included
 
     rows = _open(discover(cfg["output_dir"], [view]), [view])[4]
     split = str(cfg["dataset"]["split"])
@@ -116,8 +116,8 @@ def provenance(stage: str, cfg: dict, **extra) -> dict:
 
 def evaluate(cfg: dict, view: str, model_path: str | Path, out: Path) -> dict:
     """Score every test video; write `out`; return {"accuracy", "n_videos", "n_unscored"}."""
-    from .finetune import build_classifier
-    from .train import load_checkpoint
+    from cocon.train.finetune import build_classifier
+    from cocon.train.engine import load_checkpoint
 
     ck = load_checkpoint(model_path)
     class_names = list(ck["class_names"])
@@ -152,7 +152,7 @@ def evaluate(cfg: dict, view: str, model_path: str | Path, out: Path) -> dict:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Dense test of a fine-tuned classifier on one view.")
     p.add_argument("--view", required=True)
-    p.add_argument("--model", required=True, help="fine-tuned model.pt (cocon.finetune)")
+    p.add_argument("--model", required=True, help="fine-tuned model.pt (cocon.train.finetune)")
     p.add_argument("--out", required=True, type=Path, help="scores .h5")
     p.add_argument("--threads", type=int, default=None)
     add_config_args(p)

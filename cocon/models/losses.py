@@ -57,7 +57,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from cocon.models import DPCOutput, l2_normalize
+from cocon.models.networks import DPCOutput, l2_normalize
 
 __all__ = [
     "VARIANTS",

@@ -1,12 +1,12 @@
 """Training stages: per-view CPC pretraining (stage 1) and CoCon joint training (stage 2).
 
-    python -m cocon.train --stage cpc --views rgb --config-json '{...}' --out results/train/cpc/rgb
-    python -m cocon.train --stage cocon --views rgb flow_tvl1 --config-json '{...}' \
+    python -m cocon.train.engine --stage cpc --views rgb --config-json '{...}' --out results/train/cpc/rgb
+    python -m cocon.train.engine --stage cocon --views rgb flow_tvl1 --config-json '{...}' \
         --init rgb=results/train/cpc/rgb/model.pt --init flow_tvl1=... --out results/train/cocon
 
-Each view has its own DPC network (encoder f, ConvGRU g, predictor phi; cocon.models). Stage 1
+Each view has its own DPC network (encoder f, ConvGRU g, predictor phi; cocon.models.networks). Stage 1
 minimises L_cpc of one view; stage 2 minimises L_cocon = sum_v L_cpc + lam * sum_pairs L_coop over
-all views, starting from the stage-1 weights (cocon.losses). Adam (lr 1e-3, weight decay 1e-5),
+all views, starting from the stage-1 weights (cocon.models.losses). Adam (lr 1e-3, weight decay 1e-5),
 ReduceLROnPlateau (x0.1, down to min_lr) on the total loss of a validation subset held out from the
 training role (never the test split). With `train.gpus` > 1 the job relaunches itself under torchrun
 (one DDP process per GPU; negatives and BatchNorm statistics span the global batch).
@@ -37,14 +37,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import distributed as D
-from .clips import CHANNELS, MultiViewClips, discover, make_loader, view_kind
-from .config import add_config_args, config_from_args
-from .losses import cocon_loss
-from .models import DPC
-from .provenance import code_revision, dumps, library_versions
+from cocon.train import distributed as D
+from cocon.data.clips import CHANNELS, MultiViewClips, discover, make_loader, view_kind
+from cocon.config import add_config_args, config_from_args
+from cocon.models.losses import cocon_loss
+from cocon.models.networks import DPC
+from cocon.provenance import code_revision, dumps, library_versions
 
-log = logging.getLogger("cocon.train")
+log = logging.getLogger("cocon.train.engine")
 CHECKPOINT_VERSION = 1
 
 
@@ -199,7 +199,7 @@ class Trainer:
         self.history: list[dict] = []
         self.writer = None
 
-    # -- what a stage defines (stage 1/2 here; fine-tuning in cocon.finetune)
+    # -- what a stage defines (stage 1/2 here; fine-tuning in cocon.train.finetune)
     def hyperparameters(self) -> dict:
         """epochs, lr, weight_decay, batch_size (per process), max_steps_per_epoch."""
         tc = self.tc
@@ -397,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.stage == "cocon" and len(a.views) < 2:
         p.error("--stage cocon needs at least two views")
     init = dict(item.split("=", 1) for item in a.init)
-    Trainer.run_main("cocon.train", argv, cfg, a.threads, lambda: Trainer(a.stage, a.views, cfg, a.out, init))
+    Trainer.run_main("cocon.train.engine", argv, cfg, a.threads, lambda: Trainer(a.stage, a.views, cfg, a.out, init))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """Fine-tuning an action classifier on one view, from one initialisation (paper Sec. 4, supplement A.4).
 
-    python -m cocon.finetune --view rgb --init-kind cpc --init results/train/cpc/rgb/model.pt \
+    python -m cocon.train.finetune --view rgb --init-kind cpc --init results/train/cpc/rgb/model.pt \
         --config-json '{...}' --out results/finetune/cpc/rgb
-    python -m cocon.finetune --view rgb --init-kind random --config-json '{...}' --out results/finetune/random/rgb
+    python -m cocon.train.finetune --view rgb --init-kind random --config-json '{...}' --out results/finetune/random/rgb
 
-The network is :class:`cocon.models.ActionClassifier`: the view's encoder f and ConvGRU g (from the
+The network is :class:`cocon.models.networks.ActionClassifier`: the view's encoder f and ConvGRU g (from the
 stage-1 CPC or stage-2 CoCon model.pt, or random), spatial pooling, BatchNorm, dropout
 (`finetune.dropout`, 0.7 as in the paper) and a linear layer; every layer is trained. Clips are
 the pretraining clips (N blocks of K frames, `train.*` geometry and augmentation) with their labels;
@@ -31,13 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import distributed as D
-from .clips import CHANNELS, view_kind
-from .config import add_config_args, config_from_args
-from .models import ActionClassifier
-from .train import PerViewNetworks, Trainer, load_checkpoint, run_hash
+from cocon.train import distributed as D
+from cocon.data.clips import CHANNELS, view_kind
+from cocon.config import add_config_args, config_from_args
+from cocon.models.networks import ActionClassifier
+from cocon.train.engine import PerViewNetworks, Trainer, load_checkpoint, run_hash
 
-log = logging.getLogger("cocon.finetune")
+log = logging.getLogger("cocon.train.finetune")
 INIT_KINDS = ("random", "cpc", "cocon")
 
 
@@ -63,8 +63,8 @@ class FinetuneTrainer(Trainer):
         super().__init__("finetune", [view], cfg, out, {view: init_path} if init_path else {})
 
     def make_datasets(self):
-        from .clips import FINETUNE_AUGMENTATION
-        from .train import build_datasets
+        from cocon.data.clips import FINETUNE_AUGMENTATION
+        from cocon.train.engine import build_datasets
 
         return build_datasets(self.cfg, self.views, FINETUNE_AUGMENTATION)
 
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = config_from_args(a)
     if (a.init_kind == "random") != (a.init is None):
         p.error("--init is required for --init-kind cpc/cocon and not allowed for random")
-    Trainer.run_main("cocon.finetune", argv, cfg, a.threads,
+    Trainer.run_main("cocon.train.finetune", argv, cfg, a.threads,
                      lambda: FinetuneTrainer(a.view, a.init_kind, a.init, cfg, a.out))
 
 

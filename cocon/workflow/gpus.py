@@ -1,4 +1,4 @@
-"""Give a job its own GPUs on a workstation: `python -m cocon.gpus N -- command args...`.
+"""Give a job its own GPUs on a workstation: `python -m cocon.workflow.gpus N -- command args...`.
 
 Snakemake's local executor counts a `gpu` resource (`--resources gpu=4` lets at most 4 GPUs' worth of
 jobs run at once) but does not say *which* GPUs a job may use, so two concurrent jobs would both
@@ -91,30 +91,30 @@ def try_claim(n: int, ids: list[str], lock_dir: str) -> tuple[list[str], list[in
 def claim(n: int, ids: list[str], lock_dir: str, poll_s: float = 1.0, log=sys.stderr) -> tuple[list[str], list[int]]:
     """Wait until n of `ids` are free, then claim them (see try_claim)."""
     if n > len(ids):
-        raise SystemExit(f"cocon.gpus: the job asks for {n} GPUs, this machine has {len(ids)} ({','.join(ids)})")
+        raise SystemExit(f"cocon.workflow.gpus: the job asks for {n} GPUs, this machine has {len(ids)} ({','.join(ids)})")
     start = time.monotonic()
     said = False
     while True:
         got = try_claim(n, ids, lock_dir)
         if got is not None:
             if said:
-                print(f"cocon.gpus: waited {time.monotonic() - start:.0f} s for free GPUs", file=log, flush=True)
+                print(f"cocon.workflow.gpus: waited {time.monotonic() - start:.0f} s for free GPUs", file=log, flush=True)
             return got
         if not said:
-            print(f"cocon.gpus: waiting for {n} free GPU(s) of {','.join(ids)} (locks in {lock_dir})",
+            print(f"cocon.workflow.gpus: waiting for {n} free GPU(s) of {','.join(ids)} (locks in {lock_dir})",
                   file=log, flush=True)
             said = True
         time.sleep(poll_s)
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m cocon.gpus", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m cocon.workflow.gpus", description=__doc__.splitlines()[0])
     p.add_argument("n", type=int, help="GPUs the job needs (the rule's `gpu` resource)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- command and its arguments")
     a = p.parse_args(argv)
     cmd = a.command[1:] if a.command[:1] == ["--"] else a.command
     if not cmd:
-        p.error("no command given (python -m cocon.gpus N -- command ...)")
+        p.error("no command given (python -m cocon.workflow.gpus N -- command ...)")
     env = os.environ
     if a.n <= 0:
         env["CUDA_VISIBLE_DEVICES"] = ""
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
             for fd in fds:
                 os.set_inheritable(fd, True)  # the command holds the claim until it exits
             env["CUDA_VISIBLE_DEVICES"] = ",".join(got)
-            print(f"cocon.gpus: this job uses GPU(s) {','.join(got)} (CUDA_VISIBLE_DEVICES)",
+            print(f"cocon.workflow.gpus: this job uses GPU(s) {','.join(got)} (CUDA_VISIBLE_DEVICES)",
                   file=sys.stderr, flush=True)
     sys.stdout.flush()
     os.execvp(cmd[0], cmd)

@@ -1,6 +1,6 @@
 """Flow stages: TVL1 or Farneback optical flow between consecutive stored RGB frames of one shard.
 
-    python -m cocon.flow --method tvl1 --rgb rgb/00003.h5 --shard 00003 --out flow_tvl1/00003.h5 \
+    python -m cocon.preprocess.flow --method tvl1 --rgb rgb/00003.h5 --shard 00003 --out flow_tvl1/00003.h5 \
         --params '{"bound":20,"encoding":{...},"tvl1":{...}}' --dataset '{...}'
 
 Alignment with the rgb view: flow index k holds the forward flow from rgb frame k to frame k+1, in
@@ -8,7 +8,7 @@ pixels of the stored frames (u = x, v = y), for k = 0..T-2. The last index, T-1,
 so every view of a video has the same T and index k means the same instant in all of them.
 
 TVL1 has two backends with the same output format (flow.tvl1.backend): `opencv`
-(cv2.optflow.DualTVL1OpticalFlow, one pair per thread) and `torch` (cocon.tvl1, batches of
+(cv2.optflow.DualTVL1OpticalFlow, one pair per thread) and `torch` (cocon.preprocess.tvl1, batches of
 flow.tvl1.batch_size pairs, on CUDA when there is one); `auto` picks torch when a GPU is visible, else
 opencv. The backend that ran and its device are recorded in the shard attributes (tvl1_backend,
 tvl1_device) and in each video's attributes.
@@ -30,11 +30,11 @@ import cv2
 import numpy as np
 import torch
 
-from . import stage
-from . import tvl1 as tvl1_torch
-from .records import VideoRecord
-from .shards import ShardReader, ShardWriter, encode_frames
-from .video import BadVideo
+from cocon.preprocess import stage
+from cocon.preprocess import tvl1 as tvl1_torch
+from cocon.sources.records import VideoRecord
+from cocon.data.shards import ShardReader, ShardWriter, encode_frames
+from cocon.preprocess.video import BadVideo
 
 log = logging.getLogger("cocon")
 

@@ -7,7 +7,7 @@ local path, or None = random initialisation, which is recorded as `weights: none
 
 Frame map: a view computed on a frame stride s from offset o stores at its index j the output for rgb
 frame o + j*s (j = 0 .. ceil((T - o) / s) - 1). The loader reads both numbers from the shard's root
-attributes `frame_stride` and `frame_offset` (cocon.clips.frame_map).
+attributes `frame_stride` and `frame_offset` (cocon.data.clips.frame_map).
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import stage
-from .provenance import distribution_versions
-from .records import VideoRecord
-from .shards import ShardReader, ShardWriter, encode_frames
-from .video import BadVideo, resized_size
+from cocon.preprocess import stage
+from cocon.provenance import distribution_versions
+from cocon.sources.records import VideoRecord
+from cocon.data.shards import ShardReader, ShardWriter, encode_frames
+from cocon.preprocess.video import BadVideo, resized_size
 
 log = logging.getLogger("cocon")
 

@@ -20,7 +20,7 @@ Normalisation follows CoCon's *coded* variant (``l2_norm=True``, the default): z
 after the context and every prediction are L2-normalised over D at each spatial position, and no ReLU
 is applied to z. With ``l2_norm=False`` the rollout is DPC's original one: the GRU reads ReLU(z) and
 ReLU(z~), the targets are the pre-ReLU z, and nothing is normalised (DPC then uses an un-normalised,
-temperature-free dot product in the NCE; see :func:`cocon.losses.cpc_loss`, ``normalize=False``).
+temperature-free dot product in the NCE; see :func:`cocon.models.losses.cpc_loss`, ``normalize=False``).
 
 Every feature is unit-free (activations); only H, W are pixels and K, N are frames / blocks.
 """

@@ -14,8 +14,8 @@ from typing import Callable, Iterable, Iterator, TypeVar
 import cv2
 from tqdm import tqdm
 
-from .provenance import code_revision, library_versions
-from .video import BadVideo
+from cocon.provenance import code_revision, library_versions
+from cocon.preprocess.video import BadVideo
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -1,10 +1,10 @@
 """Video representations F(x) of a pretrained (or random) network, for the paper's analyses.
 
-    python -m cocon.features --view rgb --init-kind cocon --model results/train/cocon/model.pt \
+    python -m cocon.evaluate.features --view rgb --init-kind cocon --model results/train/cocon/model.pt \
         --config-json '{...}' --out results/features/cocon/rgb.h5
 
 For every video of the training role (the retrieval gallery) and of the test role (queries, t-SNE,
-similarities), with the dense test windows of cocon.evaluate: the view's DPC encoder f and ConvGRU g
+similarities), with the dense test windows of cocon.evaluate.dense: the view's DPC encoder f and ConvGRU g
 run over all N blocks of each window; the last hidden state (L2-normalised per position, as in
 pretraining) is averaged over space; the video's feature is the mean over its windows (CoCon
 supplement C.1: "one context representation per video, pooled into a vector"). For test videos also
@@ -29,12 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .clips import CHANNELS, view_kind
-from .config import add_config_args, config_from_args
-from .evaluate import dense_dataset, iterate_videos, pick_device, provenance, resolve_precision, run_in_chunks, save_h5
-from .models import DPC, l2_normalize
+from cocon.data.clips import CHANNELS, view_kind
+from cocon.config import add_config_args, config_from_args
+from cocon.evaluate.dense import dense_dataset, iterate_videos, pick_device, provenance, resolve_precision, run_in_chunks, save_h5
+from cocon.models.networks import DPC, l2_normalize
 
-log = logging.getLogger("cocon.features")
+log = logging.getLogger("cocon.evaluate.features")
 
 
 def pretrained_network(cfg: dict, view: str, init_kind: str, model_path: str | None) -> DPC:
@@ -44,7 +44,7 @@ def pretrained_network(cfg: dict, view: str, init_kind: str, model_path: str | N
     net = DPC(CHANNELS[view_kind(view)], depth=tc["depth"], num_blocks=tc["num_blocks"], pred_steps=tc["pred_steps"],
               width=tc["width"])
     if init_kind != "random":
-        from .train import load_checkpoint
+        from cocon.train.engine import load_checkpoint
 
         net.load_state_dict(load_checkpoint(model_path)["models"][view])
     return net.eval()

@@ -30,8 +30,8 @@ import cv2
 import h5py
 import numpy as np
 
-from .provenance import dumps
-from .records import VideoRecord, splits_to_json
+from cocon.provenance import dumps
+from cocon.sources.records import VideoRecord, splits_to_json
 
 FORMAT = "cocon-shard"
 FORMAT_VERSION = 1

@@ -1,7 +1,7 @@
 """Pose stage: 17-channel COCO keypoint confidence heatmaps per frame from an mmpose top-down heatmap
 model, for every person in the frame, into the `pose` view. Spec: docs/pose_seg.md.
 
-    python -m cocon.pose --rgb rgb/00003.h5 [--seg seg/00003.h5] --shard 00003 --out pose/00003.h5 \
+    python -m cocon.preprocess.pose --rgb rgb/00003.h5 [--seg seg/00003.h5] --shard 00003 --out pose/00003.h5 \
         --params '{"config": ..., "checkpoint": ..., "boxes": "detector", ...}' --dataset '{...}'
 
 Per frame: person boxes (`boxes`: an mmdet detector, connected components of the seg view, or the whole
@@ -18,9 +18,9 @@ import cv2
 import numpy as np
 import torch
 
-from . import mm
-from .shards import ShardReader
-from .video import BadVideo
+from cocon.preprocess import mm
+from cocon.data.shards import ShardReader
+from cocon.preprocess.video import BadVideo
 
 VIEW = "pose"
 BOX_SOURCES = ("detector", "seg", "frame")
@@ -209,7 +209,7 @@ def run(rgb: str, shard: str, out: str, params: dict, dataset: dict, threads: in
 
 
 def main(argv=None) -> None:
-    from . import stage
+    from cocon.preprocess import stage
 
     p = stage.stage_parser("Pose keypoint heatmaps (mmpose) of the frames of an rgb shard.")
     p.add_argument("--rgb", required=True, help="the rgb shard of the same shard name")

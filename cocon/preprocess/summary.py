@@ -1,6 +1,6 @@
 """End-of-preprocessing report: every failed video per stage, from the shards' failure tables.
 
-    python -m cocon.summary --manifest M.tsv --missing missing.tsv --json S.json --tsv F.tsv SHARD.h5 ...
+    python -m cocon.preprocess.summary --manifest M.tsv --missing missing.tsv --json S.json --tsv F.tsv SHARD.h5 ...
 
 Writes a JSON summary (counts per view, failures with reasons, provenance) and a TSV with one row
 per (view, shard, video) failure; prints the same to stderr (the job log)."""
@@ -14,9 +14,9 @@ import os
 import sys
 from collections import defaultdict
 
-from .provenance import code_revision, dumps, library_versions
-from .records import read_manifest
-from .shards import ShardReader
+from cocon.provenance import code_revision, dumps, library_versions
+from cocon.sources.records import read_manifest
+from cocon.data.shards import ShardReader
 
 
 def summarize(shards: list[str], manifest: str, missing: str) -> dict:

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from cocon.config import ConfigError, add_config_args, config_from_args
-from cocon.records import VideoRecord
+from cocon.sources.records import VideoRecord
 
 CLASSES: tuple[str, ...] = ("Wave", "JumpingJack", "Squat", "WalkInPlace", "Punch", "Clap", "Kick", "Bow")
 
@@ -365,7 +365,7 @@ def generate(cfg: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m cocon.demo", description="Generate the demo dataset.")
+    parser = argparse.ArgumentParser(prog="python -m cocon.sources.demo", description="Generate the demo dataset.")
     add_config_args(parser)
     args = parser.parse_args(argv)
     cfg = config_from_args(args)

@@ -1,10 +1,10 @@
 """The run's results: accuracy tables, view ensembles, the paper's analyses, one metrics JSON.
 
-    python -m cocon.report --scores cpc/rgb=results/eval/cpc/rgb/scores.h5 ... \
+    python -m cocon.evaluate.report --scores cpc/rgb=results/eval/cpc/rgb/scores.h5 ... \
         --features cpc/rgb=results/features/cpc/rgb.h5 ... --config-json '{...}' --out results/reports
 
-Reads the dense-test scores of every (init, view) (cocon.evaluate) and the pretrained features of every
-(init, view) (cocon.features), and writes into --out:
+Reads the dense-test scores of every (init, view) (cocon.evaluate.dense) and the pretrained features of every
+(init, view) (cocon.evaluate.features), and writes into --out:
 
     metrics.json   everything below, machine-readable, with provenance
     tables.html    the paper's Tables 1-3 in miniature: test top-1 per view and init (Random / CPC /
@@ -18,7 +18,7 @@ probabilities, over the videos scored in every view. Retrieval: test videos quer
 Cosine histograms, t-SNE and class similarities use the test videos. All analyses use cosines of
 features centred by the training videos' mean (raw pooled GRU states are all ~0.99 cosine-similar).
 
-Also `python -m cocon.report claim ...` (see `claim_main`): mean +- std over seeds for the claim target.
+Also `python -m cocon.evaluate.report claim ...` (see `claim_main`): mean +- std over seeds for the claim target.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import analyses as A
-from .config import add_config_args, config_from_args
-from .provenance import code_revision, library_versions
+from cocon.evaluate import analyses as A
+from cocon.config import add_config_args, config_from_args
+from cocon.provenance import code_revision, library_versions
 
-log = logging.getLogger("cocon.report")
+log = logging.getLogger("cocon.evaluate.report")
 INIT_ORDER = ("random", "cpc", "cocon")
 INIT_TITLE = {"random": "Random", "cpc": "CPC", "cocon": "CoCon"}
 

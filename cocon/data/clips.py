@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from .records import VideoRecord
-from .shards import ShardReader
+from cocon.sources.records import VideoRecord
+from cocon.data.shards import ShardReader
 
 __all__ = [
     "ClipsError", "Video", "Augmentation", "MultiViewClips", "DenseClips", "ClipLoader", "dense_windows",

@@ -1,7 +1,7 @@
 """Segmentation stage: per-frame person probability from an mmsegmentation model, into the `seg` view.
 Spec: docs/pose_seg.md.
 
-    python -m cocon.seg --rgb rgb/00003.h5 --shard 00003 --out seg/00003.h5 \
+    python -m cocon.preprocess.seg --rgb rgb/00003.h5 --shard 00003 --out seg/00003.h5 \
         --params '{"config": ..., "checkpoint": ..., "person_class": "person", ...}' --dataset '{...}'
 
 Per frame: the model's class logits at frame resolution (mmseg's own test pipeline and resizing back),
@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import torch
 
-from . import mm
+from cocon.preprocess import mm
 
 VIEW = "seg"
 
@@ -111,7 +111,7 @@ def run(rgb: str, shard: str, out: str, params: dict, dataset: dict, threads: in
 
 
 def main(argv=None) -> None:
-    from . import stage
+    from cocon.preprocess import stage
 
     p = stage.stage_parser("Person segmentation probability (mmsegmentation) of the frames of an rgb shard.")
     p.add_argument("--rgb", required=True, help="the rgb shard of the same shard name")

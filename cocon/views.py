@@ -1,0 +1,205 @@
+"""The views registry: one declaration per kind of view, read by everything that enumerates views.
+
+A *view* is one way of seeing a video, stored as its own HDF5 shards and encoded by its own network:
+``rgb``, ``flow_tvl1``, ``flow_farneback``, ``pose``, ``seg``. A *kind* groups views that are handled
+the same way (``flow_tvl1`` and ``flow_farneback`` are both of kind ``flow``). A :class:`ViewKind`
+holds what the code needs to know about a kind: channels, input normalisation, what a horizontal flip
+does to the channels, the default input size, the rule and config section that produce it, whether
+that rule uses a GPU. The loader, the config checks, training, fine-tuning, features and the rules
+(wildcards, view lists, GPU requests) all read it; ``docs/adding_a_view.md`` shows how to add one.
+
+Stored frames are uint8 (T, H, W, C); a network input is float32 ``uint8 * scale + offset`` per
+channel (:meth:`ViewKind.normaliser`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# COCO keypoint order (mmpose): nose, left/right eye, ear, shoulder, elbow, wrist, hip, knee, ankle.
+COCO_KEYPOINTS = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+                  "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
+                  "right_knee", "left_ankle", "right_ankle")
+
+
+def mirror_pairs(names) -> tuple[int, ...]:
+    """Channel permutation of a horizontal flip for named keypoints: left_x <-> right_x, others stay."""
+    index = {n: i for i, n in enumerate(names)}
+    swap = {"left_": "right_", "right_": "left_"}
+    out = []
+    for n in names:
+        for a, b in swap.items():
+            if n.startswith(a) and n.replace(a, b, 1) in index:
+                out.append(index[n.replace(a, b, 1)])
+                break
+        else:
+            out.append(index[n])
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Flip:
+    """What a horizontal flip does to a view's channels, besides mirroring the image.
+
+    negate: channels whose uint8 value q encodes a signed horizontal quantity centred at 127.5 (flow u):
+            q -> 255 - q, which negates the dequantised value exactly.
+    permute: a channel permutation (keypoint heatmaps: left and right swap), or () for none."""
+
+    negate: tuple[int, ...] = ()
+    permute: tuple[int, ...] = ()
+
+    def apply(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 (..., H, W, C) -> the horizontally flipped frames (a new array)."""
+        out = frames[..., ::-1, :]
+        if self.permute:
+            out = out[..., list(self.permute)]
+        out = np.ascontiguousarray(out)
+        for c in self.negate:
+            np.subtract(255, out[..., c], out=out[..., c])
+        return out
+
+
+@dataclass(frozen=True)
+class ViewKind:
+    """One kind of view (see the module docstring).
+
+    name:            kind name; its views are ``name`` or ``name_<variant>`` (flow_tvl1)
+    channels:        C of the stored frames and of the network input
+    default_size:    training input side in px (the original: 128 rgb/flow, 64 pose/seg)
+    mean, std:       input normalisation of ``uint8 / 255`` per channel (len 1 = every channel)
+    flip:            the channel rule of a horizontal flip (:class:`Flip`)
+    flip_in_training: whether training augmentation flips this view (the original never flips flow)
+    colour_jitter:   whether colour augmentation (grey, jitter) applies (rgb only)
+    rule:            the Snakemake rule that writes its shards
+    section:         the config section of that rule
+    variants:        view names of this kind from the config (default: [name]) - what is computed
+    possible:        every view name of this kind the config may name (for the schema)
+    job_gpus:        GPUs a producing job asks for, from the config (0 = CPU job)
+    computed_when:   a config condition, and the message naming the key that turns it on
+    ensemble_weight: default weight of the view in the test-time ensemble (CoCon: rgb/flow 2, pose/seg 1)
+    """
+
+    name: str
+    channels: int
+    default_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    rule: str
+    section: str
+    flip: Flip = Flip()
+    flip_in_training: bool = True
+    colour_jitter: bool = False
+    variants: Callable[[dict], list[str]] | None = None
+    possible: tuple[str, ...] = ()
+    job_gpus: Callable[[dict], int] = field(default=lambda cfg: 0)
+    computed_when: tuple[Callable[[dict], bool], str] | None = None
+    ensemble_weight: float = 1.0
+
+    def views(self, cfg: dict) -> list[str]:
+        """The views of this kind that the configuration computes."""
+        if self.computed_when is not None and not self.computed_when[0](cfg):
+            return []
+        return self.variants(cfg) if self.variants else [self.name]
+
+    def all_views(self) -> tuple[str, ...]:
+        return self.possible or (self.name,)
+
+    def normaliser(self, channels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scale, offset) float32 (C,): network input = uint8 * scale + offset."""
+        c = channels or self.channels
+        mean = np.broadcast_to(np.asarray(self.mean, np.float32), (c,))
+        std = np.broadcast_to(np.asarray(self.std, np.float32), (c,))
+        return (1.0 / (255.0 * std)).astype(np.float32), (-mean / std).astype(np.float32)
+
+
+KINDS: dict[str, ViewKind] = {}
+
+
+def register(kind: ViewKind) -> ViewKind:
+    """Add (or replace) a kind; views named ``kind.name`` or ``kind.name_*`` are then of this kind."""
+    KINDS[kind.name] = kind
+    return kind
+
+
+def unregister(name: str) -> None:
+    KINDS.pop(name, None)
+
+
+class UnknownView(ValueError):
+    pass
+
+
+def kind_of(view: str) -> ViewKind:
+    """The kind of a view name (``flow_tvl1`` -> flow)."""
+    for kind in sorted(KINDS.values(), key=lambda k: -len(k.name)):
+        if view == kind.name or view.startswith(kind.name + "_"):
+            return kind
+    raise UnknownView(f"unknown view {view!r}: known kinds are {', '.join(KINDS)} (views <kind> or <kind>_<variant>)")
+
+
+def enabled_views(cfg: dict) -> list[str]:
+    """Every view the configuration computes, in registry order (rgb first)."""
+    return [v for kind in KINDS.values() for v in kind.views(cfg)]
+
+
+def all_views() -> list[str]:
+    """Every view name a configuration may name."""
+    return [v for kind in KINDS.values() for v in kind.all_views()]
+
+
+def channels(view: str) -> int:
+    return kind_of(view).channels
+
+
+def input_size(view: str, sizes: dict) -> int:
+    """Training input side of `view` from a {view or kind: size} mapping, else the kind's default."""
+    kind = kind_of(view)
+    return int(sizes.get(view, sizes.get(kind.name, kind.default_size)))
+
+
+# ------------------------------------------------------------------ the built-in kinds
+
+FLOW_METHODS = ("tvl1", "farneback")
+
+
+def _tvl1_gpus(cfg: dict) -> int:
+    """1 when TVL1 runs on the torch backend on a GPU: backend torch on a device other than cpu, or
+    backend auto on a machine that has a GPU (cocon.workflow.gpus's list)."""
+    t = cfg["flow"]["tvl1"]
+    if t["device"] == "cpu":
+        return 0
+    if t["backend"] == "torch":
+        return 1
+    if t["backend"] == "auto" and t["gamma"] == 0:
+        from cocon.workflow.gpus import machine_gpu_ids
+
+        return int(bool(machine_gpu_ids()))
+    return 0
+
+
+register(ViewKind(
+    name="rgb", channels=3, default_size=128, mean=IMAGENET_MEAN, std=IMAGENET_STD, rule="frames", section="frames",
+    colour_jitter=True, ensemble_weight=2.0,
+))
+register(ViewKind(
+    name="flow", channels=2, default_size=128, mean=(0.5,), std=(0.5,), rule="flow", section="flow",
+    flip=Flip(negate=(0,)), flip_in_training=False,
+    variants=lambda cfg: [f"flow_{m}" for m in cfg["flow"]["methods"]],
+    possible=tuple(f"flow_{m}" for m in FLOW_METHODS),
+    job_gpus=_tvl1_gpus, ensemble_weight=2.0,
+))
+register(ViewKind(
+    name="pose", channels=len(COCO_KEYPOINTS), default_size=64, mean=(0.0,), std=(1.0,), rule="pose", section="pose",
+    flip=Flip(permute=mirror_pairs(COCO_KEYPOINTS)),
+    job_gpus=lambda cfg: cfg["pose"]["gpus"], computed_when=(lambda cfg: cfg["pose"]["enabled"], "pose.enabled: true"),
+))
+register(ViewKind(
+    name="seg", channels=1, default_size=64, mean=(0.0,), std=(1.0,), rule="seg", section="seg",
+    job_gpus=lambda cfg: cfg["seg"]["gpus"], computed_when=(lambda cfg: cfg["seg"]["enabled"], "seg.enabled: true"),
+))
