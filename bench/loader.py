@@ -73,7 +73,7 @@ from cocon.preprocess import frames  # noqa: E402
 from cocon.config import load_config  # noqa: E402
 from cocon.provenance import library_versions  # noqa: E402
 from cocon.sources.records import VideoRecord, assign_shards, shard_name, write_manifest  # noqa: E402
-from cocon.data.shards import ShardReader, ShardWriter, decode_image, encode_frames  # noqa: E402
+from cocon.data.shards import ShardReader, ShardWriter, encode_frames  # noqa: E402
 
 GOAL = 5.0
 FLOW_VIEWS = ("flow_tvl1", "flow_farneback")

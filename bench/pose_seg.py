@@ -48,6 +48,7 @@ from cocon.preprocess import seg  # noqa: E402
 from cocon.config import load_config  # noqa: E402
 from cocon.sources.records import VideoRecord, write_manifest  # noqa: E402
 from cocon.data.shards import ShardWriter, encode_frames  # noqa: E402
+from cocon.runtime import resolve_device
 
 MODELS = {
     "demo": {"seg": {"config": "segformer_mit-b0_8xb2-160k_ade20k-512x512", "input_scale": [128, 64]},
@@ -167,7 +168,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     a = ap.parse_args()
     mm.setup(a.threads)
-    device = mm.resolve_device(a.device)
+    device = resolve_device(a.device)
     res = {"machine": {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "threads": a.threads, "device": device,
                        "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None},
            "versions": {**mm.mm_versions(), "torch": torch.__version__}, "frames": a.frames, "runs": []}

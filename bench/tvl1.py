@@ -46,6 +46,7 @@ from cocon.preprocess import tvl1  # noqa: E402
 from cocon.config import load_config  # noqa: E402
 from cocon.preprocess.flow import make_tvl1  # noqa: E402
 from cocon.provenance import code_revision, library_versions  # noqa: E402
+from cocon.runtime import resolve_device
 
 GOAL_EPE_PX = 0.5
 GOAL_CUDA_PAIRS_S = 1000  # at 320x240 on one H100-class GPU
@@ -152,7 +153,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=parse_size, nargs="+", default=[(320, 240)])
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    device = tvl1.resolve_device(a.device)
+    device = resolve_device(a.device)
     result = {"benchmark": "tvl1", "cpu": cpu_model(), "threads": a.threads, "device": device,
               "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
               "params": PARAMS, "code_revision": code_revision(), "versions": library_versions()}  # fmt: skip

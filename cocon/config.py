@@ -22,9 +22,20 @@ class ConfigError(ValueError):
         super().__init__(f"config key '{key}': {message}")
 
 
-def _schema() -> dict:
+def schema() -> dict:
+    """The config schema: the file, with the view names and kinds filled in from the views registry
+    (cocon.views), so that a registered view is a valid config value everywhere a view is named."""
+    from cocon import views as V
+
     with open(SCHEMA_PATH, encoding="utf-8") as fh:
-        return yaml.safe_load(fh)
+        s = yaml.safe_load(fh)
+    props = s["properties"]
+    props["train"]["properties"]["views"]["items"] = {"enum": V.all_views()}
+    props["train"]["properties"]["input_size"]["properties"] = {
+        k.name: {"type": "integer", "minimum": 32, "default": k.default_size} for k in V.KINDS.values()}
+    props["evaluate"]["properties"]["ensemble_weights"]["properties"] = {
+        v: {"type": "number", "minimum": 0, "default": V.kind_of(v).ensemble_weight} for v in V.all_views()}
+    return s
 
 
 def _with_defaults(validator_class):
@@ -44,10 +55,10 @@ def _with_defaults(validator_class):
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
-def validate(cfg: dict) -> dict:
-    """Fill defaults into `cfg` in place and validate it; raises ConfigError naming the key."""
-    schema = _schema()
-    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
+def validate(cfg: dict, checks: bool = True) -> dict:
+    """Fill defaults into `cfg` in place and validate it against the schema, then (`checks`) the
+    cross-field checks; raises ConfigError naming the key."""
+    validator = _with_defaults(jsonschema.Draft202012Validator)(schema())
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
     if errors:
         err = errors[0]
@@ -57,7 +68,8 @@ def validate(cfg: dict) -> dict:
             name = ".".join([*map(str, err.absolute_path), extra[0]]) if extra else key
             raise ConfigError(name, f"unknown key (allowed: {', '.join(sorted(err.schema['properties']))})")
         raise ConfigError(key, err.message)
-    check(cfg)
+    if checks:
+        check(cfg)
     return cfg
 
 
@@ -79,14 +91,16 @@ def check(cfg: dict) -> None:
     fr = cfg["frames"]
     if fr["max_frames"] is not None and fr["max_frames"] < fr["min_frames"]:
         raise ConfigError("frames.max_frames", "must be at least frames.min_frames")
-    computed = {"rgb", *(f"flow_{m}" for m in cfg["flow"]["methods"])}
+    from cocon import views as V
+
+    computed = set(V.enabled_views(cfg))
     for v in cfg["train"]["views"]:
-        if v.startswith("flow_") and v not in computed:
-            raise ConfigError("train.views", f"view '{v}' needs '{v[5:]}' in flow.methods")
-        if v in ("pose", "seg") and not cfg[v]["enabled"]:
-            raise ConfigError("train.views", f"view '{v}' needs {v}.enabled: true")
-    if "cocon" in cfg["finetune"]["inits"] and len(cfg["train"]["views"]) < 2:
-        raise ConfigError("finetune.inits", "'cocon' needs at least two train.views (CoCon trains views jointly)")
+        if v not in computed:
+            raise ConfigError("train.views", f"view '{v}' is not computed by this configuration: "
+                              f"{V.kind_of(v).missing(v)}")
+    for init in ("cocon", "control"):
+        if init in cfg["finetune"]["inits"] and len(cfg["train"]["views"]) < 2:
+            raise ConfigError("finetune.inits", f"'{init}' needs at least two train.views (stage 2 trains views jointly)")
     ev = cfg["evaluate"]
     if ev["consistency_min"] > ev["consistency_top"]:
         raise ConfigError("evaluate.consistency_min", "must not exceed evaluate.consistency_top")
@@ -137,14 +151,25 @@ def _merge(base: dict, extra: dict) -> None:
 
 
 def add_config_args(parser) -> None:
-    """`--config FILE` and/or `--config-json JSON` (a nested dict merged on top), for stage CLIs.
-    Rules pass the config sections a job depends on as JSON, so Snakemake reruns it when they change."""
-    parser.add_argument("--config", help="YAML config file (default: none, i.e. the defaults)")
-    parser.add_argument("--config-json", help="config values as JSON, merged over --config")
+    """`--config FILE` and/or `--config-json JSON`, the two ways a command gets its configuration:
+    a whole YAML config (by hand), or the sections a job depends on (rules; cocon.workflow.jobs)."""
+    parser.add_argument("--config", help="YAML config file: the whole configuration (default: the defaults)")
+    parser.add_argument("--config-json", help="config sections as JSON (merged over --config when both are given)")
 
 
-def config_from_args(args) -> dict:
-    """The validated config selected by `add_config_args` options."""
+def config_from_args(args, command: str | None = None) -> dict:
+    """The validated config selected by `add_config_args` options.
+
+    With `--config` (a whole config, possibly with `--config-json` on top): schema, defaults and every
+    cross-field check. With `--config-json` alone (a job of the workflow, cocon.workflow.jobs): the
+    sections it holds are validated against the schema and completed with defaults; cross-section checks
+    are not repeated (they ran on the whole config before any job started) and the sections it does not
+    hold are absent from the result, so a job cannot silently read a default it was not given."""
     import json
 
-    return load_config(args.config, json.loads(args.config_json) if args.config_json else None)
+    extra = json.loads(args.config_json) if args.config_json else None
+    if args.config is not None or extra is None:
+        return load_config(args.config, extra)
+    given = set(extra)
+    cfg = validate(extra, checks=False)
+    return {k: v for k, v in cfg.items() if k in given}

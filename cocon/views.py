@@ -80,8 +80,9 @@ class ViewKind:
     section:         the config section of that rule
     variants:        view names of this kind from the config (default: [name]) - what is computed
     possible:        every view name of this kind the config may name (for the schema)
-    job_gpus:        GPUs a producing job asks for, from the config (0 = CPU job)
-    computed_when:   a config condition, and the message naming the key that turns it on
+    job_gpus:        GPUs a producing job asks for, from the config and the view name (0 = CPU job)
+    computed_when:   a config condition: the kind's views are computed only when it holds
+    requirement:     what to set so that a view is computed ({variant} = the part after "<kind>_")
     ensemble_weight: default weight of the view in the test-time ensemble (CoCon: rgb/flow 2, pose/seg 1)
     """
 
@@ -97,15 +98,20 @@ class ViewKind:
     colour_jitter: bool = False
     variants: Callable[[dict], list[str]] | None = None
     possible: tuple[str, ...] = ()
-    job_gpus: Callable[[dict], int] = field(default=lambda cfg: 0)
-    computed_when: tuple[Callable[[dict], bool], str] | None = None
+    job_gpus: Callable[[dict, str], int] = field(default=lambda cfg, view: 0)
+    computed_when: Callable[[dict], bool] | None = None
+    requirement: str = ""
     ensemble_weight: float = 1.0
 
     def views(self, cfg: dict) -> list[str]:
         """The views of this kind that the configuration computes."""
-        if self.computed_when is not None and not self.computed_when[0](cfg):
+        if self.computed_when is not None and not self.computed_when(cfg):
             return []
         return self.variants(cfg) if self.variants else [self.name]
+
+    def missing(self, view: str) -> str:
+        """What to change in the config so that `view` is computed."""
+        return self.requirement.format(view=view, variant=view[len(self.name) + 1:])
 
     def all_views(self) -> tuple[str, ...]:
         return self.possible or (self.name,)
@@ -168,9 +174,11 @@ def input_size(view: str, sizes: dict) -> int:
 FLOW_METHODS = ("tvl1", "farneback")
 
 
-def _tvl1_gpus(cfg: dict) -> int:
-    """1 when TVL1 runs on the torch backend on a GPU: backend torch on a device other than cpu, or
-    backend auto on a machine that has a GPU (cocon.workflow.gpus's list)."""
+def _flow_gpus(cfg: dict, view: str) -> int:
+    """1 for TVL1 on the torch backend on a GPU: backend torch on a device other than cpu, or backend auto
+    on a machine that has a GPU (cocon.workflow.gpus's list); 0 otherwise (OpenCV, Farneback)."""
+    if view != "flow_tvl1":
+        return 0
     t = cfg["flow"]["tvl1"]
     if t["device"] == "cpu":
         return 0
@@ -192,14 +200,16 @@ register(ViewKind(
     flip=Flip(negate=(0,)), flip_in_training=False,
     variants=lambda cfg: [f"flow_{m}" for m in cfg["flow"]["methods"]],
     possible=tuple(f"flow_{m}" for m in FLOW_METHODS),
-    job_gpus=_tvl1_gpus, ensemble_weight=2.0,
+    job_gpus=_flow_gpus, requirement="add '{variant}' to flow.methods", ensemble_weight=2.0,
 ))
 register(ViewKind(
     name="pose", channels=len(COCO_KEYPOINTS), default_size=64, mean=(0.0,), std=(1.0,), rule="pose", section="pose",
     flip=Flip(permute=mirror_pairs(COCO_KEYPOINTS)),
-    job_gpus=lambda cfg: cfg["pose"]["gpus"], computed_when=(lambda cfg: cfg["pose"]["enabled"], "pose.enabled: true"),
+    job_gpus=lambda cfg, view: cfg["pose"]["gpus"], computed_when=lambda cfg: cfg["pose"]["enabled"],
+    requirement="set pose.enabled: true",
 ))
 register(ViewKind(
     name="seg", channels=1, default_size=64, mean=(0.0,), std=(1.0,), rule="seg", section="seg",
-    job_gpus=lambda cfg: cfg["seg"]["gpus"], computed_when=(lambda cfg: cfg["seg"]["enabled"], "seg.enabled: true"),
+    job_gpus=lambda cfg, view: cfg["seg"]["gpus"], computed_when=lambda cfg: cfg["seg"]["enabled"],
+    requirement="set seg.enabled: true",
 ))

@@ -1,23 +1,24 @@
-# Helpers shared by the rules: config validation, the parse-time manifest and shard assignment,
-# per-stage parameters and output paths. Everything is decided here, when the workflow is parsed.
+# Helpers shared by the rules: config validation, the parse-time manifest and shard assignment, the views
+# (cocon.views), each job's config sections (cocon.workflow.jobs) and resources (cocon.workflow.resources).
+# Everything is decided here, when the workflow is parsed; the logic lives in the cocon package.
 
 import hashlib
 import json
 import os
 import shlex
 
-from snakemake.utils import validate
-
 from cocon import config as cocon_config
-from cocon.workflow import gpus as cocon_gpus
+from cocon import views as V
 from cocon.sources import ingest
 from cocon.sources.records import assign_shards, shard_name
+from cocon.workflow import resources as R
+from cocon.workflow.jobs import as_json, job_config
 
-# Our own validation first: it names the offending key in one line. Then Snakemake's, same schema.
+# The whole config, before any job starts: unknown keys, wrong values and cross-section mistakes are
+# rejected here with the key named (defaults are filled in place).
 cocon_config.validate(config)
-validate(config, cocon_config.SCHEMA_PATH)
 
-# The rules run `python -m cocon.<stage>`: make the workflow's own package importable in every job,
+# Every job runs `python -m cocon <command>`: make the workflow's own package importable in every job,
 # including conda environments that do not install it. HDF5's file locking fails or hangs on NFS and
 # Lustre, and our writers never share a file (each writes <name>.partial, then renames): every job,
 # local or on SLURM, runs with it off unless HDF5_USE_FILE_LOCKING is set.
@@ -30,54 +31,46 @@ OUT = config["output_dir"]
 RECORDS, MISSING = ingest.load_dataset(config)
 SHARD_LIST = assign_shards(RECORDS, config["shards"]["videos_per_shard"])
 SHARDS = [shard_name(k) for k in range(len(SHARD_LIST))]
-FLOW_VIEWS = [f"flow_{m}" for m in config["flow"]["methods"]]
-INFERRED_VIEWS = [v for v in ("seg", "pose") if config[v]["enabled"]]
-VIEWS = ["rgb", *FLOW_VIEWS, *INFERRED_VIEWS]
+VIEWS = V.enabled_views(config)  # every view this config computes (registry order)
+TRAIN_VIEWS = config["train"]["views"]
+INITS = config["finetune"]["inits"]
+CLAIM = f"{OUT}/claim"
 
 
 wildcard_constraints:
     shard=r"\d{5}",
-    view="|".join(["rgb", *[f"flow_{m}" for m in config["flow"]["methods"]], *INFERRED_VIEWS]),
+    view="|".join(VIEWS),
     method="|".join(config["flow"]["methods"]) or "none",
-    init="random|cpc|cocon",
+    init="|".join(INITS),
     cseed=r"\d+",
 
 
-def as_json(obj):
-    """Canonical JSON for --params: Snakemake reruns a job when its params change."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+def job(command, **wildcards):
+    """The --config-json of a job: the config sections `command` depends on (cocon.workflow.jobs)."""
+    return job_config(config, command, **wildcards)
 
 
-DATASET_JSON = as_json({"name": config["dataset"]["name"], "format": config["dataset"]["format"]})
-FRAMES_JSON = as_json(config["frames"])
+def with_train(config_json, seed=None, **train):
+    """A job's config JSON with another training seed (the claim target; the shards stay the same) and/or
+    other train.* values (the control run: lam 0)."""
+    cfg = json.loads(config_json)
+    if seed is not None:
+        cfg["seed"] = int(seed)
+    if train:
+        cfg["train"] = {**cfg["train"], **train}
+    return as_json(cfg)
 
 
-# GPUs of a TVL1 flow job: 1 with backend torch on a device other than cpu; with backend auto, 1 when
-# the machine running Snakemake has a GPU (cocon.workflow.gpus's list: COCON_GPU_IDS, CUDA_VISIBLE_DEVICES or
-# nvidia-smi), so a workstation with GPUs runs TVL1 on them; on a cluster set backend: torch.
-_tvl1 = config["flow"]["tvl1"]
-TVL1_GPUS = int(
-    _tvl1["device"] != "cpu"
-    and (_tvl1["backend"] == "torch" or (_tvl1["backend"] == "auto" and _tvl1["gamma"] == 0 and bool(cocon_gpus.machine_gpu_ids())))
-)
+def view_gpus(view):
+    """GPUs a job producing `view` asks for (the views registry: TVL1 on the torch backend, pose, seg)."""
+    return V.kind_of(view).job_gpus(config, view)
 
 
-def flow_json(wildcards):
-    f = config["flow"]
-    return as_json({"bound": f["bound"], "encoding": f["encoding"], wildcards.method: f[wildcards.method]})
-
-
-def inferred_json(view):
-    """Parameters of the pose or seg stage: its config section, the global seed (random-init models)
-    and, for pose with boxes from the seg view, the seg section its boxes depend on."""
-    params = {**config[view], "seed": config["seed"]}
-    params.pop("enabled")
-    params.pop("gpus")
-    if view == "pose" and params["boxes"] == "seg":
-        params["seg"] = json.loads(inferred_json("seg"))
-    if view == "pose" and params["boxes"] != "detector":
-        params.pop("detector")
-    return as_json(params)
+def on_gpus(command):
+    """A GPU rule's shell command, run under `cocon gpus`: the job gets `resources.gpu` GPUs of its own
+    (CUDA_VISIBLE_DEVICES) on a workstation, where Snakemake only counts them; none when the resource
+    is 0; under SLURM the ones SLURM gave it."""
+    return f"python -m cocon gpus {{resources.gpu}} -- {command}"
 
 
 def model_files(view):
@@ -132,26 +125,32 @@ def view_shards(wildcards):
     return shard_paths(wildcards.view)
 
 
-TRAIN_JSON = as_json({k: config[k] for k in ("output_dir", "seed", "dataset", "train")})
-FINETUNE_JSON = as_json({k: config[k] for k in ("output_dir", "seed", "dataset", "train", "finetune")})
-EVAL_JSON = as_json({k: config[k] for k in ("output_dir", "seed", "dataset", "train", "finetune", "evaluate")})
-CLAIM = f"{OUT}/claim"
-INITS = config["finetune"]["inits"]
+def train_shards():
+    return [p for view in TRAIN_VIEWS for p in shard_paths(view)]
 
 
-def with_seed(config_json, seed):
-    """A job's config JSON with another training seed (the claim target; the shards stay the same)."""
-    return as_json({**json.loads(config_json), "seed": int(seed)})
+def stage1_models(train_dir=f"{OUT}/train"):
+    return [f"{train_dir}/cpc/{view}/model.pt" for view in TRAIN_VIEWS]
+
+
+def stage1_init(train_dir=f"{OUT}/train"):
+    """--init arguments of a stage-2 job: every view's stage-1 model."""
+    return " ".join(f"--init {v}={train_dir}/cpc/{v}/model.pt" for v in TRAIN_VIEWS)
 
 
 def pretrained_model(init, view, train_dir=f"{OUT}/train"):
     """The model.pt a fine-tuning or feature job starts from ([] for random weights)."""
-    return {"random": [], "cpc": [f"{train_dir}/cpc/{view}/model.pt"], "cocon": [f"{train_dir}/cocon/model.pt"]}[init]
+    return {"random": [], "cpc": [f"{train_dir}/cpc/{view}/model.pt"], "cocon": [f"{train_dir}/cocon/model.pt"],
+            "control": [f"{train_dir}/control/model.pt"]}[init]
+
+
+def init_arg(wildcards, input):
+    return f"--init {wildcards.view}={input.init[0]}" if input.init else ""
 
 
 def eval_keys():
     """init/view of every fine-tuning, test and feature job of the report."""
-    return [f"{init}/{view}" for init in INITS for view in config["train"]["views"]]
+    return [f"{init}/{view}" for init in INITS for view in TRAIN_VIEWS]
 
 
 def eval_paths(kind):
@@ -160,13 +159,14 @@ def eval_paths(kind):
 
 
 def claim_keys():
-    """seed/init/view of every test job of the claim target (rgb and flow views of train.views)."""
+    """seed/init/view of every test job of the claim target."""
     return [f"{seed}/{key}" for seed in config["claim"]["seeds"] for key in eval_keys()]
 
 
-def claim_scores():
-    return [f"{CLAIM}/seed{seed}/eval/{init}/{view}/scores.h5" for seed, init, view in
-            (key.split("/") for key in claim_keys())]
+def claim_paths(kind):
+    pattern = {"scores": "eval/{init}/{view}/scores.h5", "features": "features/{init}/{view}.h5"}[kind]
+    return [f"{CLAIM}/seed{seed}/" + pattern.format(init=init, view=view)
+            for seed, init, view in (key.split("/") for key in claim_keys())]
 
 
 def preprocess_targets():
@@ -180,19 +180,11 @@ def training_targets():
 
 def print_summary(path):
     """Called on success: repeat the failed-video summary at the end of the run."""
-    import json
     from cocon.preprocess.summary import format_summary
 
     if os.path.exists(path):
         with open(path) as fh:
             print(format_summary(json.load(fh)))
-
-
-def on_gpus(command):
-    """A GPU rule's shell command, run under `cocon.workflow.gpus`: the job gets `resources.gpu` GPUs of its own
-    (CUDA_VISIBLE_DEVICES) on a workstation, where Snakemake only counts them; none when the resource
-    is 0; under SLURM the ones SLURM gave it."""
-    return f"python -m cocon.workflow.gpus {{resources.gpu}} -- {command}"
 
 
 def output_dir_of_model(wildcards, output):

@@ -6,13 +6,17 @@ rule demo_dataset:
         videos=demo_videos(),
         class_index=f"{OUT}/demo/annotations/classInd.txt",
     log:
-        f"logs/demo_dataset.log",
+        "logs/demo_dataset.log",
+    threads: R.threads("demo_dataset")
+    resources:
+        mem_mb=R.mem_mb("demo_dataset"),
+        runtime=R.runtime("demo_dataset"),
     conda:
         "../envs/preprocess.yaml"
     params:
-        config=as_json({k: config[k] for k in ("output_dir", "seed", "dataset", "demo")}),
+        config=job("demo"),
     shell:
-        "python -m cocon.sources.demo --config-json {params.config:q} > {log} 2>&1"
+        "python -m cocon demo --config-json {params.config:q} > {log} 2>&1"
 
 
 rule manifest:
@@ -23,10 +27,14 @@ rule manifest:
         missing=f"{OUT}/manifest/missing.tsv",
     log:
         "logs/manifest.log",
+    threads: R.threads("manifest")
+    resources:
+        mem_mb=R.mem_mb("manifest"),
+        runtime=R.runtime("manifest"),
     conda:
         "../envs/preprocess.yaml"
     params:
-        config=as_json({k: config[k] for k in ("output_dir", "seed", "dataset", "demo", "shards")}),
+        config=job("manifest"),
     shell:
-        "python -m cocon.sources.ingest --config-json {params.config:q}"
+        "python -m cocon manifest --config-json {params.config:q}"
         " --out {output.manifest} --missing {output.missing} > {log} 2>&1"

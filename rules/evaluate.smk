@@ -1,5 +1,5 @@
 # Fine-tuning (one job per view and initialisation), dense test, pretrained features, the report; and the
-# `claim` target: Random vs CPC vs CoCon over several training seeds (not part of the default DAG).
+# `claim` target: Random vs CPC vs CoCon (and the control) over several training seeds.
 
 
 rule finetune:
@@ -13,20 +13,21 @@ rule finetune:
         "logs/finetune/{init}_{view}.log",
     benchmark:
         "benchmarks/finetune/{init}_{view}.tsv"
-    threads: 8
+    threads: R.threads("finetune")
     resources:
         gpu=config["train"]["gpus"],
-        mem_mb=16000,
-        runtime=1440,
+        mem_mb=R.mem_mb("finetune"),
+        runtime=R.runtime("finetune"),
+        tasks_per_gpu=0,
     conda:
         "../envs/train.yaml"
     params:
-        config=FINETUNE_JSON,
-        init=lambda w, input: f"--init {input.init}" if input.init else "",
+        config=job("finetune"),
+        init=init_arg,
         out=output_dir_of_model,
     shell:
         on_gpus(
-            "python -m cocon.train.finetune --view {wildcards.view} --init-kind {wildcards.init} {params.init}"
+            "python -m cocon train finetune --views {wildcards.view} --init-kind {wildcards.init} {params.init}"
             " --out {params.out} --threads {threads} --config-json {params.config:q} > {log} 2>&1"
         )
 
@@ -41,18 +42,19 @@ rule evaluate:
         "logs/eval/{init}_{view}.log",
     benchmark:
         "benchmarks/eval/{init}_{view}.tsv"
-    threads: 4
+    threads: R.threads("evaluate")
     resources:
         gpu=min(1, config["train"]["gpus"]),
-        mem_mb=8000,
-        runtime=240,
+        mem_mb=R.mem_mb("evaluate"),
+        runtime=R.runtime("evaluate"),
+        tasks_per_gpu=0,
     conda:
         "../envs/train.yaml"
     params:
-        config=EVAL_JSON,
+        config=job("evaluate"),
     shell:
         on_gpus(
-            "python -m cocon.evaluate.dense --view {wildcards.view} --model {input.model} --out {output}"
+            "python -m cocon evaluate --view {wildcards.view} --model {input.model} --out {output}"
             " --threads {threads} --config-json {params.config:q} > {log} 2>&1"
         )
 
@@ -67,19 +69,20 @@ rule features:
         "logs/features/{init}_{view}.log",
     benchmark:
         "benchmarks/features/{init}_{view}.tsv"
-    threads: 4
+    threads: R.threads("features")
     resources:
         gpu=min(1, config["train"]["gpus"]),
-        mem_mb=8000,
-        runtime=240,
+        mem_mb=R.mem_mb("features"),
+        runtime=R.runtime("features"),
+        tasks_per_gpu=0,
     conda:
         "../envs/train.yaml"
     params:
-        config=EVAL_JSON,
+        config=job("features"),
         model=lambda w, input: f"--model {input.init}" if input.init else "",
     shell:
         on_gpus(
-            "python -m cocon.evaluate.features --view {wildcards.view} --init-kind {wildcards.init} {params.model}"
+            "python -m cocon features --view {wildcards.view} --init-kind {wildcards.init} {params.model}"
             " --out {output} --threads {threads} --config-json {params.config:q} > {log} 2>&1"
         )
 
@@ -100,19 +103,23 @@ rule report:
         ),
     log:
         "logs/report.log",
+    threads: R.threads("report")
+    resources:
+        mem_mb=R.mem_mb("report"),
+        runtime=R.runtime("report"),
     conda:
         "../envs/train.yaml"
     params:
-        config=EVAL_JSON,
+        config=job("report"),
         scores=lambda w, input: " ".join(f"{k}={p}" for k, p in zip(eval_keys(), input.scores)),
         features=lambda w, input: " ".join(f"{k}={p}" for k, p in zip(eval_keys(), input.features)),
         out=lambda w, output: os.path.dirname(output.metrics),
     shell:
-        "rm -rf {output.figures} && python -m cocon.evaluate.report --scores {params.scores} --features {params.features}"
+        "rm -rf {output.figures} && python -m cocon report --scores {params.scores} --features {params.features}"
         " --out {params.out} --config-json {params.config:q} > {log} 2>&1"
 
 
-# ---- the claim target: the same stages with the training seed as a wildcard, on the same shards
+# ---- the claim target: the same jobs with the training seed as a wildcard, on the same shards
 
 
 use rule cpc as claim_cpc with:
@@ -124,14 +131,14 @@ use rule cpc as claim_cpc with:
     benchmark:
         "benchmarks/claim/seed{cseed}/cpc_{view}.tsv"
     params:
-        config=lambda w: with_seed(TRAIN_JSON, w.cseed),
+        config=lambda w: with_train(job("cpc"), w.cseed),
         out=output_dir_of_model,
 
 
 use rule cocon as claim_cocon with:
     input:
-        shards=[p for view in config["train"]["views"] for p in shard_paths(view)],
-        init=expand(f"{CLAIM}/seed{{{{cseed}}}}/train/cpc/{{view}}/model.pt", view=config["train"]["views"]),
+        shards=train_shards(),
+        init=stage1_models(f"{CLAIM}/seed{{cseed}}/train"),
     output:
         model=f"{CLAIM}/seed{{cseed}}/train/cocon/model.pt",
         metrics=f"{CLAIM}/seed{{cseed}}/train/cocon/metrics.csv",
@@ -140,11 +147,24 @@ use rule cocon as claim_cocon with:
     benchmark:
         "benchmarks/claim/seed{cseed}/cocon.tsv"
     params:
-        config=lambda w: with_seed(TRAIN_JSON, w.cseed),
-        views=" ".join(config["train"]["views"]),
-        init=lambda w: " ".join(
-            f"--init {v}={CLAIM}/seed{w.cseed}/train/cpc/{v}/model.pt" for v in config["train"]["views"]
-        ),
+        config=lambda w: with_train(job("cocon"), w.cseed),
+        views=" ".join(TRAIN_VIEWS),
+        init=lambda w: stage1_init(f"{CLAIM}/seed{w.cseed}/train"),
+        out=output_dir_of_model,
+
+
+use rule claim_cocon as claim_control with:
+    output:
+        model=f"{CLAIM}/seed{{cseed}}/train/control/model.pt",
+        metrics=f"{CLAIM}/seed{{cseed}}/train/control/metrics.csv",
+    log:
+        "logs/claim/seed{cseed}/control.log",
+    benchmark:
+        "benchmarks/claim/seed{cseed}/control.tsv"
+    params:
+        config=lambda w: with_train(job("cocon"), w.cseed, lam=0.0),
+        views=" ".join(TRAIN_VIEWS),
+        init=lambda w: stage1_init(f"{CLAIM}/seed{w.cseed}/train"),
         out=output_dir_of_model,
 
 
@@ -160,8 +180,8 @@ use rule finetune as claim_finetune with:
     benchmark:
         "benchmarks/claim/seed{cseed}/finetune_{init}_{view}.tsv"
     params:
-        config=lambda w: with_seed(FINETUNE_JSON, w.cseed),
-        init=lambda w, input: f"--init {input.init}" if input.init else "",
+        config=lambda w: with_train(job("finetune"), w.cseed),
+        init=init_arg,
         out=output_dir_of_model,
 
 
@@ -176,23 +196,27 @@ use rule evaluate as claim_evaluate with:
     benchmark:
         "benchmarks/claim/seed{cseed}/eval_{init}_{view}.tsv"
     params:
-        config=lambda w: with_seed(EVAL_JSON, w.cseed),
+        config=lambda w: with_train(job("evaluate"), w.cseed),
 
 
 rule claim:
     input:
-        scores=claim_scores(),
+        scores=claim_paths("scores"),
     output:
         json=report(f"{CLAIM}/claim.json", category="Claim", caption="../report/claim.rst"),
         table=f"{CLAIM}/claim.md",
     log:
         "logs/claim/claim.log",
+    threads: R.threads("claim")
+    resources:
+        mem_mb=R.mem_mb("claim"),
+        runtime=R.runtime("claim"),
     conda:
         "../envs/train.yaml"
     params:
-        config=EVAL_JSON,
+        config=job("claim"),
         scores=lambda w, input: " ".join(f"{k}={p}" for k, p in zip(claim_keys(), input.scores)),
         out=lambda w, output: os.path.dirname(output.json),
     shell:
-        "python -m cocon.evaluate.report claim --scores {params.scores} --out {params.out}"
+        "python -m cocon claim --scores {params.scores} --out {params.out}"
         " --config-json {params.config:q} > {log} 2>&1"

@@ -10,18 +10,17 @@ rule flow:
         "logs/flow_{method}/{shard}.log",
     benchmark:
         "benchmarks/flow_{method}/{shard}.tsv"
-    threads: 8
+    threads: R.threads("flow")
     resources:
-        gpu=lambda wildcards: TVL1_GPUS if wildcards.method == "tvl1" else 0,
-        mem_mb=4000,
-        runtime=240,
+        gpu=lambda wildcards: view_gpus(f"flow_{wildcards.method}"),
+        mem_mb=R.mem_mb("flow"),
+        runtime=R.runtime("flow"),
     conda:
         "../envs/preprocess.yaml"
     params:
-        flow=flow_json,
-        dataset=DATASET_JSON,
+        config=lambda wildcards: job("flow", method=wildcards.method),
     shell:
         on_gpus(
-            "python -m cocon.preprocess.flow --method {wildcards.method} --rgb {input.rgb} --shard {wildcards.shard}"
-            " --out {output} --params {params.flow:q} --dataset {params.dataset:q} --threads {threads} > {log} 2>&1"
+            "python -m cocon flow --method {wildcards.method} --rgb {input.rgb} --shard {wildcards.shard}"
+            " --out {output} --config-json {params.config:q} --threads {threads} > {log} 2>&1"
         )

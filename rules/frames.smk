@@ -10,16 +10,15 @@ rule frames:
         "logs/frames/{shard}.log",
     benchmark:
         "benchmarks/frames/{shard}.tsv"
-    threads: 4
+    threads: R.threads("frames")
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=R.mem_mb("frames"),
+        runtime=R.runtime("frames"),
     conda:
         "../envs/preprocess.yaml"
     params:
-        frames=FRAMES_JSON,
-        dataset=DATASET_JSON,
+        config=job("frames"),
         videos=shard_fingerprint,
     shell:
-        "python -m cocon.preprocess.frames --manifest {input.manifest} --shard {wildcards.shard} --out {output}"
-        " --params {params.frames:q} --dataset {params.dataset:q} --threads {threads} > {log} 2>&1"
+        "python -m cocon frames --manifest {input.manifest} --shard {wildcards.shard} --out {output}"
+        " --config-json {params.config:q} --threads {threads} > {log} 2>&1"

@@ -12,20 +12,19 @@ rule seg:
         "logs/seg/{shard}.log",
     benchmark:
         "benchmarks/seg/{shard}.tsv"
-    threads: 4
+    threads: R.threads("seg")
     resources:
-        gpu=config["seg"]["gpus"],
-        mem_mb=8000,
-        runtime=480,
+        gpu=view_gpus("seg"),
+        mem_mb=R.mem_mb("seg"),
+        runtime=R.runtime("seg"),
     conda:
         "../envs/mm.yaml"
     params:
-        seg=inferred_json("seg"),
-        dataset=DATASET_JSON,
+        config=job("seg"),
     shell:
         on_gpus(
-            "python -m cocon.preprocess.seg --rgb {input.rgb} --shard {wildcards.shard} --out {output}"
-            " --params {params.seg:q} --dataset {params.dataset:q} --threads {threads} > {log} 2>&1"
+            "python -m cocon seg --rgb {input.rgb} --shard {wildcards.shard} --out {output}"
+            " --config-json {params.config:q} --threads {threads} > {log} 2>&1"
         )
 
 
@@ -40,19 +39,18 @@ rule pose:
         "logs/pose/{shard}.log",
     benchmark:
         "benchmarks/pose/{shard}.tsv"
-    threads: 4
+    threads: R.threads("pose")
     resources:
-        gpu=config["pose"]["gpus"],
-        mem_mb=8000,
-        runtime=480,
+        gpu=view_gpus("pose"),
+        mem_mb=R.mem_mb("pose"),
+        runtime=R.runtime("pose"),
     conda:
         "../envs/mm.yaml"
     params:
-        pose=inferred_json("pose"),
-        dataset=DATASET_JSON,
+        config=job("pose"),
         seg=lambda w, input: f"--seg {input.seg}" if input.seg else "",
     shell:
         on_gpus(
-            "python -m cocon.preprocess.pose --rgb {input.rgb} {params.seg} --shard {wildcards.shard} --out {output}"
-            " --params {params.pose:q} --dataset {params.dataset:q} --threads {threads} > {log} 2>&1"
+            "python -m cocon pose --rgb {input.rgb} {params.seg} --shard {wildcards.shard} --out {output}"
+            " --config-json {params.config:q} --threads {threads} > {log} 2>&1"
         )

@@ -11,10 +11,14 @@ rule preprocess_summary:
         tsv=f"{OUT}/reports/failed_videos.tsv",
     log:
         "logs/preprocess_summary.log",
+    threads: R.threads("preprocess_summary")
+    resources:
+        mem_mb=R.mem_mb("preprocess_summary"),
+        runtime=R.runtime("preprocess_summary"),
     conda:
         "../envs/preprocess.yaml"
     shell:
-        "python -m cocon.preprocess.summary --manifest {input.manifest} --missing {input.missing}"
+        "python -m cocon summary --manifest {input.manifest} --missing {input.missing}"
         " --json {output.json} --tsv {output.tsv} {input.shards} > {log} 2>&1"
 
 

@@ -193,7 +193,7 @@ def gloo_process(rank: int, port: int, world_size: int = 2):
 
     import torch
 
-    from cocon.train.engine import distributed as D
+    from cocon.train import distributed as D
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world_size), RANK=str(rank),
                       LOCAL_RANK=str(rank))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cocon.evaluate.dense import analyses
+from cocon.evaluate import analyses
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

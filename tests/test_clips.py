@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from cocon import views as V
 from cocon.data import clips
 from cocon.data.clips import (
     Augmentation, ClipsError, DenseClips, MultiViewClips, clip_indices, dense_windows, discover, group_id, holdout,
@@ -123,8 +124,8 @@ def ids(ds) -> list[str]:
 
 def rgb_k(x: torch.Tensor, video_id: str, box=(4, 0, 40, 40)) -> np.ndarray:
     """Frame indices (N*K,) from an rgb tensor (N, 3, K, S, S) made without colour augmentation."""
-    mean = np.array(clips.IMAGENET_MEAN, np.float32)[None, :, None, None, None]
-    std = np.array(clips.IMAGENET_STD, np.float32)[None, :, None, None, None]
+    mean = np.array(V.IMAGENET_MEAN, np.float32)[None, :, None, None, None]
+    std = np.array(V.IMAGENET_STD, np.float32)[None, :, None, None, None]
     u8 = (x.numpy() * std + mean) * 255
     seed = [v[0] for v in VIDEOS].index(video_id)
     x0, y0, bw, bh = box
@@ -385,7 +386,7 @@ def test_identical_under_distributed_rank_split(shards):
 
 def normalised(frames: np.ndarray, kind: str) -> np.ndarray:
     """uint8 (12, h, w, C) -> what the loader returns for it, (4, C, 3, h, w)."""
-    scale, offset = clips._normaliser(kind, frames.shape[-1])
+    scale, offset = V.KINDS[kind].normaliser(frames.shape[-1])
     x = frames.astype(np.float32) * scale + offset
     return x.reshape(4, 3, *x.shape[1:]).transpose(0, 4, 1, 2, 3)
 
@@ -413,7 +414,7 @@ def test_flip_applies_to_rgb_not_flow(shards):
     kw = dict(views=VIEWS, split=1, role="train", holdout_fraction=0, **{**SMALL, "sizes": {"rgb": 40, "flow": 40}})
     still = Augmentation(crop_scale=(1, 1), crop_ratio=(1, 1), jitter=(0, 0, 0, 0), p_gray=0, p_flip=1.0)
     flipped = MultiViewClips(shards, augmentation=still, **kw)
-    flow_too = MultiViewClips(shards, augmentation=Augmentation(**{**still.__dict__, "flip_flow": True}), **kw)
+    flow_too = MultiViewClips(shards, augmentation=Augmentation(**{**still.__dict__, "flip_all_views": True}), **kw)
     for i, v in enumerate(flipped.videos):
         idx = flipped.frame_indices(i)
         rgb = ShardReader(shards["rgb"][v.shard]).read(v.row, idx)
@@ -423,7 +424,7 @@ def test_flip_applies_to_rgb_not_flow(shards):
         assert matches(s["flow_tvl1"], crops(flow, "flow", False))
         assert not matches(s["flow_tvl1"], crops(flow, "flow", True))
         assert torch.equal(s["rgb"], t["rgb"])
-        # flip_flow=True: mirrored and u negated (q -> 255 - q is exactly f -> -f)
+        # flip_all_views=True: mirrored and u negated (q -> 255 - q is exactly f -> -f)
         assert matches(t["flow_tvl1"], crops(flow, "flow", True, negate_u=True))
     q = np.arange(256, dtype=np.uint8)
     np.testing.assert_allclose(dequantize(255 - q, BOUND), -dequantize(q, BOUND), atol=1e-5)
@@ -453,7 +454,7 @@ def test_eval_roles_use_the_deterministic_centre_crop(shards):
             idx = clip_indices(v.n_frames, 4, 3, 2)  # centre clip
             rgb = ShardReader(shards["rgb"][v.shard]).read(v.row, idx)[:, :, 4:44]  # centre square
             want = np.stack([cv2.resize(f, (32, 32), interpolation=cv2.INTER_LINEAR) for f in rgb]).astype(np.float32)
-            want = (want / 255 - np.array(clips.IMAGENET_MEAN, np.float32)) / np.array(clips.IMAGENET_STD, np.float32)
+            want = (want / 255 - np.array(V.IMAGENET_MEAN, np.float32)) / np.array(V.IMAGENET_STD, np.float32)
             want = want.reshape(4, 3, 32, 32, 3).transpose(0, 4, 1, 2, 3)
             np.testing.assert_allclose(sa["rgb"].numpy(), want, atol=1e-5)
             assert np.array_equal(rgb_k(sa["rgb"], v.video_id), idx)
@@ -461,8 +462,8 @@ def test_eval_roles_use_the_deterministic_centre_crop(shards):
 
 def test_grey_and_jitter_per_frame(shards):
     kw = dict(views=["rgb"], split=1, role="train", holdout_fraction=0, **SMALL)
-    mean = np.array(clips.IMAGENET_MEAN, np.float32)[None, :, None, None, None]
-    std = np.array(clips.IMAGENET_STD, np.float32)[None, :, None, None, None]
+    mean = np.array(V.IMAGENET_MEAN, np.float32)[None, :, None, None, None]
+    std = np.array(V.IMAGENET_STD, np.float32)[None, :, None, None, None]
     for mode in ("channel", "luma"):
         grey = MultiViewClips(shards, augmentation=Augmentation(p_gray=1.0, gray=mode), **kw)
         u8 = (grey[0]["rgb"].numpy() * std + mean) * 255

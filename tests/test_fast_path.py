@@ -1,8 +1,8 @@
 """The training fast path (train.channels_last, train.compile) on CPU: same losses and gradients as the
 default path, Trainer runs that complete and resume, checkpoints unchanged (weights_only, same keys).
 
-The Trainer tests swap cocon.train.engine.build_models for one with encoder width 8 (D = 32): the code path is
-the Trainer's own, only the networks are small enough for a test on 2 cores."""
+The engine tests use encoder width 8 (D = 32, train.width): the code path is the engine's own, only the
+networks are small enough for a test on 2 cores."""
 
 from __future__ import annotations
 
@@ -22,13 +22,16 @@ import torch
 import torch.multiprocessing as mp
 
 from conftest import gloo_process
-from cocon.train.engine import distributed as D
-from cocon.train.engine import engine as T
-from cocon.data.clips import CHANNELS, view_kind
+from cocon.train import distributed as D
+from cocon.train.checkpoints import run_hash
+from cocon.train.methods import CoCon
 from cocon.models.losses import cocon_loss
 from cocon.models.networks import DPC
-from cocon.train.engine import PerViewNetworks, Trainer, channels_last_3d, load_checkpoint
-from test_train import _free_port, shards_dir, tiny_config  # noqa: F401  (shards_dir is a fixture)
+from cocon.models.build import PerViewNetworks, build_dpc
+from cocon.train.checkpoints import load_checkpoint
+from cocon.train.engine import channels_last_3d
+from test_train import Trainer, _free_port, shards_dir  # noqa: F401  (shards_dir is a fixture)
+from test_train import tiny_config as _tiny_config
 
 VIEWS = ["flow_tvl1", "rgb"]
 WIDTH = 8
@@ -36,23 +39,24 @@ WIDTH = 8
 COMPILE_TIMEOUT = float(os.environ.get("COCON_COMPILE_TEST_TIMEOUT", 0))
 
 
-def _tiny_models(views, tc):
-    return PerViewNetworks({v: DPC(CHANNELS[view_kind(v)], depth=tc["depth"], num_blocks=tc["num_blocks"],
-                                pred_steps=tc["pred_steps"], width=WIDTH) for v in views})
+def tiny_config(output_dir, **train):
+    return _tiny_config(output_dir, width=WIDTH, **train)
+
+
+def _tiny_models(views, cfg):
+    return PerViewNetworks({v: build_dpc(v, cfg) for v in views})
 
 
 @pytest.fixture
-def tiny(monkeypatch):
-    monkeypatch.setattr(T, "build_models", _tiny_models)
+def tiny():
+    """Engine runs at encoder width WIDTH (tiny_config)."""
 
 
 @pytest.fixture(scope="module")
 def default_run(shards_dir, tmp_path_factory):  # noqa: F811
     """The 2-epoch reference run with the default options (history of losses)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(T, "build_models", _tiny_models)
-        t = Trainer("cocon", VIEWS, tiny_config(shards_dir), tmp_path_factory.mktemp("default"), {})
-        t.fit()
+    t = Trainer("cocon", VIEWS, tiny_config(shards_dir), tmp_path_factory.mktemp("default"), {})
+    t.fit()
     return t.history
 
 
@@ -133,7 +137,7 @@ def test_trainer_with_channels_last_completes_and_resumes(shards_dir, tmp_path, 
         for k, t in a["models"][v].items():
             torch.testing.assert_close(b["models"][v][k], t, rtol=0, atol=0)
     # same state_dict keys as the default layout, and the weights load into a default-layout model
-    plain = _tiny_models(VIEWS, cfg["train"])
+    plain = _tiny_models(VIEWS, cfg)
     for v in VIEWS:
         assert list(a["models"][v]) == list(plain[v].state_dict())
         plain[v].load_state_dict(a["models"][v])
@@ -142,7 +146,7 @@ def test_trainer_with_channels_last_completes_and_resumes(shards_dir, tmp_path, 
     # speed-only options are not part of the run hash: a run may be resumed with them switched
     default = tiny_config(shards_dir)
     for switched in (cfg, tiny_config(shards_dir, compile=True)):
-        assert T.run_hash("cocon", VIEWS, switched, {}) == T.run_hash("cocon", VIEWS, default, {})
+        assert run_hash(CoCon(switched, VIEWS).identity()) == run_hash(CoCon(default, VIEWS).identity())
 
 
 def test_trainer_compile_wiring_keeps_checkpoints_and_resumes(shards_dir, tmp_path, tiny,  # noqa: F811
@@ -154,14 +158,14 @@ def test_trainer_compile_wiring_keeps_checkpoints_and_resumes(shards_dir, tmp_pa
     torch._dynamo.reset()
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
     cfg1 = tiny_config(shards_dir, compile=True, cocon_epochs=1)
-    with caplog.at_level(logging.INFO, logger="cocon.train.engine"):
+    with caplog.at_level(logging.INFO, logger="cocon.train"):
         first = _fit(cfg1, tmp_path / "compiled")
     assert any("torch.compile" in r.getMessage() for r in caplog.records)
     assert all(m._compiled_call_impl is not None for m in first.models.values())
     resumed = _fit(tiny_config(shards_dir, compile=True), tmp_path / "compiled")
     assert resumed.start_epoch == 1 and len(resumed.history) == 2
     ck = load_checkpoint(tmp_path / "compiled" / "model.pt")  # weights_only=True
-    plain = _tiny_models(VIEWS, cfg1["train"])
+    plain = _tiny_models(VIEWS, cfg1)
     for v in VIEWS:
         assert list(ck["models"][v]) == list(plain[v].state_dict())  # no "_orig_mod." prefixes
         plain[v].load_state_dict(ck["models"][v])

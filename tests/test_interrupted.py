@@ -10,7 +10,7 @@ import time
 
 import yaml
 
-from cocon.train.engine import load_checkpoint
+from cocon.train.checkpoints import load_checkpoint
 from test_workflow import REPO, SNAKEMAKE, TINY, job_counts, snakemake
 
 CFG = {**TINY, "shards": {"videos_per_shard": 8},

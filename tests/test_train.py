@@ -12,13 +12,21 @@ import torch
 import torch.multiprocessing as mp
 
 from conftest import gloo_process
-from cocon.train.engine import distributed as D
+from cocon.train import distributed as D
 from cocon.config import load_config
 from cocon.models.losses import cocon_loss
 from cocon.models.networks import DPC
 from cocon.sources.records import VideoRecord
 from cocon.data.shards import ShardWriter, encode_frames
-from cocon.train.engine import PerViewNetworks, Trainer, load_checkpoint
+from cocon.models.build import PerViewNetworks
+from cocon.train.checkpoints import load_checkpoint
+from cocon.train.engine import Engine
+from cocon.train.methods import get_method
+
+
+def Trainer(method: str, views: list[str], cfg: dict, out: Path, init: dict) -> Engine:
+    """The engine running `method` (the tests' shorthand)."""
+    return Engine(get_method(method)(cfg, views, init), out)
 
 H, W, T = 36, 44, 16
 
@@ -105,6 +113,7 @@ def test_outputs_and_checkpoint_contents(shards_dir, tmp_path):
     # stage 2 starts from the stage-1 weights of each view
     t = Trainer("cocon", ["rgb", "flow_tvl1"], tiny_config(shards_dir, cocon_epochs=1), tmp_path / "cocon",
                 {"rgb": str(out / "model.pt")})
+    t.setup()
     for k, v in final["models"]["rgb"].items():
         torch.testing.assert_close(t.models["rgb"].state_dict()[k], v)
 
@@ -181,14 +190,14 @@ def test_finished_run_restarts_when_an_input_changes(shards_dir, tmp_path):
     out = tmp_path / "cpc"
     Trainer("cpc", ["rgb"], cfg, out, {}).fit()
     again = Trainer("cpc", ["rgb"], cfg, out, {})
-    again.try_resume()
+    again.resume()
     assert again.start_epoch == 1  # same inputs: resumes (here: nothing left to do)
     shard = shards_dir / "shards" / "rgb" / "00000.h5"
     st = os.stat(shard)
     os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the shard was rewritten
     try:
         fresh = Trainer("cpc", ["rgb"], cfg, out, {})
-        fresh.try_resume()
+        fresh.resume()
         assert fresh.start_epoch == 0 and (out / "checkpoints.previous" / "last.pt").exists()
     finally:
         os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))

@@ -99,7 +99,7 @@ def test_demo_dag_produces_every_shard_and_a_summary(demo_run):
 
 
 def test_demo_dag_trains_cpc_per_view_then_cocon(demo_run):
-    from cocon.train.engine import load_checkpoint
+    from cocon.train.checkpoints import load_checkpoint
 
     train = demo_run / "results" / "train"
     for view in ("rgb", "flow_tvl1"):
@@ -114,7 +114,7 @@ def test_demo_dag_trains_cpc_per_view_then_cocon(demo_run):
 
 
 def test_demo_dag_finetunes_tests_and_reports(demo_run):
-    from cocon.train.engine import load_checkpoint
+    from cocon.train.checkpoints import load_checkpoint
 
     res = demo_run / "results"
     for init in ("random", "cpc", "cocon"):
@@ -172,7 +172,7 @@ def test_claim_target_runs_every_seed_on_the_same_shards(demo_run):
     snakemake(demo_run, one, "--cores", "2", "claim")
     result = json.loads((demo_run / "results" / "claim" / "claim.json").read_text())
     assert result["seeds"] == [4] and set(result["accuracy"]["rgb"]) == {"random", "cocon"}
-    from cocon.train.engine import load_checkpoint
+    from cocon.train.checkpoints import load_checkpoint
 
     ck = load_checkpoint(demo_run / "results" / "claim" / "seed4" / "train" / "cocon" / "model.pt")
     assert json.loads(ck["config"])["seed"] == 4

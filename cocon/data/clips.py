@@ -35,21 +35,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from cocon import views as V
 from cocon.sources.records import VideoRecord
 from cocon.data.shards import ShardReader
 
 __all__ = [
     "ClipsError", "Video", "Augmentation", "MultiViewClips", "DenseClips", "ClipLoader", "dense_windows",
     "discover", "video_table", "holdout", "group_id", "clip_indices", "frame_map", "view_frame_indices",
-    "view_kind", "make_loader",
+    "make_loader",
 ]  # fmt: skip
 
 ROLES = ("train", "val", "test")
-KINDS = ("rgb", "flow", "pose", "seg")
-CHANNELS = {"rgb": 3, "flow": 2, "pose": 17, "seg": 1}
-DEFAULT_SIZE = {"rgb": 128, "flow": 128, "pose": 64, "seg": 64}
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Root attributes through which a view computed on a frame stride (pose, seg) says which rgb frame its
 # index j holds: rgb frame FRAME_OFFSET + j * FRAME_STRIDE. Absent = 1 and 0 (rgb, flow).
@@ -62,16 +58,6 @@ class ClipsError(ValueError):
 
 
 # ------------------------------------------------------------------ views and shards
-
-
-def view_kind(view: str) -> str:
-    """rgb | flow | pose | seg for a view name (`rgb`, `flow_tvl1`, `flow_farneback`, `pose`, `seg`, ...)."""
-    for kind in KINDS:
-        if view == kind or view.startswith(kind + "_"):
-            return kind
-    if view.startswith("kphm"):
-        return "pose"
-    raise ClipsError(f"unknown view {view!r}: expected rgb, flow_*, pose* or seg*")
 
 
 def discover(output_dir: str | Path, views: Sequence[str]) -> dict[str, list[Path]]:
@@ -345,13 +331,15 @@ class Augmentation:
 
     crop_scale:  area of the crop as a fraction of short_side^2 (1 = the full short-side square)
     crop_ratio:  aspect (w/h) range, drawn log-uniformly
-    p_flip:      horizontal flip probability (rgb, pose, seg; flow only when flip_flow, with u negated)
+    p_flip:      horizontal flip probability of the views whose kind flips in training (rgb, pose, seg;
+                 cocon.views), each flipped by its kind's rule (pose: left/right keypoints swap)
     jitter:      colour jitter strengths (brightness, contrast, saturation, hue), per frame, random order
     p_gray:      per-frame greying probability (rgb), applied before the jitter as in the original
     gray:        "channel" (the original: one random RGB channel copied to all three) or "luma"
                  (ITU-R 601 grey)
     shared_crop: one crop box (in relative coordinates) and one flip decision for all views of a sample
-    flip_flow:   let flow be flipped as well (mirrored and u negated: q -> 255 - q)
+    flip_all_views: flip the views whose kind does not flip in training as well (flow: mirrored and
+                 u negated, q -> 255 - q)
     p_jitter:    probability that the colour jitter is applied (per frame, or per clip when consistent)
     consistent_jitter: one jitter draw (factors and order) for every frame of the clip, as the
                  fine-tuning augmentation of CoCon/DPC (ColorJitter(consistent=True)); the default
@@ -365,7 +353,7 @@ class Augmentation:
     p_gray: float = 0.5
     gray: str = "channel"
     shared_crop: bool = False
-    flip_flow: bool = False
+    flip_all_views: bool = False
     p_jitter: float = 1.0
     consistent_jitter: bool = False
 
@@ -468,16 +456,6 @@ def _colour(frames: np.ndarray, rng: np.random.Generator, aug: Augmentation) -> 
         frames[k] = f
 
 
-def _normaliser(kind: str, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """(scale, offset) per channel: value = uint8 * scale + offset."""
-    if kind == "rgb":
-        mean, std = np.array(IMAGENET_MEAN, np.float32), np.array(IMAGENET_STD, np.float32)
-        return (1.0 / (255.0 * std)).astype(np.float32), (-mean / std).astype(np.float32)
-    if kind == "flow":  # q / 127.5 - 1: +-bound px -> +-1, so px = value * bound
-        return np.full(channels, 1 / 127.5, np.float32), np.full(channels, -1.0, np.float32)
-    return np.full(channels, 1 / 255.0, np.float32), np.zeros(channels, np.float32)
-
-
 def _to_tensor(frames: np.ndarray, n: int, k: int, scale: np.ndarray, offset: np.ndarray) -> torch.Tensor:
     """uint8 (N*K, H, W, C) (any strides) -> float32 tensor (N, C, K, H, W), normalised."""
     _, h, w, c = frames.shape
@@ -532,7 +510,9 @@ class MultiViewClips(Dataset):
         if seed < 0:
             raise ValueError("seed must be >= 0")
         self.views = list(views or shards)
-        self.kinds = {v: view_kind(v) for v in self.views}
+        kinds = {v: V.kind_of(v) for v in self.views}
+        # what augmentation needs of each view's kind, as plain picklable values (workers get a copy)
+        self._aug_rules = {v: (k.colour_jitter, k.flip_in_training, k.flip) for v, k in kinds.items()}
         self.split, self.role = str(split), role
         self.num_blocks, self.block_len, self.stride = int(num_blocks), int(block_len), int(stride)
         self.seed, self.epoch = int(seed), 0
@@ -542,7 +522,7 @@ class MultiViewClips(Dataset):
             aug = Augmentation(**{**aug.__dict__, "shared_crop": True})
         self.augmentation = aug
         sizes = dict(sizes or {})
-        self.sizes = {v: int(sizes.get(v, sizes.get(self.kinds[v], DEFAULT_SIZE[self.kinds[v]]))) for v in self.views}
+        self.sizes = {v: V.input_size(v, sizes) for v in self.views}
 
         readers, table, self.shard_names, self._maps, rows = _open(shards, self.views)
         labels = {r.label_index: r.label for r in rows}
@@ -557,7 +537,7 @@ class MultiViewClips(Dataset):
             pool = [v for v in pool if (v.video_id in held) == (role == "val")]
         self._videos = pool
         self._readers = {v: [_ClipReader(r) for r in readers[v]] for v in self.views}
-        self.bounds = {v: _bound(readers[v][0].attrs) for v in self.views if self.kinds[v] == "flow" and readers[v]}
+        self.bounds = {v: _bound(readers[v][0].attrs) for v in self.views if kinds[v].name == "flow" and readers[v]}
         self._shard = np.array([v.shard for v in pool], np.int32)
         self._row = np.array([v.row for v in pool], np.int32)
         self._len = np.array([v.n_frames for v in pool], np.int64)
@@ -568,7 +548,7 @@ class MultiViewClips(Dataset):
             chans = {int(r.index.cols["channels"][r.index.ok].max()) for r in self._readers[v] if r.index.ok.any()}
             if len(chans) > 1:
                 raise ClipsError(f"view {v}: shards disagree on the channel count ({sorted(chans)})")
-            self._norm[v] = _normaliser(self.kinds[v], chans.pop() if chans else CHANNELS[self.kinds[v]])
+            self._norm[v] = kinds[v].normaliser(chans.pop() if chans else None)
         self.max_open_files = int(max_open_files)
         self._lru: OrderedDict = OrderedDict()
         self._lru_pid = os.getpid()
@@ -637,7 +617,7 @@ class MultiViewClips(Dataset):
         return out
 
     def _view(self, view: str, frames: np.ndarray, i: int, epoch: int, shared) -> torch.Tensor:
-        kind, size, aug = self.kinds[view], self.sizes[view], self.augmentation
+        (colour, flips, flip_rule), size, aug = self._aug_rules[view], self.sizes[view], self.augmentation
         h, w = frames.shape[1:3]
         if not self.augment:
             frames = _crop_resize(frames, _centre_box(h, w), size)
@@ -647,13 +627,10 @@ class MultiViewClips(Dataset):
             if shared is not None:
                 area, ratio, ux, uy, flip = shared
             frames = _crop_resize(frames, _box(h, w, area, ratio, ux, uy), size)
-            if kind == "rgb":
+            if colour:
                 _colour(frames, rng, aug)
-            if flip and (kind != "flow" or aug.flip_flow):
-                frames = frames[:, :, ::-1]
-                if kind == "flow":
-                    frames = frames.copy()
-                    frames[..., 0] = 255 - frames[..., 0]  # mirrored motion: u -> -u exactly
+            if flip and (flips or aug.flip_all_views):
+                frames = flip_rule.apply(frames)
         return _to_tensor(frames, self.num_blocks, self.block_len, *self._norm[view])
 
 

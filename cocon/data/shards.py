@@ -30,6 +30,7 @@ import cv2
 import h5py
 import numpy as np
 
+from cocon.files import partial_path
 from cocon.provenance import dumps
 from cocon.sources.records import VideoRecord, splits_to_json
 
@@ -125,7 +126,7 @@ class ShardWriter:
 
     def __init__(self, path: str | Path, view: str, shard: str, attrs: dict, encoding: dict):
         self.path = Path(path)
-        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.partial = partial_path(self.path)
         self.encoding = dict(encoding)
         self.rows: list[dict] = []
         root = {"format": FORMAT, "format_version": FORMAT_VERSION, "view": view, "shard": shard, **attrs}

@@ -402,18 +402,11 @@ def _new_figure(width: float, height: float):
 
 
 def _save_png(figure, path: str | os.PathLike) -> None:
-    """Write figure as PNG (dpi 120, no Software metadata) via `<path>.partial` and os.replace."""
-    path = os.fspath(path)
-    directory = os.path.dirname(path)
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-    partial = path + ".partial"
-    try:
-        figure.savefig(partial, format="png", dpi=PNG_DPI, metadata={"Software": None})
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+    """Write figure as PNG (dpi 120, no Software metadata), atomically."""
+    from cocon.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=PNG_DPI, metadata={"Software": None})
         figure.clear()
 
 

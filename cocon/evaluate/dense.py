@@ -22,28 +22,20 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import sys
 from pathlib import Path
 from typing import Callable
 
-import h5py
 import numpy as np
 import torch
 
-from cocon.data.clips import DenseClips, discover, make_loader, view_kind
+from cocon import views as V
+from cocon.data.clips import DenseClips, discover, make_loader
 from cocon.config import add_config_args, config_from_args
-from cocon.provenance import code_revision, dumps, library_versions
+from cocon.files import write_h5
+from cocon.provenance import code_revision, library_versions
+from cocon.runtime import resolve_device, set_threads, setup_logging
 
 log = logging.getLogger("cocon.evaluate.dense")
-STR = h5py.string_dtype()
-
-
-def pick_device(pref: str) -> torch.device:
-    """`train.device`: auto = CUDA when available."""
-    if pref == "cuda" or (pref == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 def dense_dataset(cfg: dict, view: str, role: str, extra_blocks: int = 0) -> DenseClips:
@@ -51,7 +43,7 @@ def dense_dataset(cfg: dict, view: str, role: str, extra_blocks: int = 0) -> Den
     tc = cfg["train"]
     return DenseClips(discover(cfg["output_dir"], [view]), views=[view], split=cfg["dataset"]["split"], role=role,
                       holdout_fraction=0.0, num_blocks=tc["num_blocks"], block_len=tc["block_len"],
-                      stride=tc["stride"], sizes={view: tc["input_size"][view_kind(view)]}, seed=cfg["seed"],
+                      stride=tc["stride"], sizes={view: V.input_size(view, tc["input_size"])}, seed=cfg["seed"],
                       window_stride=cfg["evaluate"]["window_stride"], extra_blocks=extra_blocks)
 
 
@@ -86,29 +78,6 @@ def unscored_videos(cfg: dict, view: str, role: str, scored: set[str]) -> list[s
     return sorted(r.video_id for r in rows if r.role(split) == role and r.video_id not in scored)
 
 
-def save_h5(path: Path, arrays: dict, attrs: dict) -> None:
-    """Write arrays (str lists become variable-length strings) and attributes to `path` via
-    `<path>.partial` + rename; attrs["complete"] = True is set last."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.unlink(missing_ok=True)
-    try:
-        with h5py.File(tmp, "w") as h5:
-            for key in sorted(attrs):
-                value = attrs[key]
-                h5.attrs[key] = value if isinstance(value, (str, bool, int, float, np.integer, np.floating)) else dumps(value)
-            for key, value in arrays.items():
-                if isinstance(value, list) and (not value or isinstance(value[0], str)):
-                    h5.create_dataset(key, data=value, dtype=STR)
-                else:
-                    h5.create_dataset(key, data=np.asarray(value))
-            h5.attrs["complete"] = True
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def provenance(stage: str, cfg: dict, **extra) -> dict:
     return {"stage": stage, "config": cfg, "code_revision": code_revision(), "library_versions": library_versions(),
             **extra}
@@ -116,14 +85,14 @@ def provenance(stage: str, cfg: dict, **extra) -> dict:
 
 def evaluate(cfg: dict, view: str, model_path: str | Path, out: Path) -> dict:
     """Score every test video; write `out`; return {"accuracy", "n_videos", "n_unscored"}."""
-    from cocon.train.finetune import build_classifier
-    from cocon.train.engine import load_checkpoint
+    from cocon.models.build import build_classifier
+    from cocon.train.checkpoints import load_checkpoint
 
     ck = load_checkpoint(model_path)
     class_names = list(ck["class_names"])
     model = build_classifier(view, len(class_names), cfg)
     model.load_state_dict(ck["models"][view])
-    device = pick_device(cfg["train"]["device"])
+    device = torch.device(resolve_device(cfg["train"]["device"]))
     precision = resolve_precision(cfg, device)
     model.to(device).eval()
     data = dense_dataset(cfg, view, "test")
@@ -140,7 +109,7 @@ def evaluate(cfg: dict, view: str, model_path: str | Path, out: Path) -> dict:
     labels = np.array([v.label_index for v in data.videos], np.int64)
     accuracy = float((probs.argmax(axis=1) == labels).mean()) if len(labels) else float("nan")
     unscored = unscored_videos(cfg, view, "test", set(video_ids))
-    save_h5(out, {"video_id": video_ids, "label": labels, "windows": windows, "probs": probs, "unscored": unscored},
+    write_h5(out, {"video_id": video_ids, "label": labels, "windows": windows, "probs": probs, "unscored": unscored},
             provenance("evaluate", cfg, view=view, init_kind=ck.get("init_kind", ""), class_names=class_names,
                        accuracy=accuracy, n_videos=len(video_ids), n_unscored=len(unscored),
                        model_selected_epoch=int(ck.get("selected_epoch", -1))))
@@ -152,15 +121,14 @@ def evaluate(cfg: dict, view: str, model_path: str | Path, out: Path) -> dict:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Dense test of a fine-tuned classifier on one view.")
     p.add_argument("--view", required=True)
-    p.add_argument("--model", required=True, help="fine-tuned model.pt (cocon.train.finetune)")
+    p.add_argument("--model", required=True, help="fine-tuned model.pt (cocon train finetune)")
     p.add_argument("--out", required=True, type=Path, help="scores .h5")
     p.add_argument("--threads", type=int, default=None)
     add_config_args(p)
     a = p.parse_args(argv)
     cfg = config_from_args(a)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    setup_logging()
+    set_threads(a.threads)
     evaluate(cfg, a.view, a.model, a.out)
 
 

@@ -23,15 +23,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cocon.data.clips import CHANNELS, view_kind
 from cocon.config import add_config_args, config_from_args
-from cocon.evaluate.dense import dense_dataset, iterate_videos, pick_device, provenance, resolve_precision, run_in_chunks, save_h5
+from cocon.evaluate.dense import dense_dataset, iterate_videos, provenance, resolve_precision, run_in_chunks
+from cocon.files import write_h5
+from cocon.runtime import resolve_device, set_threads, setup_logging
+from cocon.models.build import build_dpc, load_view_weights
+from cocon.train.methods.finetune import INIT_KINDS
 from cocon.models.networks import DPC, l2_normalize
 
 log = logging.getLogger("cocon.evaluate.features")
@@ -39,14 +41,10 @@ log = logging.getLogger("cocon.evaluate.features")
 
 def pretrained_network(cfg: dict, view: str, init_kind: str, model_path: str | None) -> DPC:
     """The view's DPC network from a stage-1/2 model.pt, or random weights (seeded by `seed`)."""
-    tc = cfg["train"]
     torch.manual_seed(cfg["seed"])
-    net = DPC(CHANNELS[view_kind(view)], depth=tc["depth"], num_blocks=tc["num_blocks"], pred_steps=tc["pred_steps"],
-              width=tc["width"])
+    net = build_dpc(view, cfg)
     if init_kind != "random":
-        from cocon.train.engine import load_checkpoint
-
-        net.load_state_dict(load_checkpoint(model_path)["models"][view])
+        net.load_state_dict(load_view_weights(model_path, view))
     return net.eval()
 
 
@@ -64,7 +62,7 @@ def block_features(net: DPC, x: torch.Tensor) -> torch.Tensor:
 
 def extract(cfg: dict, view: str, init_kind: str, model_path: str | None, out: Path) -> None:
     net = pretrained_network(cfg, view, init_kind, model_path)
-    device = pick_device(cfg["train"]["device"])
+    device = torch.device(resolve_device(cfg["train"]["device"]))
     precision = resolve_precision(cfg, device)
     net.to(device)
     batch = cfg["evaluate"]["batch_size"]
@@ -88,13 +86,13 @@ def extract(cfg: dict, view: str, init_kind: str, model_path: str | None, out: P
         if extra:
             arrays[f"{role}/blocks"] = blocks
         log.info("%s %s (%s): %d videos", view, role, init_kind, len(data))
-    save_h5(out, arrays, provenance("features", cfg, view=view, init_kind=init_kind, class_names=class_names))
+    write_h5(out, arrays, provenance("features", cfg, view=view, init_kind=init_kind, class_names=class_names))
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Pretrained video features for the analyses.")
     p.add_argument("--view", required=True)
-    p.add_argument("--init-kind", required=True, choices=("random", "cpc", "cocon"))
+    p.add_argument("--init-kind", required=True, choices=INIT_KINDS)
     p.add_argument("--model", default=None, help="stage-1 or stage-2 model.pt (not for random)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--threads", type=int, default=None)
@@ -103,9 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     if (a.init_kind == "random") != (a.model is None):
         p.error("--model is required for --init-kind cpc/cocon and not allowed for random")
     cfg = config_from_args(a)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    setup_logging()
+    set_threads(a.threads)
     with torch.no_grad():
         extract(cfg, a.view, a.init_kind, a.model, a.out)
 

@@ -18,29 +18,26 @@ probabilities, over the videos scored in every view. Retrieval: test videos quer
 Cosine histograms, t-SNE and class similarities use the test videos. All analyses use cosines of
 features centred by the training videos' mean (raw pooled GRU states are all ~0.99 cosine-similar).
 
-Also `python -m cocon.evaluate.report claim ...` (see `claim_main`): mean +- std over seeds for the claim target.
 """
 
 from __future__ import annotations
 
 import argparse
 import html
-import json
 import logging
-import os
-import sys
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from cocon.evaluate import analyses as A
 from cocon.config import add_config_args, config_from_args
+from cocon.files import read_h5, write_json, write_text
 from cocon.provenance import code_revision, library_versions
+from cocon.runtime import setup_logging
 
 log = logging.getLogger("cocon.evaluate.report")
-INIT_ORDER = ("random", "cpc", "cocon")
-INIT_TITLE = {"random": "Random", "cpc": "CPC", "cocon": "CoCon"}
+INIT_ORDER = ("random", "cpc", "cocon", "control")
+INIT_TITLE = {"random": "Random", "cpc": "CPC", "cocon": "CoCon", "control": "Control (λ = 0)"}
 
 
 def parse_pairs(items: list[str]) -> dict[tuple[str, str], Path]:
@@ -51,33 +48,6 @@ def parse_pairs(items: list[str]) -> dict[tuple[str, str], Path]:
         init, view = key.split("/", 1)
         out[(init, view)] = Path(path)
     return out
-
-
-def read_h5(path: Path) -> tuple[dict, dict]:
-    """(datasets as arrays, str datasets as lists of str; attrs with JSON decoded where possible)."""
-    arrays, attrs = {}, {}
-    with h5py.File(path, "r") as h5:
-        if not h5.attrs.get("complete", False):
-            raise ValueError(f"{path}: incomplete file")
-
-        def visit(name, obj):
-            if isinstance(obj, h5py.Dataset):
-                arrays[name] = [s.decode() for s in obj[()]] if obj.dtype.kind == "O" else obj[()]
-
-        h5.visititems(visit)
-        for k, v in h5.attrs.items():
-            try:
-                attrs[k] = json.loads(v) if isinstance(v, str) else v
-            except ValueError:
-                attrs[k] = v
-    return arrays, attrs
-
-
-def write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def pct(x: float | None) -> str:
@@ -257,68 +227,13 @@ def report(cfg: dict, scores: dict, features: dict, out: Path) -> dict:
     page, md = tables(metrics, views, ev["retrieval_ks"])
     write_text(out / "tables.html", page)
     write_text(out / "tables.md", md)
-    write_text(out / "metrics.json", json.dumps(metrics, indent=1, sort_keys=True, allow_nan=True) + "\n")
+    write_json(out / "metrics.json", metrics)
     log.info("report written to %s\n%s", out, md)
     return metrics
 
 
-# ------------------------------------------------------------------ the claim target
-
-
-def claim(cfg: dict, scores: dict[tuple[str, str, str], Path], out: Path) -> dict:
-    """Mean +- std (over seeds, ddof 1) of test top-1 per (init, view) and of the ensemble; also the
-    per-seed values and whether the paper's ordering CoCon > CPC > Random holds on the means."""
-    per: dict = {}
-    for (seed, init, view), path in sorted(scores.items()):
-        arr, attrs = read_h5(path)
-        per.setdefault(init, {}).setdefault(view, {})[seed] = float(attrs["accuracy"])
-        per[init].setdefault("_probs", {}).setdefault(seed, {})[view] = (arr["video_id"], arr["probs"], arr["label"])
-    weights = cfg["evaluate"]["ensemble_weights"]
-    for init, d in per.items():
-        for seed, views in d.pop("_probs").items():
-            if len(views) >= 2:
-                d.setdefault("ensemble", {})[seed] = ensemble_accuracy(views, weights)[0]
-    summary = {}
-    for init, d in per.items():
-        for view, by_seed in d.items():
-            vals = np.array([by_seed[s] for s in sorted(by_seed)])
-            summary.setdefault(view, {})[init] = {
-                "mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
-                "per_seed": {s: by_seed[s] for s in sorted(by_seed)}}
-    ordering = {}
-    for view, d in summary.items():
-        if all(i in d for i in INIT_ORDER):
-            m = {i: d[i]["mean"] for i in INIT_ORDER}
-            ordering[view] = {"cocon>cpc": m["cocon"] > m["cpc"], "cpc>random": m["cpc"] > m["random"]}
-    result = {"seeds": sorted({s for s, _, _ in scores}), "accuracy": summary, "paper_ordering_holds": ordering,
-              "config": cfg, "code_revision": code_revision(), "library_versions": library_versions()}
-    lines = ["| view | " + " | ".join(INIT_TITLE[i] for i in INIT_ORDER) + " |", "|---|---|---|---|"]
-    for view in sorted(summary, key=lambda v: (v == "ensemble", v != "rgb", v)):
-        lines.append(f"| {view} | " + " | ".join(
-            f"{100 * summary[view][i]['mean']:.1f} ± {100 * summary[view][i]['std']:.1f}" if i in summary[view] else "–"
-            for i in INIT_ORDER) + " |")
-    write_text(out / "claim.md", f"Test top-1 (%), mean ± std over seeds {result['seeds']}\n\n" + "\n".join(lines) + "\n")
-    write_text(out / "claim.json", json.dumps(result, indent=1, sort_keys=True) + "\n")
-    log.info("claim:\n%s", "\n".join(lines))
-    return result
-
-
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    if argv[:1] == ["claim"]:
-        p = argparse.ArgumentParser(description="Mean +- std of test accuracy over seeds.")
-        p.add_argument("--scores", nargs="+", required=True, metavar="SEED/INIT/VIEW=PATH")
-        p.add_argument("--out", required=True, type=Path)
-        add_config_args(p)
-        a = p.parse_args(argv[1:])
-        items = {}
-        for item in a.scores:
-            key, path = item.split("=", 1)
-            seed, init, view = key.split("/", 2)
-            items[(int(seed), init, view)] = Path(path)
-        claim(config_from_args(a), items, a.out)
-        return
+    setup_logging()
     p = argparse.ArgumentParser(description="Tables, ensembles, analyses and metrics.json of a run.")
     p.add_argument("--scores", nargs="*", default=[], metavar="INIT/VIEW=PATH")
     p.add_argument("--features", nargs="*", default=[], metavar="INIT/VIEW=PATH")

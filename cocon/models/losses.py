@@ -73,6 +73,9 @@ __all__ = [
     "sim_loss",
     "coop_loss",
     "cocon_loss",
+    "DenseNCELoss",
+    "CoopLoss",
+    "CoconLoss",
 ]
 
 VARIANTS = ("code", "paper")
@@ -354,7 +357,7 @@ def cocon_loss(outputs: Mapping[str, DPCOutput], lam: float = 10.0, alpha: float
                variant: str = DEFAULT_VARIANT, temperature: float = DEFAULT_TEMPERATURE, *,
                instance: str = "block", same_video_negatives: bool = True, margin: float = 1.0,
                groups: torch.Tensor | None = None, mask_group_negatives: bool = False,
-               distributed: bool = True) -> dict[str, torch.Tensor]:
+               distributed: bool = True, normalize: bool = True) -> dict[str, torch.Tensor]:
     """L_cocon = sum_v L_cpc^v + lam * sum_{(a,b)} (L_sync^{ab} + alpha * L_sim^{ab}).
 
     Args:
@@ -368,6 +371,7 @@ def cocon_loss(outputs: Mapping[str, DPCOutput], lam: float = 10.0, alpha: float
         groups: (B,) int source-group id per clip; used only when ``mask_group_negatives`` (default off =
             faithful to CoCon): sibling clips are then not negatives in L_cpc and L_sim.
         distributed: use the global batch under torch.distributed (module docstring).
+        normalize: L2-normalise in L_cpc (True; False with temperature 1 = DPC's original dot product).
 
     Pairs are the unordered pairs of views in sorted name order (all terms are symmetric in a, b).
     Returns a dict of scalars: ``cpc/<v>``, ``top1/<v>`` (detached), ``sync/<a>-<b>``, ``sim/<a>-<b>``,
@@ -384,7 +388,7 @@ def cocon_loss(outputs: Mapping[str, DPCOutput], lam: float = 10.0, alpha: float
     cpc_total = None
     for v in views:
         out = outputs[v]
-        loss, top1 = cpc_loss(out.pred, out.target, temperature, distributed, groups=g)
+        loss, top1 = cpc_loss(out.pred, out.target, temperature, distributed, groups=g, normalize=normalize)
         terms[f"cpc/{v}"], terms[f"top1/{v}"] = loss, top1
         cpc_total = loss if cpc_total is None else cpc_total + loss
     feats = {v: coop_features(outputs[v], variant, instance) for v in views}
@@ -398,3 +402,82 @@ def cocon_loss(outputs: Mapping[str, DPCOutput], lam: float = 10.0, alpha: float
     terms["cpc"], terms["coop"] = cpc_total, coop_total
     terms["total"] = cpc_total + lam * coop_total
     return terms
+
+
+# --------------------------------------------------------------------------------------------------
+# the losses as modules holding their hyper-parameters
+# --------------------------------------------------------------------------------------------------
+
+
+class DenseNCELoss(torch.nn.Module):
+    """L_cpc, the dense predictive NCE of DPC as CoCon computes it (:func:`cpc_loss`).
+
+    Args:
+        temperature: tau (0.005, the paper; CoCon's code: 0.07**2).
+        normalize: L2-normalise predictions and targets (True); DPC's original: False with tau 1.
+        distributed: negatives from the global batch under torch.distributed.
+
+    Examples:
+        >>> loss, top1 = DenseNCELoss()(out.pred, out.target)
+    """
+
+    def __init__(self, temperature: float = DEFAULT_TEMPERATURE, normalize: bool = True, distributed: bool = True):
+        super().__init__()
+        self.temperature, self.normalize, self.distributed = temperature, normalize, distributed
+
+    def forward(self, pred, target, groups=None):
+        return cpc_loss(pred, target, self.temperature, self.distributed, groups=groups, normalize=self.normalize)
+
+
+class CoopLoss(torch.nn.Module):
+    """L_coop = L_sync + alpha * L_sim for one pair of views (:func:`sync_loss`, :func:`sim_loss`).
+
+    Args:
+        alpha: weight of L_sim (1).
+        variant: "code" (CoCon's code, default) or "paper" (Eq. 2-3 read literally).
+        margin, same_video_negatives: see :func:`sim_loss`.
+
+    forward(ha, hb, groups=None) -> (L_sync, L_sim), scalars; ha, hb (B, N, D) block features.
+    """
+
+    def __init__(self, alpha: float = 1.0, variant: str = DEFAULT_VARIANT, margin: float = 1.0,
+                 same_video_negatives: bool = True, distributed: bool = True):
+        super().__init__()
+        _check_variant(variant)
+        self.alpha, self.variant, self.margin = alpha, variant, margin
+        self.same_video_negatives, self.distributed = same_video_negatives, distributed
+
+    def forward(self, ha, hb, groups=None):
+        return (sync_loss(ha, hb, self.variant, self.distributed),
+                sim_loss(ha, hb, self.variant, self.margin, self.same_video_negatives, groups, self.distributed))
+
+
+class CoconLoss(torch.nn.Module):
+    """L_cocon = sum_v L_cpc^v + lam * sum_pairs (L_sync + alpha * L_sim) (:func:`cocon_loss`); with
+    one view it is L_cpc, with lam = 0 the views do not interact (the control run).
+
+    Args: as :func:`cocon_loss` (lam 10, alpha 1, variant "code", temperature 0.005, instance "block",
+    same_video_negatives, margin 1, mask_group_negatives False, normalize True, distributed True).
+
+    forward(outputs {view: DPCOutput}, groups (B,) or None) -> dict of scalar terms ("total" to minimise).
+
+    Examples:
+        >>> terms = CoconLoss(lam=10.0)({"rgb": out_rgb, "flow_tvl1": out_flow})
+        >>> terms["total"].backward()
+    """
+
+    def __init__(self, lam: float = 10.0, alpha: float = 1.0, variant: str = DEFAULT_VARIANT,
+                 temperature: float = DEFAULT_TEMPERATURE, instance: str = "block", same_video_negatives: bool = True,
+                 margin: float = 1.0, mask_group_negatives: bool = False, normalize: bool = True,
+                 distributed: bool = True):
+        super().__init__()
+        _check_variant(variant)
+        self.kwargs = dict(lam=lam, alpha=alpha, variant=variant, temperature=temperature, instance=instance,
+                           same_video_negatives=same_video_negatives, margin=margin,
+                           mask_group_negatives=mask_group_negatives, normalize=normalize, distributed=distributed)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.kwargs.items())
+
+    def forward(self, outputs, groups=None):
+        return cocon_loss(outputs, groups=groups if self.kwargs["mask_group_negatives"] else None, **self.kwargs)

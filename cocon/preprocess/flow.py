@@ -35,6 +35,7 @@ from cocon.preprocess import tvl1 as tvl1_torch
 from cocon.sources.records import VideoRecord
 from cocon.data.shards import ShardReader, ShardWriter, encode_frames
 from cocon.preprocess.video import BadVideo
+from cocon.runtime import resolve_device
 
 log = logging.getLogger("cocon")
 
@@ -74,7 +75,7 @@ def tvl1_backend(p: dict) -> tuple[str, str]:
     backend, device = p.get("backend", "opencv"), p.get("device", "auto")
     if backend == "opencv":
         return "opencv", "cpu"
-    device = tvl1_torch.resolve_device(device)
+    device = resolve_device(device)
     if backend == "auto":
         gpu = device.startswith("cuda") and p.get("gamma", 0) == 0  # torch has no gamma term
         return ("torch", device) if gpu else ("opencv", "cpu")
@@ -183,10 +184,11 @@ def main(argv=None) -> None:
     p = stage.stage_parser("Optical flow between consecutive frames of an rgb shard.")
     p.add_argument("--method", required=True, choices=METHODS)
     p.add_argument("--rgb", required=True, help="the rgb shard of the same shard name")
-    a = p.parse_args(argv)
+    method = p.parse_known_args(argv)[0].method
+    a, params, dataset = stage.stage_args(p, argv, "flow", method)
     stage.setup(a.threads)
     torch.set_num_threads(a.threads)
-    run(a.method, a.rgb, a.shard, a.out, a.params, a.dataset, a.threads)
+    run(a.method, a.rgb, a.shard, a.out, params, dataset, a.threads)
 
 
 if __name__ == "__main__":

@@ -48,9 +48,9 @@ def run(manifest: str, shard: str, out: str, params: dict, dataset: dict, thread
 def main(argv=None) -> None:
     p = stage.stage_parser("Decode and resize the videos of one shard into an rgb HDF5 shard.")
     p.add_argument("--manifest", required=True, help="sharded manifest TSV (cocon.sources.ingest)")
-    a = p.parse_args(argv)
+    a, params, dataset = stage.stage_args(p, argv, "frames")
     stage.setup(a.threads)
-    run(a.manifest, a.shard, a.out, a.params, a.dataset, a.threads)
+    run(a.manifest, a.shard, a.out, params, dataset, a.threads)
 
 
 if __name__ == "__main__":

@@ -46,15 +46,6 @@ class ModelLoadError(RuntimeError):
 # ---------------------------------------------------------------- devices, scopes, versions
 
 
-def resolve_device(device: str) -> str:
-    """auto -> cuda when available, else cpu; cuda without a GPU is an error."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("device 'cuda' requested but torch sees no CUDA device")
-    return device
-
-
 @contextmanager
 def scope(kind: str):
     """Run mm code of `kind` (pose | seg | det) in its registry scope, so that models of several

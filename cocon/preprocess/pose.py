@@ -21,6 +21,7 @@ import torch
 from cocon.preprocess import mm
 from cocon.data.shards import ShardReader
 from cocon.preprocess.video import BadVideo
+from cocon.runtime import resolve_device
 
 VIEW = "pose"
 BOX_SOURCES = ("detector", "seg", "frame")
@@ -168,7 +169,7 @@ def seg_boxes(maps: np.ndarray, frame_hw: tuple[int, int], threshold: float, min
 
 def run(rgb: str, shard: str, out: str, params: dict, dataset: dict, threads: int = 1, seg: str | None = None):
     """Write the pose shard `out` from rgb shard `rgb` (and seg shard `seg` when boxes = seg)."""
-    device = mm.resolve_device(params["device"])
+    device = resolve_device(params["device"])
     seed = int(params["seed"])
     heat = PoseHeatmaps(params, device, seed)
     attrs = {"weights": heat.info["checkpoint"], "model": {k: v for k, v in heat.info.items() if k != "dataset_meta"},
@@ -214,10 +215,10 @@ def main(argv=None) -> None:
     p = stage.stage_parser("Pose keypoint heatmaps (mmpose) of the frames of an rgb shard.")
     p.add_argument("--rgb", required=True, help="the rgb shard of the same shard name")
     p.add_argument("--seg", help="the seg shard of the same shard name (boxes = seg)")
-    a = p.parse_args(argv)
+    a, params, dataset = stage.stage_args(p, argv, "pose")
     mm.setup(a.threads)
     try:
-        run(a.rgb, a.shard, a.out, a.params, a.dataset, a.threads, a.seg)
+        run(a.rgb, a.shard, a.out, params, dataset, a.threads, a.seg)
     except mm.ModelLoadError as exc:
         raise SystemExit(f"ERROR: {exc}") from exc
 

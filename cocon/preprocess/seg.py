@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from cocon.preprocess import mm
+from cocon.runtime import resolve_device
 
 VIEW = "seg"
 
@@ -103,7 +104,7 @@ class PersonProbability:
 
 def run(rgb: str, shard: str, out: str, params: dict, dataset: dict, threads: int = 1):
     """Write the seg shard `out` from rgb shard `rgb`; returns the failures (video_id, reason)."""
-    device = mm.resolve_device(params["device"])
+    device = resolve_device(params["device"])
     seg = PersonProbability(params, device, int(params["seed"]))
     attrs = {"weights": seg.info["checkpoint"], "model": {k: v for k, v in seg.info.items() if k != "dataset_meta"},
              "person_class": seg.classes[seg.person], "person_class_index": seg.person, "device": device}
@@ -115,10 +116,10 @@ def main(argv=None) -> None:
 
     p = stage.stage_parser("Person segmentation probability (mmsegmentation) of the frames of an rgb shard.")
     p.add_argument("--rgb", required=True, help="the rgb shard of the same shard name")
-    a = p.parse_args(argv)
+    a, params, dataset = stage.stage_args(p, argv, "seg")
     mm.setup(a.threads)
     try:
-        run(a.rgb, a.shard, a.out, a.params, a.dataset, a.threads)
+        run(a.rgb, a.shard, a.out, params, dataset, a.threads)
     except mm.ModelLoadError as exc:
         raise SystemExit(f"ERROR: {exc}") from exc
 

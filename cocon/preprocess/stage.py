@@ -4,7 +4,6 @@ processing with per-video failure capture, and the end-of-job report."""
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections import deque
@@ -14,7 +13,10 @@ from typing import Callable, Iterable, Iterator, TypeVar
 import cv2
 from tqdm import tqdm
 
+from cocon.config import add_config_args, config_from_args
 from cocon.provenance import code_revision, library_versions
+from cocon.runtime import setup_logging
+from cocon.workflow.jobs import dataset_params, stage_params
 from cocon.preprocess.video import BadVideo
 
 T = TypeVar("T")
@@ -23,20 +25,27 @@ log = logging.getLogger("cocon")
 
 
 def stage_parser(description: str) -> argparse.ArgumentParser:
-    """Arguments common to the shard stages; stage-specific ones are added by the caller."""
+    """Arguments common to the shard stages (the configuration as cocon.config.add_config_args);
+    stage-specific ones are added by the caller."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--shard", required=True, help="shard name, e.g. 00003")
     p.add_argument("--out", required=True, help="output shard (.h5); written atomically")
-    p.add_argument("--params", required=True, type=json.loads, help="stage parameters as JSON")
-    p.add_argument("--dataset", required=True, type=json.loads, help='{"name": ..., "format": ...}')
     p.add_argument("--threads", type=int, default=1, help="worker threads (default 1)")
+    add_config_args(p)
     return p
+
+
+def stage_args(p: argparse.ArgumentParser, argv, stage: str, method: str | None = None):
+    """Parse a stage's command line: (args, the parameters it records, the dataset attributes)."""
+    a = p.parse_args(argv)
+    cfg = config_from_args(a)
+    return a, stage_params(cfg, stage, method), dataset_params(cfg)
 
 
 def setup(threads: int) -> None:
     """Log to stderr (the rule sends it to the job's log) and keep OpenCV to one thread per worker:
     parallelism comes from our own pool of `threads` workers, so `threads` is what the job uses."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    setup_logging()
     cv2.setNumThreads(1)
     if threads < 1:
         raise SystemExit("--threads must be >= 1")

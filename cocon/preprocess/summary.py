@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 from collections import defaultdict
 
+from cocon.files import write_text
 from cocon.provenance import code_revision, dumps, library_versions
 from cocon.sources.records import read_manifest
 from cocon.data.shards import ShardReader
@@ -63,13 +63,6 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
-def _write_atomic(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path + ".partial", "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(path + ".partial", path)
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--manifest", required=True)
@@ -82,8 +75,8 @@ def main(argv=None) -> None:
     rows = ["view\tshard\tvideo_id\treason"] + [
         f"{view}\t{f['shard']}\t{f['video_id']}\t{f['reason']}" for view, v in s["views"].items() for f in v["failures"]
     ]
-    _write_atomic(a.tsv, "\n".join(rows) + "\n")
-    _write_atomic(a.json, json.dumps(json.loads(dumps(s)), indent=1) + "\n")
+    write_text(a.tsv, "\n".join(rows) + "\n")
+    write_text(a.json, json.dumps(json.loads(dumps(s)), indent=1) + "\n")
     print(format_summary(s), file=sys.stderr)
 
 

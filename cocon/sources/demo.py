@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from cocon.config import ConfigError, add_config_args, config_from_args
+from cocon.files import atomic_path, write_text
 from cocon.sources.records import VideoRecord
 
 CLASSES: tuple[str, ...] = ("Wave", "JumpingJack", "Squat", "WalkInPlace", "Punch", "Clap", "Kick", "Bow")
@@ -321,26 +322,22 @@ def render_clip(
 
 
 def _write_video(path: str, frames: np.ndarray, fps: float) -> None:
-    """Encode (T, H, W, 3) RGB frames as XVID .avi at `path`, atomically."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path[: -len(".avi")] + ".partial.avi"
+    """Encode (T, H, W, 3) RGB frames as XVID .avi at `path`, atomically (OpenCV picks the container
+    from the suffix, so the temporary file is <stem>.partial.avi)."""
     height, width = frames.shape[1:3]
-    writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"XVID"), float(fps), (width, height))
-    if not writer.isOpened():
-        raise RuntimeError(f"cv2.VideoWriter cannot write XVID to {tmp}")
-    try:
-        for frame in frames:
-            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    finally:
-        writer.release()
-    os.replace(tmp, path)
+    with atomic_path(path, keep_suffix=True) as tmp:
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"XVID"), float(fps), (width, height))
+        if not writer.isOpened():
+            raise RuntimeError(f"cv2.VideoWriter cannot write XVID to {tmp}")
+        try:
+            for frame in frames:
+                writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        finally:
+            writer.release()
 
 
 def _write_text(path: str, lines: list[str]) -> None:
-    tmp = path[: -len(".txt")] + ".partial.txt"
-    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-        fh.write("".join(line + "\n" for line in lines))
-    os.replace(tmp, path)
+    write_text(path, "".join(line + "\n" for line in lines))
 
 
 def generate(cfg: dict) -> None:

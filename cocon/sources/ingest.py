@@ -637,12 +637,11 @@ def annotation_files(cfg: dict) -> list[str]:
 
 
 def _replace_into(path: str, write) -> None:
-    """Call write(partial_path), then move the result into place."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    partial = path + ".partial"
-    write(partial)
-    os.replace(partial, path)
+    """Call write(temporary path), then move the result into place (cocon.files.atomic_path)."""
+    from cocon.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        write(str(tmp))
 
 
 def write_missing(path: str, missing: list[Missing]) -> None:

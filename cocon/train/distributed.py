@@ -38,19 +38,20 @@ def relaunch_under_torchrun(nproc: int, module: str, argv: list[str]) -> None:
     os.execv(sys.executable, cmd)
 
 
-def setup(device_pref: str = "auto") -> torch.device:
-    """Initialise the process group when started by torchrun (WORLD_SIZE > 1) and pick the device:
-    cuda:<LOCAL_RANK> when CUDA is available and wanted, else cpu (gloo backend)."""
-    want_cuda = device_pref == "cuda" or (device_pref == "auto" and torch.cuda.is_available())
-    if device_pref == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is visible")
+def setup(device: str = "cpu") -> torch.device:
+    """Initialise the process group when started by torchrun (WORLD_SIZE > 1) and return this process's
+    device: `device` is a resolved device string (cocon.runtime.resolve_device); "cuda" becomes
+    cuda:<LOCAL_RANK> (NCCL backend), anything else runs on the CPU (gloo backend)."""
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = torch.device(f"cuda:{local_rank}") if want_cuda else torch.device("cpu")
-    if want_cuda:
-        torch.cuda.set_device(device)
+    cuda = device.startswith("cuda")
+    if cuda:
+        dev = torch.device(device if ":" in device and "LOCAL_RANK" not in os.environ else f"cuda:{local_rank}")
+        torch.cuda.set_device(dev)
+    else:
+        dev = torch.device("cpu")
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if want_cuda else "gloo")
-    return device
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return dev
 
 
 def teardown() -> None:
@@ -125,6 +126,15 @@ def _replace_bn(module: nn.Module) -> nn.Module:
     for name, child in module.named_children():
         out.add_module(name, _replace_bn(child))
     return out
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Element-wise sum of `t` over all processes (itself without a process group)."""
+    if world_size() <= 1:
+        return t
+    t = t.clone()
+    dist.all_reduce(t)
+    return t
 
 
 def reduce_mean(value: float, device: torch.device) -> float:

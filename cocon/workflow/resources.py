@@ -1,0 +1,51 @@
+"""Threads, memory and runtime of every rule, in one place (the rules read it; the SLURM profile adds
+only executor settings). Memory and runtime are multiplied by the attempt, so a job that SLURM killed
+for memory or time is resubmitted (profiles/slurm: retries) with twice, then three times, as much.
+
+threads: CPUs of the job (SLURM --cpus-per-task; the stages size their thread pools from it);
+mem_mb: memory in MB; runtime: minutes. Sizes for UCF101-scale shards (256 videos) and GPU training.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Resources(NamedTuple):
+    threads: int
+    mem_mb: int
+    runtime: int
+
+
+RULES: dict[str, Resources] = {
+    "demo_dataset": Resources(1, 2000, 30),
+    "manifest": Resources(1, 2000, 30),
+    "preprocess_summary": Resources(1, 2000, 30),
+    "frames": Resources(4, 4000, 60),
+    "flow": Resources(8, 4000, 240),
+    "seg": Resources(4, 8000, 240),
+    "pose": Resources(4, 8000, 240),
+    "cpc": Resources(8, 16000, 1440),
+    "cocon": Resources(8, 32000, 2880),
+    "finetune": Resources(8, 16000, 1440),
+    "evaluate": Resources(4, 8000, 240),
+    "features": Resources(4, 8000, 240),
+    "report": Resources(1, 8000, 60),
+    "claim": Resources(1, 8000, 60),
+}
+
+
+def threads(rule: str) -> int:
+    return RULES[rule].threads
+
+
+def mem_mb(rule: str):
+    """Snakemake resource callable: memory of `rule` x attempt."""
+    base = RULES[rule].mem_mb
+    return lambda wildcards, attempt: base * attempt
+
+
+def runtime(rule: str):
+    """Snakemake resource callable: runtime of `rule` x attempt (minutes)."""
+    base = RULES[rule].runtime
+    return lambda wildcards, attempt: base * attempt
