@@ -1,12 +1,17 @@
 # The two commands of the README's quick start, on a machine with Python >= 3.10 and pip:
-#   make demo   set up .venv and run the whole default workflow (the embedded demo)
-#   make test   set up .venv and run the test suite
+#   make demo       set up .venv and run the whole default workflow (the embedded demo)
+#   make test       set up .venv and run the whole test suite (what CI runs)
+# and for development:
+#   make test-fast  the tests not marked slow or gpu (the inner loop, ~2-3 min on 2 cores)
+#   make lint       ruff (style, imports, errors), ruff format --check, snakemake --lint
+#   make format     ruff format + import order, in place
+#   make gpu-check  the GPU test tier and every GPU benchmark, into OUT=<folder> (a CUDA machine)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: setup mm-stack demo test lint bench clean
+.PHONY: setup mm-stack demo test test-fast lint format gpu-check bench clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt envs/mm-requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +40,21 @@ demo: setup
 test: setup
 	PATH="$(abspath $(BIN)):$$PATH" python -m pytest -q
 
+test-fast: setup
+	PATH="$(abspath $(BIN)):$$PATH" python -m pytest -q -m "not slow and not gpu"
+
 lint: setup
+	$(BIN)/ruff check cocon tests bench study
+	$(BIN)/ruff format --check cocon tests bench study
 	PATH="$(abspath $(BIN)):$$PATH" snakemake --lint
+
+format: setup
+	$(BIN)/ruff check --select I --fix cocon tests bench study
+	$(BIN)/ruff format cocon tests bench study
+
+OUT ?= gpu-check
+gpu-check: setup
+	PATH="$(abspath $(BIN)):$$PATH" python -m cocon gpu-check --out $(OUT)
 
 clean:
 	rm -rf results logs benchmarks .snakemake

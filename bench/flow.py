@@ -45,13 +45,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import cpu_model  # noqa: E402
-from cocon.sources import demo
-from cocon.preprocess import flow  # noqa: E402
+
 from cocon.config import load_config  # noqa: E402
-from cocon.provenance import code_revision, library_versions  # noqa: E402
-from cocon.sources.records import VideoRecord  # noqa: E402
 from cocon.data.shards import ShardReader, ShardWriter, encode_frames  # noqa: E402
+from cocon.preprocess import flow  # noqa: E402
 from cocon.preprocess.video import decode_video  # noqa: E402
+from cocon.provenance import code_revision, library_versions  # noqa: E402
+from cocon.sources import demo
+from cocon.sources.records import VideoRecord  # noqa: E402
 
 GOAL_OVERHEAD = 0.05
 GOAL_SPEEDUP_2 = 1.8

@@ -42,14 +42,13 @@ import cv2
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import cpu_model  # noqa: E402
-from cocon.sources import demo
-from cocon.preprocess import frames  # noqa: E402
+
 from cocon.config import load_config  # noqa: E402
-from cocon.provenance import code_revision, library_versions  # noqa: E402
-from cocon.sources.records import VideoRecord, write_manifest  # noqa: E402
 from cocon.data.shards import ShardReader  # noqa: E402
-
-
+from cocon.preprocess import frames  # noqa: E402
+from cocon.provenance import code_revision, library_versions  # noqa: E402
+from cocon.sources import demo
+from cocon.sources.records import VideoRecord, write_manifest  # noqa: E402
 
 
 def out_size(h: int, w: int, short: int) -> tuple[int, int]:

@@ -66,14 +66,17 @@ from torch.utils.data import RandomSampler, default_collate  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import cpu_model  # noqa: E402
-from cocon.data import clips
-from cocon.sources import demo
-from cocon.preprocess import flow
-from cocon.preprocess import frames  # noqa: E402
+
 from cocon.config import load_config  # noqa: E402
-from cocon.provenance import library_versions  # noqa: E402
-from cocon.sources.records import VideoRecord, assign_shards, shard_name, write_manifest  # noqa: E402
+from cocon.data import clips
 from cocon.data.shards import ShardReader, ShardWriter, encode_frames  # noqa: E402
+from cocon.preprocess import (
+    flow,
+    frames,  # noqa: E402
+)
+from cocon.provenance import library_versions  # noqa: E402
+from cocon.sources import demo
+from cocon.sources.records import VideoRecord, assign_shards, shard_name, write_manifest  # noqa: E402
 
 GOAL = 5.0
 FLOW_VIEWS = ("flow_tvl1", "flow_farneback")

@@ -40,15 +40,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import cpu_model  # noqa: E402
-from cocon.sources import demo
-from cocon.preprocess import frames
-from cocon.preprocess import mm
-from cocon.preprocess import pose
-from cocon.preprocess import seg  # noqa: E402
+
 from cocon.config import load_config  # noqa: E402
-from cocon.sources.records import VideoRecord, write_manifest  # noqa: E402
 from cocon.data.shards import ShardWriter, encode_frames  # noqa: E402
+from cocon.preprocess import (
+    frames,
+    mm,
+    pose,
+    seg,  # noqa: E402
+)
 from cocon.runtime import resolve_device
+from cocon.sources import demo
+from cocon.sources.records import VideoRecord, write_manifest  # noqa: E402
 
 MODELS = {
     "demo": {"seg": {"config": "segformer_mit-b0_8xb2-160k_ade20k-512x512", "input_scale": [128, 64]},

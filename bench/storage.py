@@ -24,10 +24,10 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cocon.preprocess.flow import quantize  # noqa: E402
-from cocon.sources.records import VideoRecord  # noqa: E402
 from cocon.data.shards import ShardReader, ShardWriter, encode_frames  # noqa: E402
+from cocon.preprocess.flow import quantize  # noqa: E402
 from cocon.preprocess.video import decode_video  # noqa: E402
+from cocon.sources.records import VideoRecord  # noqa: E402
 
 ENCODINGS = {
     "raw": {"codec": "raw", "compression": "none"},

@@ -81,6 +81,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import cpu_model  # noqa: E402
+
 from cocon.models.losses import cocon_loss  # noqa: E402
 from cocon.models.networks import DPC  # noqa: E402
 from cocon.train.engine import PerViewNetworks, channels_last_3d  # noqa: E402

@@ -42,8 +42,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import cpu_model  # noqa: E402
-from cocon.preprocess import tvl1  # noqa: E402
+
 from cocon.config import load_config  # noqa: E402
+from cocon.preprocess import tvl1  # noqa: E402
 from cocon.preprocess.flow import make_tvl1  # noqa: E402
 from cocon.provenance import code_revision, library_versions  # noqa: E402
 from cocon.runtime import resolve_device

@@ -167,7 +167,10 @@ def config_from_args(args, command: str | None = None) -> dict:
     hold are absent from the result, so a job cannot silently read a default it was not given."""
     import json
 
-    extra = json.loads(args.config_json) if args.config_json else None
+    try:
+        extra = json.loads(args.config_json) if args.config_json else None
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"--config-json is not valid JSON: {exc}") from exc
     if args.config is not None or extra is None:
         return load_config(args.config, extra)
     given = set(extra)

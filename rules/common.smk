@@ -78,7 +78,8 @@ def model_files(view):
     params): editing or replacing one reruns the stage."""
     specs = [config[view]["config"], config[view]["checkpoint"]]
     if view == "pose" and config["pose"]["boxes"] == "detector":
-        specs += [config["pose"]["detector"]["config"], config["pose"]["detector"]["checkpoint"]]
+        detector = config["pose"]["detector"]
+        specs.extend((detector["config"], detector["checkpoint"]))
     return [local_path(s) for s in specs if s and not s.startswith(("http://", "https://")) and os.path.isfile(s)]
 
 
@@ -164,8 +165,9 @@ def claim_keys():
 
 
 def claim_paths(kind):
-    pattern = {"scores": "eval/{init}/{view}/scores.h5", "features": "features/{init}/{view}.h5"}[kind]
-    return [f"{CLAIM}/seed{seed}/" + pattern.format(init=init, view=view)
+    pattern = {"scores": "{claim}/seed{seed}/eval/{init}/{view}/scores.h5",
+               "features": "{claim}/seed{seed}/features/{init}/{view}.h5"}[kind]
+    return [pattern.format(claim=CLAIM, seed=seed, init=init, view=view)
             for seed, init, view in (key.split("/") for key in claim_keys())]
 
 

@@ -199,3 +199,24 @@ def gloo_process(rank: int, port: int, world_size: int = 2):
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     return D.setup("cpu")
+
+
+def stage_config(stage: str, params: dict, dataset: dict, method: str | None = None) -> str:
+    """The --config-json a rule gives a preprocessing stage (cocon.workflow.jobs) for the parameters
+    `params` it records and the dataset attributes `dataset`."""
+    import json
+
+    params = dict(params)
+    cfg: dict = {"dataset": dict(dataset)}
+    if stage == "flow":
+        cfg["flow"] = {"bound": params["bound"], "encoding": params["encoding"], method: params[method]}
+    elif stage in ("seg", "pose"):
+        cfg["seed"] = params.pop("seed")
+        if "seg" in params:
+            seg = dict(params.pop("seg"))
+            seg.pop("seed", None)
+            cfg["seg"] = seg
+        cfg[stage] = params
+    else:
+        cfg[stage] = params
+    return json.dumps(cfg)

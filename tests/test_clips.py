@@ -20,12 +20,22 @@ from torch.utils.data import DataLoader, DistributedSampler
 from cocon import views as V
 from cocon.data import clips
 from cocon.data.clips import (
-    Augmentation, ClipsError, DenseClips, MultiViewClips, clip_indices, dense_windows, discover, group_id, holdout,
-    make_loader, video_table, view_frame_indices,
+    Augmentation,
+    ClipsError,
+    DenseClips,
+    MultiViewClips,
+    clip_indices,
+    dense_windows,
+    discover,
+    group_id,
+    holdout,
+    make_loader,
+    video_table,
+    view_frame_indices,
 )  # fmt: skip
+from cocon.data.shards import ShardReader, ShardWriter, encode_frames
 from cocon.preprocess.flow import dequantize
 from cocon.sources.records import VideoRecord
-from cocon.data.shards import ShardReader, ShardWriter, encode_frames
 
 H, W = 40, 48  # rgb and flow frame size; pose is stored at half size
 BOUND = 20.0

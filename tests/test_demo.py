@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import yaml
 
-from cocon.sources import demo
 from cocon.config import ConfigError, load_config
+from cocon.sources import demo
 
 SMALL = {"classes": 3, "groups_per_class": 3, "clips_per_group": 2, "test_groups": 1,
          "frames": 12, "width": 48, "height": 32}  # fmt: skip

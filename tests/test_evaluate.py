@@ -10,20 +10,20 @@ import numpy as np
 import pytest
 import torch
 
-from cocon.evaluate import analyses as A
-from cocon.data.clips import dense_windows
 from cocon.config import load_config
+from cocon.data.clips import dense_windows
+from cocon.evaluate import analyses as A
+from cocon.evaluate.claim import claim
 from cocon.evaluate.dense import evaluate, unscored_videos
-from cocon.files import write_h5
 from cocon.evaluate.features import extract
+from cocon.evaluate.report import report
+from cocon.files import save_torch as save_atomic
+from cocon.files import write_h5
+from cocon.models.networks import DPC, ActionClassifier
+from cocon.train.checkpoints import load_checkpoint
 from cocon.train.engine import Engine
 from cocon.train.methods import Finetune
 from cocon.train.methods.finetune import milestones
-from cocon.models.networks import DPC, ActionClassifier
-from cocon.evaluate.claim import claim
-from cocon.evaluate.report import report
-from cocon.files import save_torch as save_atomic
-from cocon.train.checkpoints import load_checkpoint
 
 
 def FinetuneTrainer(view, init_kind, init_path, cfg, out) -> Engine:
@@ -55,7 +55,7 @@ def pretrained(cfg, tmp_path_factory):
     torch.manual_seed(5)
     net = DPC(3, num_blocks=2, pred_steps=1)
     path = tmp_path_factory.mktemp("pre") / "model.pt"
-    save_atomic({"models": {"rgb": net.state_dict()}, "stage": "cpc"}, path)
+    save_atomic({"models": {"rgb": net.state_dict()}, "method": "cpc"}, path)
     return path
 
 

@@ -20,18 +20,17 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-
 from conftest import gloo_process
-from cocon.train import distributed as D
-from cocon.train.checkpoints import run_hash
-from cocon.train.methods import CoCon
-from cocon.models.losses import cocon_loss
-from cocon.models.networks import DPC
-from cocon.models.build import PerViewNetworks, build_dpc
-from cocon.train.checkpoints import load_checkpoint
-from cocon.train.engine import channels_last_3d
 from test_train import Trainer, _free_port, shards_dir  # noqa: F401  (shards_dir is a fixture)
 from test_train import tiny_config as _tiny_config
+
+from cocon.models.build import PerViewNetworks, build_dpc
+from cocon.models.losses import cocon_loss
+from cocon.models.networks import DPC
+from cocon.train import distributed as D
+from cocon.train.checkpoints import load_checkpoint, run_hash
+from cocon.train.engine import channels_last_3d
+from cocon.train.methods import CoCon
 
 VIEWS = ["flow_tvl1", "rgb"]
 WIDTH = 8

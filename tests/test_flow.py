@@ -12,12 +12,12 @@ import cv2
 import h5py
 import numpy as np
 import pytest
+from conftest import stage_config
 
-from cocon.preprocess import flow
-from cocon.preprocess import frames
 from cocon.config import load_config
-from cocon.provenance import dumps
 from cocon.data.shards import ShardReader
+from cocon.preprocess import flow, frames
+from cocon.provenance import dumps
 
 DATASET = {"name": "testset", "format": "csv"}
 BOUND = 20
@@ -249,8 +249,8 @@ def test_torch_backend_writes_the_same_shard_as_opencv(rgb, tvl1_png, tmp_path):
     a quantisation step almost everywhere, the backend recorded; and the same bytes again on a rerun."""
     p = tvl1_params({**FAST_TVL1, "backend": "torch", "device": "cpu", "batch_size": 8})
     out = tmp_path / "torch" / "00000.h5"
-    cmd = [sys.executable, "-m", "cocon.preprocess.flow", "--method", "tvl1", "--rgb", str(rgb), "--shard", "00000",
-           "--out", str(out), "--params", json.dumps(p), "--dataset", json.dumps(DATASET), "--threads", "2"]  # fmt: skip
+    cmd = [sys.executable, "-m", "cocon", "flow", "--method", "tvl1", "--rgb", str(rgb), "--shard", "00000",
+           "--out", str(out), "--config-json", stage_config("flow", p, DATASET, "tvl1"), "--threads", "2"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "tvl1 backend: torch on cpu" in proc.stderr
@@ -283,8 +283,8 @@ def test_farneback_equals_opencv_and_cli(rgb, tmp_path):
     params = {"bound": BOUND, "encoding": PNG, "farneback": fb}
     out = tmp_path / "flow_farneback" / "00000.h5"
     proc = subprocess.run(
-        [sys.executable, "-m", "cocon.preprocess.flow", "--method", "farneback", "--rgb", str(rgb), "--shard", "00000",
-         "--out", str(out), "--params", json.dumps(params), "--dataset", json.dumps(DATASET), "--threads", "2"],
+        [sys.executable, "-m", "cocon", "flow", "--method", "farneback", "--rgb", str(rgb), "--shard", "00000",
+         "--out", str(out), "--config-json", stage_config("flow", params, DATASET, "farneback"), "--threads", "2"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr

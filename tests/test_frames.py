@@ -12,11 +12,17 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from conftest import stage_config
 
+from cocon.data.shards import ShardReader
 from cocon.preprocess import frames
 from cocon.provenance import code_revision, dumps, library_versions
-from cocon.sources.records import VideoRecord, read_manifest, splits_to_json, write_manifest
-from cocon.data.shards import ShardReader
+from cocon.sources.records import (
+    VideoRecord,
+    read_manifest,
+    splits_to_json,
+    write_manifest,
+)
 
 GOOD = ("avi", "mp4", "tall")  # names of the `videos` fixture (tests/conftest.py)
 BAD = ("zero", "garbage", "truncated", "short", "missing")
@@ -256,8 +262,8 @@ def test_cli_with_bad_videos_exits_zero(tmp_path, manifest, videos, rgb):
     out = tmp_path / "rgb" / "00000.h5"
     params = {**PARAMS, "encoding": {"codec": "jpeg", "quality": 90}}
     proc = subprocess.run(
-        [sys.executable, "-m", "cocon.preprocess.frames", "--manifest", manifest["path"], "--shard", "00000", "--out", str(out),
-         "--params", json.dumps(params), "--dataset", json.dumps(DATASET), "--threads", "2"],
+        [sys.executable, "-m", "cocon", "frames", "--manifest", manifest["path"], "--shard", "00000", "--out", str(out),
+         "--config-json", stage_config("frames", params, DATASET), "--threads", "2"],
         capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -285,9 +291,9 @@ def test_cli_with_bad_videos_exits_zero(tmp_path, manifest, videos, rgb):
 
 def test_cli_rejects_bad_arguments(tmp_path, manifest):
     proc = subprocess.run(
-        [sys.executable, "-m", "cocon.preprocess.frames", "--manifest", manifest["path"], "--shard", "00000",
-         "--out", str(tmp_path / "x.h5"), "--params", "{not json", "--dataset", "{}"],
+        [sys.executable, "-m", "cocon", "frames", "--manifest", manifest["path"], "--shard", "00000",
+         "--out", str(tmp_path / "x.h5"), "--config-json", "{not json"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert proc.returncode != 0 and "--params" in proc.stderr
+    assert proc.returncode != 0 and "--config-json is not valid JSON" in proc.stderr
     assert not (tmp_path / "x.h5").exists()

@@ -9,9 +9,9 @@ import subprocess
 import time
 
 import yaml
+from test_workflow import REPO, SNAKEMAKE, TINY, job_counts, snakemake
 
 from cocon.train.checkpoints import load_checkpoint
-from test_workflow import REPO, SNAKEMAKE, TINY, job_counts, snakemake
 
 CFG = {**TINY, "shards": {"videos_per_shard": 8},
        "train": {**TINY["train"], "cpc_epochs": 4}}

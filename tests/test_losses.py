@@ -10,8 +10,17 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from cocon.models.losses import (coop_features, coop_loss, cocon_loss, cpc_loss, gather_batch, nce_mask,
-                          pool_blocks, sim_loss, sync_loss)
+from cocon.models.losses import (
+    cocon_loss,
+    coop_features,
+    coop_loss,
+    cpc_loss,
+    gather_batch,
+    nce_mask,
+    pool_blocks,
+    sim_loss,
+    sync_loss,
+)
 from cocon.models.networks import DPCOutput
 
 DT = torch.float64

@@ -6,8 +6,15 @@ import pytest
 import torch
 
 from cocon.models.losses import cpc_loss
-from cocon.models.networks import (DPC, DPCOutput, ConvGRU, ResNet2d3d, feature_side, l2_normalize,
-                          temporal_pool)
+from cocon.models.networks import (
+    DPC,
+    ConvGRU,
+    DPCOutput,
+    ResNet2d3d,
+    feature_side,
+    l2_normalize,
+    temporal_pool,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -168,7 +175,9 @@ def test_batchnorm_tracks_running_stats():
 
 def test_tiny_model_overfits_fixed_batch():
     """cpc_loss on one fixed batch (B=4, N=4, P=2, K=2, 32 px -> S=1) with a width-8 R18 (D = 32):
-    > 50 % loss drop in 30 Adam steps (train mode: BN batch statistics and GRU dropout on)."""
+    > 50 % loss drop in 30 Adam steps (train mode: BN batch statistics and GRU dropout on), and most of the
+    8 predictions right at the end. The exact final accuracy is not asserted: it is the outcome of 30 float
+    steps, and another CPU or thread count gives 7 of 8 where this one gives 8 (seen: 0.875 and 1.0)."""
     torch.manual_seed(0)
     model = DPC(3, num_blocks=4, pred_steps=2, width=8).train()
     x = _x(4, 4, 3, 2, 32, seed=1)
@@ -182,7 +191,7 @@ def test_tiny_model_overfits_fixed_batch():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
-    assert top1.item() == 1.0
+    assert top1.item() >= 0.75, top1  # chance: 1/8
 
 
 def test_input_validation():

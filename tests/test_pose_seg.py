@@ -13,16 +13,19 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import stage_config
 
 pytest.importorskip("mmcv.ops", reason="the OpenMMLab stack is installed by `make setup`")
 
-from cocon.preprocess import frames
-from cocon.preprocess import mm
-from cocon.preprocess import pose
-from cocon.preprocess import seg  # noqa: E402
-from cocon.data.clips import MultiViewClips, view_frame_indices  # noqa: E402
 from cocon.config import load_config  # noqa: E402
+from cocon.data.clips import MultiViewClips, view_frame_indices  # noqa: E402
 from cocon.data.shards import ShardReader  # noqa: E402
+from cocon.preprocess import (
+    frames,
+    mm,
+    pose,
+    seg,  # noqa: E402
+)
 
 DATASET = {"name": "testset", "format": "csv"}
 RGB_PARAMS = {"short_side": 48, "interpolation": "area", "max_frames": None, "min_frames": 8, "encoding": {"codec": "raw"}}
@@ -273,8 +276,8 @@ def test_model_that_fails_to_load_names_config_and_checkpoint(rgb, tmp_path):
     with pytest.raises(mm.ModelLoadError, match=re.escape(f"config '{SEG_CONFIG}', checkpoint '{wrong}'") + ".*missing"):
         seg.PersonProbability(seg_params(checkpoint=str(wrong)), "cpu", 0)
     out = tmp_path / "x.h5"
-    cmd = [sys.executable, "-m", "cocon.preprocess.pose", "--rgb", str(rgb), "--shard", "00000", "--out", str(out),
-           "--params", json.dumps(pose_params(checkpoint=str(tmp_path / "absent.pth"))), "--dataset", json.dumps(DATASET)]
+    cmd = [sys.executable, "-m", "cocon", "pose", "--rgb", str(rgb), "--shard", "00000", "--out", str(out),
+           "--config-json", stage_config("pose", pose_params(checkpoint=str(tmp_path / "absent.pth")), DATASET)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and not out.exists()
     assert f"config '{POSE_CONFIG}', checkpoint '{tmp_path / 'absent.pth'}'" in proc.stderr

@@ -11,9 +11,16 @@ import h5py
 import numpy as np
 import pytest
 
+from cocon.data.shards import (
+    FORMAT,
+    FORMAT_VERSION,
+    ShardFormatError,
+    ShardReader,
+    ShardWriter,
+    encode_frames,
+)
 from cocon.provenance import dumps
 from cocon.sources.records import VideoRecord, splits_to_json
-from cocon.data.shards import FORMAT, FORMAT_VERSION, ShardFormatError, ShardReader, ShardWriter, encode_frames
 
 ENCODINGS = {
     "raw": {"codec": "raw"},

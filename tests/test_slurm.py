@@ -17,7 +17,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from slurm_cluster import LocalSlurm, missing_binaries
 from test_workflow import REPO, TINY, artefacts, snakemake
 

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-
 from conftest import gloo_process
-from cocon.train import distributed as D
+
 from cocon.config import load_config
+from cocon.data.shards import ShardWriter, encode_frames
+from cocon.models.build import PerViewNetworks
 from cocon.models.losses import cocon_loss
 from cocon.models.networks import DPC
 from cocon.sources.records import VideoRecord
-from cocon.data.shards import ShardWriter, encode_frames
-from cocon.models.build import PerViewNetworks
+from cocon.train import distributed as D
 from cocon.train.checkpoints import load_checkpoint
 from cocon.train.engine import Engine
 from cocon.train.methods import get_method

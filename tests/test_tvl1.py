@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from cocon.preprocess import tvl1
 from cocon.config import ConfigError, load_config
+from cocon.preprocess import tvl1
 from cocon.preprocess.flow import FlowComputer, make_tvl1, tvl1_backend
 
 DEFAULT = load_config()["flow"]["tvl1"]  # OpenCV's defaults: 5 scales, 5 warps, 10 x 30 iterations, median 5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -15,9 +16,10 @@ import cv2
 import numpy as np
 import pytest
 import yaml
+from conftest import stage_config
 
-from cocon.sources.records import VideoRecord, assign_shards, write_manifest
 from cocon.data.shards import ShardReader
+from cocon.sources.records import VideoRecord, assign_shards, write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -104,10 +106,10 @@ def test_demo_dag_trains_cpc_per_view_then_cocon(demo_run):
     train = demo_run / "results" / "train"
     for view in ("rgb", "flow_tvl1"):
         ck = load_checkpoint(train / "cpc" / view / "model.pt")
-        assert ck["stage"] == "cpc" and list(ck["models"]) == [view] and len(ck["history"]) == 1
+        assert ck["method"] == "cpc" and list(ck["models"]) == [view] and len(ck["history"]) == 1
         assert (demo_run / "logs" / "train" / f"cpc_{view}.log").exists()
     cocon = load_checkpoint(train / "cocon" / "model.pt")
-    assert cocon["stage"] == "cocon" and sorted(cocon["models"]) == ["flow_tvl1", "rgb"]
+    assert cocon["method"] == "cocon" and sorted(cocon["models"]) == ["flow_tvl1", "rgb"]
     header = (train / "cocon" / "metrics.csv").read_text().splitlines()[0]
     assert "train/sync/flow_tvl1-rgb" in header and "val/total" in header
     assert (demo_run / "benchmarks" / "train" / "cocon.tsv").exists()
@@ -120,7 +122,7 @@ def test_demo_dag_finetunes_tests_and_reports(demo_run):
     for init in ("random", "cpc", "cocon"):
         for view in ("rgb", "flow_tvl1"):
             ck = load_checkpoint(res / "finetune" / init / view / "model.pt")
-            assert ck["stage"] == "finetune" and ck["init_kind"] == init and ck["class_names"] == ["Wave", "JumpingJack"]
+            assert ck["method"] == "finetune" and ck["init_kind"] == init and ck["class_names"] == ["Wave", "JumpingJack"]
             assert (res / "eval" / init / view / "scores.h5").exists() and (res / "features" / init / f"{view}.h5").exists()
     metrics = json.loads((res / "reports" / "metrics.json").read_text())
     for init in ("random", "cpc", "cocon"):
@@ -160,6 +162,27 @@ def test_rerun_from_clean_directory_is_byte_identical(demo_run, tmp_path):
     different = [k for k in strip(first) if first[k] != second[k]]
     assert different == []
     assert any(k.endswith("model.pt") for k in first)
+
+
+def test_four_views_train_end_to_end(demo_run, tmp_path):
+    """The paper's four-view setting: CPC per view, CoCon over all six pairs, fine-tuning, the dense test
+    and the report, on the demo run's shards (a copy of its folder: no preprocessing job reruns)."""
+    work = tmp_path / "four"
+    shutil.copytree(demo_run, work, symlinks=True)
+    views = ["rgb", "flow_tvl1", "pose", "seg"]
+    cfg = {**TINY, "train": {**TINY["train"], "views": views, "input_size": {"rgb": 32, "flow": 32, "pose": 32, "seg": 32}},
+           "finetune": {**TINY["finetune"], "inits": ["random", "cocon"]}}
+    dry = job_counts(snakemake(work, cfg, "--cores", "2", "-n").stdout)
+    assert not {"frames", "flow", "seg", "pose"} & set(dry)  # the shards are reused
+    assert (dry["cpc"], dry["cocon"], dry["finetune"], dry["evaluate"]) == (4, 1, 8, 8)
+    snakemake(work, cfg, "--cores", "2")
+    header = (work / "results" / "train" / "cocon" / "metrics.csv").read_text().splitlines()[0].split(",")
+    pairs = {c.split("/")[-1] for c in header if c.startswith("val/sync/")}
+    assert pairs == {"-".join(sorted(p)) for p in itertools.combinations(views, 2)} and len(pairs) == 6
+    metrics = json.loads((work / "results" / "reports" / "metrics.json").read_text())
+    assert metrics["views"] == views
+    assert set(metrics["classification"]["cocon"]) == {*views, "ensemble"}
+    assert metrics["classification"]["cocon"]["ensemble"]["weights"] == {"rgb": 2, "flow_tvl1": 2, "pose": 1, "seg": 1}
 
 
 def test_claim_target_runs_every_seed_on_the_same_shards(demo_run):
@@ -266,11 +289,11 @@ def test_killed_stage_leaves_no_complete_looking_output(tmp_path):
     manifest = tmp_path / "m.tsv"
     write_manifest(manifest, assign_shards(videos, 40))
     out = tmp_path / "rgb" / "00000.h5"
-    params = json.dumps({"short_side": 48, "interpolation": "area", "max_frames": None, "min_frames": 8,
-                         "encoding": {"codec": "png", "level": 9}})
+    params = {"short_side": 48, "interpolation": "area", "max_frames": None, "min_frames": 8,
+              "encoding": {"codec": "png", "level": 9}}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cocon.preprocess.frames", "--manifest", str(manifest), "--shard", "00000", "--out", str(out),
-         "--params", params, "--dataset", '{"name":"t","format":"csv"}'],
+        [sys.executable, "-m", "cocon", "frames", "--manifest", str(manifest), "--shard", "00000", "--out", str(out),
+         "--config-json", stage_config("frames", params, {"name": "t", "format": "csv"})],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     partial = out.with_name(out.name + ".partial")
@@ -284,8 +307,8 @@ def test_killed_stage_leaves_no_complete_looking_output(tmp_path):
     assert not out.exists() and partial.exists()
     # re-running the job replaces the stale partial with a complete shard
     subprocess.run(
-        [sys.executable, "-m", "cocon.preprocess.frames", "--manifest", str(manifest), "--shard", "00000", "--out", str(out),
-         "--params", params, "--dataset", '{"name":"t","format":"csv"}'],
+        [sys.executable, "-m", "cocon", "frames", "--manifest", str(manifest), "--shard", "00000", "--out", str(out),
+         "--config-json", stage_config("frames", params, {"name": "t", "format": "csv"})],
         check=True, capture_output=True,
     )
     assert out.exists() and not partial.exists() and len(ShardReader(out).ok_rows()) == 40
@@ -305,15 +328,15 @@ def test_dry_run_shards_are_fixed_at_parse_time(tmp_path):
 @pytest.mark.parametrize("backend, visible, tvl1_gpus", [("torch", "", 1), ("opencv", "0", 0), ("auto", "", 0), ("auto", "0", 1)])
 def test_tvl1_jobs_ask_for_a_gpu_only_when_they_will_use_it(tmp_path, monkeypatch, backend, visible, tvl1_gpus):
     """backend torch: one GPU per TVL1 job; auto: one when the machine running Snakemake has a GPU
-    (here: COCON_GPU_IDS); opencv: none. Farneback jobs never; every flow job runs under cocon.workflow.gpus."""
+    (here: COCON_GPU_IDS); opencv: none. Farneback jobs never; every flow job runs under `cocon gpus`."""
     monkeypatch.setenv("COCON_GPU_IDS", visible)
     cfg = {**TINY, "flow": {**TINY.get("flow", {}), "tvl1": {"backend": backend}}}
     out = snakemake(tmp_path, cfg, "-n", "-p", "--cores", "1", "--until", "flow").stdout
-    cmds = [line for line in out.splitlines() if "-m cocon.preprocess.flow" in line]
-    assert cmds and all(line.split("Shell command:")[-1].lstrip().startswith("python -m cocon.workflow.gpus") for line in cmds)
+    cmds = [line for line in out.splitlines() if "-m cocon flow" in line]
+    assert cmds and all(line.split("Shell command:")[-1].lstrip().startswith("python -m cocon gpus") for line in cmds)
     for line in cmds:
         want = tvl1_gpus if "--method tvl1" in line else 0
-        assert f"cocon.workflow.gpus {want} --" in line, line
+        assert f"cocon gpus {want} --" in line, line
     shutil.rmtree(tmp_path / ".snakemake", ignore_errors=True)
 
 

@@ -36,8 +36,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from cocon import views as V
-from cocon.sources.records import VideoRecord
 from cocon.data.shards import ShardReader
+from cocon.sources.records import VideoRecord
 
 __all__ = [
     "ClipsError", "Video", "Augmentation", "MultiViewClips", "DenseClips", "ClipLoader", "dense_windows",

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from cocon import views as V
-from cocon.data.clips import DenseClips, discover, make_loader
 from cocon.config import add_config_args, config_from_args
+from cocon.data.clips import DenseClips, discover, make_loader
 from cocon.files import write_h5
 from cocon.provenance import code_revision, library_versions
 from cocon.runtime import resolve_device, set_threads, setup_logging
@@ -78,8 +78,9 @@ def unscored_videos(cfg: dict, view: str, role: str, scored: set[str]) -> list[s
     return sorted(r.video_id for r in rows if r.role(split) == role and r.video_id not in scored)
 
 
-def provenance(stage: str, cfg: dict, **extra) -> dict:
-    return {"stage": stage, "config": cfg, "code_revision": code_revision(), "library_versions": library_versions(),
+def provenance(command: str, cfg: dict, **extra) -> dict:
+    """Attributes of a result file: the command that wrote it, its config, code revision and versions."""
+    return {"command": command, "config": cfg, "code_revision": code_revision(), "library_versions": library_versions(),
             **extra}
 
 

@@ -29,12 +29,18 @@ import numpy as np
 import torch
 
 from cocon.config import add_config_args, config_from_args
-from cocon.evaluate.dense import dense_dataset, iterate_videos, provenance, resolve_precision, run_in_chunks
+from cocon.evaluate.dense import (
+    dense_dataset,
+    iterate_videos,
+    provenance,
+    resolve_precision,
+    run_in_chunks,
+)
 from cocon.files import write_h5
-from cocon.runtime import resolve_device, set_threads, setup_logging
 from cocon.models.build import build_dpc, load_view_weights
-from cocon.train.methods.finetune import INIT_KINDS
 from cocon.models.networks import DPC, l2_normalize
+from cocon.runtime import resolve_device, set_threads, setup_logging
+from cocon.train.methods.finetune import INIT_KINDS
 
 log = logging.getLogger("cocon.evaluate.features")
 

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cocon.evaluate import analyses as A
 from cocon.config import add_config_args, config_from_args
+from cocon.evaluate import analyses as A
 from cocon.files import read_h5, write_json, write_text
 from cocon.provenance import code_revision, library_versions
 from cocon.runtime import setup_logging

@@ -20,10 +20,8 @@ Stored as uint8 (T, H, W, 2), channel 0 = u (x), channel 1 = v (y).
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
@@ -32,8 +30,6 @@ import torch
 
 from cocon.preprocess import stage
 from cocon.preprocess import tvl1 as tvl1_torch
-from cocon.sources.records import VideoRecord
-from cocon.data.shards import ShardReader, ShardWriter, encode_frames
 from cocon.preprocess.video import BadVideo
 from cocon.runtime import resolve_device
 
@@ -145,39 +141,19 @@ def video_flow(frames: np.ndarray, compute: FlowComputer, bound: float, pool_map
 
 def run(method: str, rgb: str, shard: str, out: str, params: dict, dataset: dict, threads: int = 1):
     """Write the flow shard `out` from the rgb shard `rgb`; returns the failures (id, reason)."""
-    src = ShardReader(rgb)
     compute = FlowComputer(method, params)
     view = f"flow_{method}"
-    attrs = {**stage.root_attrs(view, params, dataset), "flow_index": FLOW_INDEX, "rgb_params": src.attrs["params"]}
+    attrs = {"flow_index": FLOW_INDEX}
+    meta = {"method": method, "bound": float(params["bound"])}
     if method == "tvl1":
         attrs.update(tvl1_backend=compute.backend, tvl1_device=compute.device)
+        meta["backend"] = compute.backend
         log.info("tvl1 backend: %s on %s", compute.backend, compute.device)
-    failures = []
-    rows = src.index
-    with ThreadPoolExecutor(max_workers=threads) as pool, ShardWriter(out, view, shard, attrs, params["encoding"]) as writer, stage.progress(len(rows), f"{view} {shard}") as bar:
-        for i, row in enumerate(rows):
-            rec = VideoRecord(row["video_id"], row["path"], row["label"], row["label_index"], row["group"],
-                              json.loads(row["splits"]))
-            meta = {k: row[k] for k in ("fps", "orig_height", "orig_width", "orig_frames")}
-            if row["status"] != "ok":
-                reason = f"failed upstream (rgb): {row['reason']}"
-                writer.add_failure(rec, reason, meta)
-                failures.append((rec.video_id, reason))
-            else:
-                try:
-                    flow = video_flow(src.read(i), compute, params["bound"], map if threads == 1 else pool.map)
-                except BadVideo as exc:
-                    writer.add_failure(rec, str(exc), meta)
-                    failures.append((rec.video_id, str(exc)))
-                else:
-                    meta.update(method=method, bound=float(params["bound"]))
-                    if method == "tvl1":
-                        meta.update(backend=compute.backend)
-                    writer.add_video(rec, encode_frames(flow, params["encoding"]), meta)
-            bar.update()
-    src.close()
-    stage.report(view, shard, len(rows) - len(failures), failures)
-    return failures
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        pool_map = map if threads == 1 else pool.map
+        return stage.derive_view(view, rgb, shard, out, params, dataset, attrs,
+                                 lambda row, idx, frames: video_flow(frames, compute, params["bound"], pool_map),
+                                 video_meta=meta)
 
 
 def main(argv=None) -> None:

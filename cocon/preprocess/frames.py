@@ -9,10 +9,10 @@ Output frames: uint8 (T, H, W, 3) RGB, min(H, W) = short_side, every decoded fra
 
 from __future__ import annotations
 
-from cocon.preprocess import stage
-from cocon.sources.records import read_manifest
 from cocon.data.shards import ShardWriter, encode_frames
+from cocon.preprocess import stage
 from cocon.preprocess.video import BadVideo, decode_video
+from cocon.sources.records import read_manifest
 
 VIEW = "rgb"
 

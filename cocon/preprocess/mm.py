@@ -13,7 +13,6 @@ attributes `frame_stride` and `frame_offset` (cocon.data.clips.frame_map).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import pickle
@@ -24,11 +23,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from cocon.data.shards import ShardReader
 from cocon.preprocess import stage
+from cocon.preprocess.video import resized_size
 from cocon.provenance import distribution_versions
-from cocon.sources.records import VideoRecord
-from cocon.data.shards import ShardReader, ShardWriter, encode_frames
-from cocon.preprocess.video import BadVideo, resized_size
 
 log = logging.getLogger("cocon")
 
@@ -271,57 +269,19 @@ def to_uint8(conf: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- the per-shard loop
 
 
-def _record(row: dict) -> VideoRecord:
-    return VideoRecord(row["video_id"], row["path"], row["label"], row["label_index"], row["group"],
-                       json.loads(row["splits"]))
-
-
 def run_view(view: str, rgb: str, shard: str, out: str, params: dict, dataset: dict, attrs: dict,
              compute: Callable[[int, np.ndarray, np.ndarray], np.ndarray],
              upstream: dict[str, ShardReader] | None = None) -> list[tuple[str, str]]:
-    """Write the `view` shard `out` from rgb shard `rgb`: for each ok video, `compute(row, idx, frames)`
-    gets the rgb frame indices idx (int64 (T',)) and the frames uint8 (T', H, W, 3) RGB and returns
-    uint8 (T', h, w, C). Rows failed in rgb (or in an `upstream` view) are carried as failures.
-    Returns the failures [(video_id, reason)]."""
-    src = ShardReader(rgb)
-    upstream = upstream or {}
-    for name, r in upstream.items():
-        if [x["video_id"] for x in r.index] != [x["video_id"] for x in src.index]:
-            raise SystemExit(f"{r.path}: its rows differ from {rgb} (not the same shard)")
+    """The derived-view loop (cocon.preprocess.stage.derive_view) on the frame stride of `params`:
+    `compute(row, idx, frames)` gets the rgb frame indices idx (int64 (T',)) and the frames uint8
+    (T', H, W, 3) RGB and returns uint8 (T', h, w, C) confidences (q * VALUE_SCALE)."""
     stride, offset = int(params["frame_stride"]), int(params["frame_offset"])
-    root = {**stage.root_attrs(view, params, dataset), "rgb_params": src.attrs["params"],
-            "frame_stride": stride, "frame_offset": offset, "frame_index": FRAME_INDEX,
-            "value_scale": VALUE_SCALE, "mm_versions": mm_versions(), **attrs}
-    failures = []
-    with ShardWriter(out, view, shard, root, params["encoding"]) as writer, \
-            stage.progress(len(src.index), f"{view} {shard}") as bar:
-        for i, row in enumerate(src.index):
-            rec = _record(row)
-            meta = {k: row[k] for k in ("fps", "orig_height", "orig_width", "orig_frames")}
-            reason = ""
-            if row["status"] != "ok":
-                reason = f"failed upstream (rgb): {row['reason']}"
-            for name, r in upstream.items():
-                if not reason and r.index[i]["status"] != "ok":
-                    reason = f"failed upstream ({name}): {r.index[i]['reason']}"
-            if not reason:
-                idx = frame_indices(row["n_frames"], stride, offset)
-                try:
-                    if not idx.size:
-                        raise BadVideo(f"too short for {view}: {row['n_frames']} frames, frame_offset {offset}")
-                    maps = compute(i, idx, src.read(i, idx))
-                except BadVideo as exc:
-                    reason = str(exc)
-                else:
-                    meta.update(frame_stride=stride, frame_offset=offset, value_scale=VALUE_SCALE)
-                    writer.add_video(rec, encode_frames(maps, params["encoding"]), meta)
-            if reason:
-                writer.add_failure(rec, reason, meta)
-                failures.append((rec.video_id, reason))
-            bar.update()
-    src.close()
-    stage.report(view, shard, len(src.index) - len(failures), failures)
-    return failures
+    attrs = {"frame_stride": stride, "frame_offset": offset, "frame_index": FRAME_INDEX, "value_scale": VALUE_SCALE,
+             "mm_versions": mm_versions(), **attrs}
+    return stage.derive_view(
+        view, rgb, shard, out, params, dataset, attrs, compute, upstream=upstream,
+        frames=lambda n: frame_indices(n, stride, offset),
+        video_meta={"frame_stride": stride, "frame_offset": offset, "value_scale": VALUE_SCALE})
 
 
 def setup(threads: int) -> None:

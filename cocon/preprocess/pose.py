@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 import torch
 
-from cocon.preprocess import mm
 from cocon.data.shards import ShardReader
+from cocon.preprocess import mm
 from cocon.preprocess.video import BadVideo
 from cocon.runtime import resolve_device
 

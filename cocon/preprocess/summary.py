@@ -13,10 +13,10 @@ import json
 import sys
 from collections import defaultdict
 
+from cocon.data.shards import ShardReader
 from cocon.files import write_text
 from cocon.provenance import code_revision, dumps, library_versions
 from cocon.sources.records import read_manifest
-from cocon.data.shards import ShardReader
 
 
 def summarize(shards: list[str], manifest: str, missing: str) -> dict:

@@ -206,9 +206,10 @@ def _colour(rng: np.random.Generator, light: bool) -> np.ndarray:
             return c
 
 
-def _texture(rng: np.random.Generator, h: int, w: int, dark: bool) -> np.ndarray:
+def _texture(rng: np.random.Generator, h: int, w: int, dark: bool, contrast: float = 1.0) -> np.ndarray:
     """(h, w, 3) uint8 RGB background: a random mix of stripes, checker and smooth blobs mapped
-    through a random 2-3 colour palette (channels 10..110 if `dark`, else 140..245)."""
+    through a random 2-3 colour palette (channels 10..110 if `dark`, else 140..245); `contrast` scales
+    the pattern around its mean colour (1 = as drawn, 0 = a flat colour)."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     field = np.zeros((h, w))
     kinds = rng.permutation(3)[: rng.integers(1, 4)]
@@ -231,21 +232,30 @@ def _texture(rng: np.random.Generator, h: int, w: int, dark: bool) -> np.ndarray
     palette = rng.uniform(lo, hi, (int(rng.integers(2, 4)), 3))
     knots = np.linspace(0, 1, len(palette))
     img = np.stack([np.interp(field, knots, palette[:, ch]) for ch in range(3)], axis=-1)
+    if contrast != 1.0:
+        mean = img.mean(axis=(0, 1))
+        img = mean + contrast * (img - mean)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
-def _appearance(seed: int, group: int, width: int, height: int) -> dict:
+# Appearance ranges (docs/demo.md, "What varies"): figure height as a fraction of min(width, height), line
+# width as a fraction of the figure height, and the contrast of the background pattern.
+STYLE = {"figure_size": (0.55, 0.75), "line_width": (0.035, 0.075), "background_contrast": 1.0}
+
+
+def _appearance(seed: int, group: int, width: int, height: int, style: dict | None = None) -> dict:
     """Per-group appearance, drawn identically for every class (seeded by (seed, group) only)."""
+    st = {**STYLE, **(style or {})}
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0, group]))
     dark = bool(rng.random() < 0.5)
     pad = max(4, min(width, height) // 8)
-    size = min(width, height) * rng.uniform(0.55, 0.75)  # standing figure height, px
+    size = min(width, height) * rng.uniform(*st["figure_size"])  # standing figure height, px
     return {
         "pad": pad,
-        "background": _texture(rng, height + 2 * pad, width + 2 * pad, dark),
+        "background": _texture(rng, height + 2 * pad, width + 2 * pad, dark, st["background_contrast"]),
         "colours": np.stack([_colour(rng, light=dark) for _ in range(3)]),  # shirt, trousers, skin
         "size": size,
-        "thickness": max(1, int(round(size * rng.uniform(0.035, 0.075)))),
+        "thickness": max(1, int(round(size * rng.uniform(*st["line_width"])))),
         "cx": width * rng.uniform(0.3, 0.7),  # figure centre, px
         "ground": height * rng.uniform(0.86, 0.97),  # feet, px
         "yaw": np.deg2rad(rng.uniform(20, 60)) * rng.choice([-1.0, 1.0]),  # view angle
@@ -265,6 +275,7 @@ def render_clip(
     width: int = 96,
     height: int = 72,
     fps: float = 25.0,
+    style: dict | None = None,
 ) -> np.ndarray:
     """Frames (frames, height, width, 3) uint8 RGB of one clip.
 
@@ -277,7 +288,7 @@ def render_clip(
     """
     if label not in PERIODS_S:
         raise ValueError(f"unknown demo class {label!r} (known: {', '.join(CLASSES)})")
-    look = _appearance(seed, group, width, height)
+    look = _appearance(seed, group, width, height, style)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 1, group, clip]))
     period = PERIODS_S[label] * fps * rng.uniform(0.8, 1.2)  # frames
     t = np.arange(frames, dtype=np.float64)
@@ -348,7 +359,8 @@ def generate(cfg: dict) -> None:
     d = cfg["demo"]
     clips = _clips(cfg)
     for rec, group, clip in clips:
-        frames = render_clip(rec.label, group, clip, cfg["seed"], d["frames"], d["width"], d["height"], d["fps"])
+        frames = render_clip(rec.label, group, clip, cfg["seed"], d["frames"], d["width"], d["height"], d["fps"],
+                             style={k: d[k] for k in STYLE})
         _write_video(rec.path, frames, d["fps"])
     ann = annotation_dir(cfg)
     os.makedirs(ann, exist_ok=True)

@@ -31,8 +31,16 @@ from cocon.files import save_torch, write_text
 from cocon.provenance import code_revision, dumps, library_versions
 from cocon.runtime import resolve_device
 from cocon.train import distributed as D
-from cocon.train.checkpoints import (CHECKPOINT_VERSION, INPUTS_FILE, epoch_seed, input_fingerprint,
-                                     load_checkpoint, rng_state, run_hash, seed_everything)
+from cocon.train.checkpoints import (
+    CHECKPOINT_VERSION,
+    INPUTS_FILE,
+    epoch_seed,
+    input_fingerprint,
+    load_checkpoint,
+    rng_state,
+    run_hash,
+    seed_everything,
+)
 from cocon.train.methods.base import Method
 
 log = logging.getLogger("cocon.train")

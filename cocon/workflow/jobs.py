@@ -69,15 +69,16 @@ def job_config(config: dict, command: str, **wildcards) -> str:
 def stage_params(cfg: dict, stage: str, method: str | None = None) -> dict:
     """The parameters a preprocessing stage records in its shards (root attribute `params`), from the
     validated job config: frames - the frames section; flow - bound, encoding and the method's
-    section; seg / pose - the view's section without scheduling keys, with the global seed (random-init
-    models) and, for pose with boxes from seg, the seg parameters."""
+    section; any other view (seg, pose, a registered one) - its section without scheduling keys, with the
+    global seed when the job has it and, for pose with boxes from seg, the seg parameters."""
     if stage == "frames":
         return dict(cfg["frames"])
     if stage == "flow":
         f = cfg["flow"]
         return {"bound": f["bound"], "encoding": f["encoding"], method: f[method]}
     params = {k: v for k, v in cfg[stage].items() if k not in SCHEDULING_KEYS}
-    params["seed"] = cfg["seed"]
+    if "seed" in cfg:  # models initialised at random (demo, tests) are seeded by it
+        params["seed"] = cfg["seed"]
     if stage == "pose":
         if params["boxes"] != "detector":
             params.pop("detector", None)

@@ -11,8 +11,8 @@ from typing import ClassVar
 
 import torch
 
-from cocon.data.clips import Augmentation, MultiViewClips, discover
 from cocon import views as V
+from cocon.data.clips import Augmentation, MultiViewClips, discover
 from cocon.models.build import PerViewNetworks
 
 
