@@ -6,7 +6,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# The demo config, unless the command line gives one: `--configfile configs/ucf101_split1.yaml` replaces it
+# (it is not merged into the demo's settings).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
+
 
 
 report: "report/workflow.rst"
@@ -35,3 +40,9 @@ rule all:
         preprocess_targets(),
         training_targets(),
     default_target: True
+
+
+# Pretraining only (e.g. on Kinetics-400, for another run's train.pretrained_run).
+rule pretrain:
+    input:
+        pretraining_targets(),

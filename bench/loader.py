@@ -1,41 +1,57 @@
-"""Training-loader benchmark: multi-view clips/s of `cocon.data.clips.MultiViewClips` reading the HDF5 shards,
-against a loader reading one file per frame per view (the original research layout) on the same frames.
+"""Training-loader benchmark: the CPU time a DataLoader worker spends per two-view sample (rgb + flow_tvl1)
+with the uint8 path of `cocon.data.clips.MultiViewClips` (docs/loader.md, "The uint8 path"), against the
+original loader: one JPEG file per frame, augmenting on the CPU the way the original code did. With
+`--device cuda`, training clips/s with the real loader against the same steps fed from memory.
 
-    python bench/loader.py [--videos a.avi ...] [--batch-size 8] [--batches 6] [--repeats 3]
-                           [--workers 0 2] [--out DIR] [--keep]
+    python bench/loader.py [--videos a.avi ...] [--samples 24] [--passes 2] [--batch-size 8]
+                           [--out DIR] [--keep] [--json OUT]
+    python bench/loader.py --device cuda [--workers 12] [--batch-size 16] [--steps 40] [--warmup W] [--json OUT]
 
 Data: the pipeline's own stages on real or demo videos. Without --videos, demo videos are generated
 (cocon.sources.demo; default 4 classes x 2 groups x 2 clips = 16 videos of 150 frames at 320x240), every one
 put in the training role. cocon.preprocess.frames.run writes the rgb shards (short side 128, jpeg 90, 8 videos
 per shard), cocon.preprocess.flow.run the flow shards (jpeg 95, bound 20). TVL1 runs at ~2 pairs/s at 128 px,
-so BOTH flow views hold Farneback flow: the flow_farneback shards are copied as flow_tvl1 with their
-`view` attribute changed (same bytes, same read cost as a distinct view). pose and seg are not
-produced by the pipeline yet and are not included.
+so the flow_tvl1 view holds Farneback flow: the flow_farneback shards are copied as flow_tvl1 with their
+`view` attribute changed (same bytes, same read cost). From the same stored frames: a raw-codec copy of
+the shards, and the original layout, one folder per video and view: image_%05d.jpg (the rgb shard's JPEG
+bytes verbatim, so decode cost and pixels are identical), flow_x_%05d.jpg / flow_y_%05d.jpg (each flow
+plane a grayscale JPEG, quality 95), 1-based.
 
-Layouts compared, all holding the same pixels:
-  shards      the pipeline's shards as written (rgb jpeg 90, flow jpeg 95, one HDF5 file per view
-              and shard).
-  shards-raw  the same frames re-written with codec raw (uncompressed uint8, one chunk per frame):
-              no decode on the read side, 10x (rgb) to 16x (flow) the bytes.
-  folders     the original layout, one folder per video and view: image_%05d.jpg (the rgb shard's
-              JPEG bytes written verbatim, so decode cost and pixels are identical), flow_x_%05d.jpg /
-              flow_y_%05d.jpg (each flow plane as a grayscale JPEG, quality 95), 1-based.
-The folder loader is MultiViewClips itself with its shard readers swapped for readers that open and
-decode one file per frame per view with cv2.imread (the original used PIL): sampling, crop, flip, grey,
-jitter, normalisation and collate are the same code, so only the storage access differs.
+CPU measurement (--device cpu, the default; goal: new <= 1/4 of the baseline). One process, one OpenCV
+and one torch thread (a worker's setup), page cache warm, the SAME clips for every variant: sample
+indices drawn once (seeded), epoch 0, training role, default augmentation, 8 blocks x 5 frames at stride
+3, 128 px. Per sample, the thread CPU time (time.thread_time) of dataset[i] plus its share of the
+collate (default_collate of --batch-size samples / batch size), which a worker also does; the minimum
+over --passes passes per sample (variants interleaved sample by sample, so load on a shared machine hits
+them alike), then the mean over the samples (= CPU seconds per sample; the median is reported too).
+Variants:
+  baseline       folders + original CPU augmentation: per-frame JPEG files (cv2.imread), OpenCV crop and
+                 resize, OpenCV uint8 grey/jitter per frame, flip, float32 normalisation, float32 collate:
+                 the code of MultiViewClips before the uint8 path (kept here as `original_view`), same draws.
+  new            the JPEG shards, output="uint8": read, decode, crop copied to the uint8 canvas
+                 (flow de-interleaved by cv2.merge), parameters drawn; uint8 collate. Normalisation,
+                 resampling, grey and jitter then run per batch on the training device (Finish).
+  new-raw        the same on the raw-codec shards (no decode).
+  new-folders    the uint8 path reading the per-frame JPEG files: the layout's share of the gain.
+  shards-float   the JPEG shards, output="float": the same Finish run in the worker per sample (what a
+                 CPU-only training does), float32 collate.
+  decode-only    cv2.imdecode of the sample's distinct frames of both views from the shards' bytes, nothing
+                 else: the floor of any loader that decodes these JPEGs on the CPU.
+Also: Finish per batch on the CPU (what the device does, here timed on a CPU core), and how far the new
+float samples are from the baseline's (the colour operations are float now, not uint8 OpenCV).
 
-Loader: torch DataLoader (cocon.data.clips.ClipLoader, the worker setup of make_loader: one OpenCV and one
-torch thread per worker; the main process is set to one thread too) with the same batch size, workers
-and sample indices for every layout. The sampler draws with replacement (seeded), because the
-dataset is small; training role, augmentation on, default sizes (128 px), clips of 8 x 5 frames at
-stride 3. clips/s = samples/s over --batches batches after max(1, workers) warm-up batches (workers
-started). Page cache warm for every layout (each is read once before timing). Layouts interleaved in
-each repeat (order rotated); median of --repeats, and the paired ratios per repeat.
+CUDA measurement (--device cuda; goal: real loader >= 90 % of memory-fed, <= 12 workers). The engine of
+cocon.train (CoCon on rgb + flow_tvl1 from random weights, the training defaults: 128 px, 8 x 5 frames,
+bf16 autocast, channels_last), Engine(device_augment=True): the workers hand pinned uint8 clips, _step
+copies them non-blocking and finishes them on the GPU. Real: a ClipLoader with make_loader's worker set-up
+(forkserver workers, pin_memory) over the training set, sampled with replacement (the dataset is small),
+--warmup steps untimed (worker start, cuDNN autotuning, and the batches prefetched meanwhile: default
+2 x workers + 6), then --steps timed steps (synchronised). Memory-fed: 16 batches taken from that loader
+beforehand and kept in pinned host memory, cycled through the same --warmup + --steps of _step. Ratio = real clips/s / memory-fed clips/s. With
+--cpu-augment the float path (workers finishing on the CPU, float32 batches) is timed the same way.
 
-Also: bytes and files on disk per view, and a single-process profile of a sample (file or HDF5
-access, decode, de-interleave, crop/jitter/normalise, collate) with the ratios it predicts, the bound
-it puts on the ratio (storage free) and what-if predictions (cv2.merge de-interleave; raw shards with
-uint8 batches and the augmentation on the GPU). Prints one JSON object.
+Prints one JSON object (and writes it to --json OUT). The CPU run takes about 1.5 minutes on 2 cores,
+the build included.
 """
 
 from __future__ import annotations
@@ -65,26 +81,22 @@ from torch.utils.data import RandomSampler, default_collate  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import cpu_model  # noqa: E402
-
 from cocon.config import load_config  # noqa: E402
-from cocon.data import clips
+from cocon.data import augment as A  # noqa: E402
+from cocon.data import clips  # noqa: E402
 from cocon.data.shards import ShardReader, ShardWriter, encode_frames  # noqa: E402
-from cocon.preprocess import (
-    flow,
-    frames,  # noqa: E402
-)
+from cocon.preprocess import flow, frames  # noqa: E402
 from cocon.provenance import library_versions  # noqa: E402
-from cocon.sources import demo
+from cocon.sources import demo  # noqa: E402
 from cocon.sources.records import VideoRecord, assign_shards, shard_name, write_manifest  # noqa: E402
 
-GOAL = 5.0
-FLOW_VIEWS = ("flow_tvl1", "flow_farneback")
-ALL_VIEWS = ("rgb", *FLOW_VIEWS)
-VIEW_SETS = {"rgb+flow_tvl1+flow_farneback": list(ALL_VIEWS), "rgb+flow_tvl1": ["rgb", "flow_tvl1"]}
-LAYOUTS = ("folders", "shards", "shards-raw")
+from _machine import cpu_model  # noqa: E402
 
-
+GOAL_CPU = 0.25  # new worker CPU time per sample / baseline's
+GOAL_CUDA = 0.90  # real loader clips/s / memory-fed
+HELD = 16  # batches held in memory for the memory-fed steps (cycled)
+VIEWS = ["rgb", "flow_tvl1"]
+ALL_VIEWS = ("rgb", "flow_tvl1", "flow_farneback")
 
 
 @contextlib.contextmanager
@@ -188,25 +200,25 @@ def disk(paths: list[Path]) -> dict:
             "allocated_bytes": sum(s.st_blocks * 512 for s in st)}  # fmt: skip
 
 
-# ------------------------------------------------------------------ the original layout as a loader
-
-
-class _Cols:
-    def __init__(self, n_frames):
-        self.cols = {"n_frames": np.asarray(n_frames, np.int64)}
+# ------------------------------------------------------------------ the original layout and loader
 
 
 class FolderReader:
-    """Stands in for a shard's reader inside MultiViewClips: row -> the video's folder; `read` opens and
-    decodes one file per frame (rgb) or two (flow u, v), as the original loaders did."""
+    """Stands in for a shard's reader inside MultiViewClips: row -> the video's folder, one file per frame
+    (rgb) or two (flow u, v), opened and decoded with cv2.imread as the original loaders did. `read` for
+    the original loader, `images` for the uint8 path."""
 
-    def __init__(self, root: Path, index: list[dict]):
-        self.dirs = [str(root / r["video_id"]) for r in index]
-        self.index = _Cols([r["n_frames"] for r in index])
-        self.shapes = [(int(r["height"]), int(r["width"]), int(r["channels"])) for r in index]
+    def __init__(self, root: Path, reader: ShardReader):
+        self.dirs = [str(root / r["video_id"]) for r in reader.index]
+        self.index = clips._SlimIndex(reader.index)
+        self.path = reader.path
+
+    def shape(self, row: int) -> tuple[int, int, int]:
+        c = self.index.cols
+        return int(c["height"][row]), int(c["width"][row]), int(c["channels"][row])
 
     def read(self, row: int, frames) -> np.ndarray:
-        d, (h, w, c) = self.dirs[row], self.shapes[row]
+        d, (h, w, c) = self.dirs[row], self.shape(row)
         if c == 3:
             return np.stack([cv2.imread(f"{d}/image_{k + 1:05d}.jpg", cv2.IMREAD_COLOR_RGB) for k in frames])
         out = np.empty((len(frames), h, w, 2), np.uint8)
@@ -215,284 +227,288 @@ class FolderReader:
             out[j, :, :, 1] = cv2.imread(f"{d}/flow_y_{k + 1:05d}.jpg", cv2.IMREAD_GRAYSCALE)
         return out
 
+    def images(self, row: int, frames, offsets=None) -> list[np.ndarray]:
+        return list(self.read(row, frames))
+
     def close(self) -> None:
         pass
 
 
-class FolderClips(clips.MultiViewClips):
-    """MultiViewClips (same table, sampling, augmentation) reading the folder layout instead of the
-    shards. The shards are only used, at construction, for the video table (the original's CSV of
-    folders and frame counts)."""
+def original_colour(frames: np.ndarray, rng: np.random.Generator, aug: A.Augmentation) -> None:
+    """The loader's colour augmentation before the uint8 path (OpenCV on uint8, per frame), in place:
+    the same draws as cocon.data.augment.draw_colour."""
+    t = len(frames)
+    gray_on = rng.random(t) < aug.p_gray
+    gray_ch = rng.integers(0, 3, t)
+    jb, jc, js, jh = aug.jitter
+    fb = rng.uniform(max(0.0, 1 - jb), 1 + jb, t)
+    fc = rng.uniform(max(0.0, 1 - jc), 1 + jc, t)
+    fs = rng.uniform(max(0.0, 1 - js), 1 + js, t)
+    fh = rng.uniform(-jh, jh, t)
+    orders = np.argsort(rng.random((t, 4)), axis=1)
+    jitter_on = rng.random(t) < aug.p_jitter
+    if aug.consistent_jitter:
+        fb[:], fc[:], fs[:], fh[:], orders[:], jitter_on[:] = fb[0], fc[0], fs[0], fh[0], orders[0], jitter_on[0]
+    active = (jb > 0, jc > 0, js > 0, jh > 0)
+    for k in range(t):
+        f = frames[k]
+        if gray_on[k]:
+            if aug.gray == "channel":
+                f[...] = f[..., gray_ch[k], None]
+            else:
+                f[...] = cv2.cvtColor(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+        for op in orders[k]:
+            if not (active[op] and jitter_on[k]):
+                continue
+            if op == 0:
+                f = cv2.addWeighted(f, float(fb[k]), f, 0.0, 0.0)
+            elif op == 1:
+                g = cv2.cvtColor(f, cv2.COLOR_RGB2GRAY)
+                f = cv2.addWeighted(f, float(fc[k]), f, 0.0, (1 - float(fc[k])) * cv2.mean(g)[0])
+            elif op == 2:
+                g = cv2.cvtColor(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+                f = cv2.addWeighted(f, float(fs[k]), g, 1 - float(fs[k]), 0.0)
+            else:
+                shift = np.uint8(int(round(float(fh[k]) * 256)) % 256)
+                if shift:
+                    hsv = cv2.cvtColor(f, cv2.COLOR_RGB2HSV_FULL)
+                    hsv[..., 0] += shift
+                    f = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL)
+        frames[k] = f
+
+
+class OriginalClips(clips.MultiViewClips):
+    """The baseline: MultiViewClips' table, sampling and draws, reading the per-frame JPEG folders and
+    augmenting as the loader did before the uint8 path (`original_view`); float32 samples. The shards
+    are used at construction only, for the video table (the original's CSV of folders and frame counts)."""
 
     def __init__(self, shards: dict, folders: dict, **kw):
         super().__init__(shards, **kw)
         for v in self.views:
-            swapped = []
-            for p in shards[v]:
-                r = ShardReader(p)
-                swapped.append(FolderReader(Path(folders[v]), r.index))
-            self._readers[v] = swapped
+            self._readers[v] = [FolderReader(Path(folders[v]), ShardReader(p)) for p in shards[v]]
+
+    def __getitem__(self, i: int) -> dict:
+        i, epoch = int(i), self.epoch
+        shard, row = int(self._shard[i]), int(self._row[i])
+        idx = self.frame_indices(i, epoch)
+        out = {}
+        for v in self.views:
+            reader = self._readers[v][shard]
+            n_own = int(reader.index.cols["n_frames"][row])
+            out[v] = self.original_view(v, reader.read(row, clips.view_frame_indices(idx, n_own, *self._maps[v])), i, epoch)
+        out["label"] = torch.tensor(self._label[i], dtype=torch.int64)
+        out["index"] = torch.tensor(i, dtype=torch.int64)
+        out["group"] = torch.tensor(self._group[i], dtype=torch.int64)
+        return out
+
+    def original_view(self, view: str, frames_: np.ndarray, i: int, epoch: int) -> torch.Tensor:
+        (colour, flips, flip_rule), size, aug = self._aug_rules[view], self.sizes[view], self.augmentation
+        h, w = frames_.shape[1:3]
+        rng = np.random.default_rng([self.seed, epoch, i, 1, zlib.crc32(view.encode())])
+        area, ratio, ux, uy, flip = A._draw_box(rng, aug)
+        frames_ = A._crop_resize(frames_, A._box(h, w, area, ratio, ux, uy), size)
+        if colour:
+            original_colour(frames_, rng, aug)
+        if flip and (flips or aug.flip_all_views):
+            frames_ = flip_rule.apply(frames_)
+        return clips._to_tensor(frames_, self.num_blocks, self.block_len, *self._norm[view])
 
 
-# ------------------------------------------------------------------ measurements
+class FolderClips(clips.MultiViewClips):
+    """The uint8 path (MultiViewClips itself) reading the per-frame JPEG folders instead of the shards."""
+
+    def __init__(self, shards: dict, folders: dict, **kw):
+        super().__init__(shards, **kw)
+        for v in self.views:
+            self._readers[v] = [FolderReader(Path(folders[v]), ShardReader(p)) for p in shards[v]]
+        self._offsets = {v: None for v in self.views}
+
+    def _reader(self, view: str, shard: int):
+        return self._readers[view][shard]
 
 
-def make_dataset(layout: str, root: Path, names: list[str], views: list[str], seed: int):
-    base = root / ("shards-raw" if layout == "shards-raw" else "shards")
-    shards = {v: [base / v / f"{n}.h5" for n in names] for v in views}
-    kw = {"views": views, "split": 1, "role": "train", "holdout_fraction": 0.0, "seed": seed}
-    if layout == "folders":
-        return FolderClips(shards, {v: root / "folders" / v for v in views}, **kw)
-    return clips.MultiViewClips(shards, **kw)
+# ------------------------------------------------------------------ CPU: worker time per sample
 
 
-def loader(ds, batch: int, workers: int, n_samples: int, seed: int) -> clips.ClipLoader:
-    gen = torch.Generator().manual_seed(seed)
-    sampler = RandomSampler(ds, replacement=True, num_samples=n_samples, generator=gen)
-    return clips.ClipLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers,
-                            worker_init_fn=clips._worker_init if workers > 0 else None)  # fmt: skip
+def datasets(root: Path, names: list[str], seed: int) -> dict:
+    def shards(base):
+        return {v: [root / base / v / f"{n}.h5" for n in names] for v in VIEWS}
 
-
-def clips_per_s(ds, batch: int, workers: int, n_batches: int, seed: int) -> float:
-    warm = max(1, workers)
-    it = iter(loader(ds, batch, workers, (warm + n_batches) * batch, seed))
-    for _ in range(warm):
-        next(it)
-    n, t0 = 0, time.perf_counter()
-    for b in it:
-        n += len(b["label"])
-    dt = time.perf_counter() - t0
-    del it
-    return n / dt
-
-
-def _t(fn, *args):
-    t0 = time.perf_counter()
-    out = fn(*args)
-    return time.perf_counter() - t0, out
-
-
-def _merge_flow(bufs, shape) -> np.ndarray:
-    """What-if (not the pipeline's code): decode stacked-plane flow images and de-interleave them with
-    cv2.merge instead of NumPy's strided copy."""
-    h, w, c = shape
-    out = np.empty((len(bufs), h, w, c), np.uint8)
-    for j, b in enumerate(bufs):
-        img = cv2.imdecode(b, cv2.IMREAD_GRAYSCALE)
-        cv2.merge([img[k * h : (k + 1) * h] for k in range(c)], out[j])
-    return out
-
-
-def profile(datasets: dict, view_sets: dict, n: int, batch: int, seed: int) -> dict:
-    """ms per sample (median over n samples of the faster of 2 passes), one process, one thread, page
-    cache warm: storage access split into its parts for each layout, then the transforms every layout
-    shares, then collate (one batch of `batch` samples, fastest of 3)."""
-    ds_sh, ds_raw, ds_fo = datasets["shards"], datasets["shards-raw"], datasets["folders"]
-    rng = np.random.default_rng(seed)
-    samples = [int(i) for i in rng.integers(0, len(ds_sh), n)]
-    parts: dict = {}
-    aug = ds_sh.augmentation
-    views = ds_sh.views
-
-    def add(where, key, dt):  # the minimum over passes of each sample, so a burst of load on a shared
-        slot = parts.setdefault(where, {}).setdefault(key, {})  # machine does not count
-        slot[(n_pass, j)] = dt * 1000
-
-    for n_pass, j in [(p, j) for p in range(2) for j in range(n)]:
-        i = samples[j]
-        idx = ds_sh.frame_indices(i, 0)
-        shard, row = int(ds_sh._shard[i]), int(ds_sh._row[i])
-        for v in views:
-            # shards (jpeg): the read as the loader does it the first time it meets the row (offsets
-            # lookup included), and its parts
-            r = ds_sh._reader(v, shard)
-            r.__dict__.pop("_offset_cache", None)
-            dt, frames = _t(r.read, row, idx)
-            t_off, off = _t(lambda: r._file()["offsets"][f"{row:05d}"][()])
-            lo, hi = int(off[idx[0]]), int(off[idx[-1] + 1])
-            t_span, span = _t(lambda: r._file()["videos"][f"{row:05d}"][lo:hi])
-            bufs = [span[off[k] - lo : off[k + 1] - lo] for k in idx]
-            mode = cv2.IMREAD_COLOR_RGB if frames.shape[3] == 3 else cv2.IMREAD_GRAYSCALE
-            t_dec, _ = _t(lambda: [cv2.imdecode(b, mode) for b in bufs])
-            add("shards", f"{v}: read (first access of the row)", dt)
-            add("shards", f"{v}:   offsets lookup", t_off)
-            add("shards", f"{v}:   byte-range read", t_span)
-            add("shards", f"{v}:   imdecode", t_dec)
-            rest = dt - t_off - t_span - t_dec
-            add("shards", f"{v}:   rest (copy into the clip array; flow: NumPy de-interleave)", rest)
-            if frames.shape[3] != 3:
-                t_merge = _t(_merge_flow, bufs, frames.shape[1:])[0]
-                add("what-if", f"{v}: shards read with cv2.merge de-interleave", t_off + t_span + t_merge)
-            # shards-raw
-            add("shards-raw", f"{v}: read", _t(ds_raw._reader(v, shard).read, row, idx)[0])
-            # folders: the loader's read (cv2.imread per file), then open+read alone and decode alone
-            fr = ds_fo._readers[v][shard]
-            add("folders", f"{v}: read (cv2.imread per file)", _t(fr.read, row, idx)[0])
-            names = ([f"{fr.dirs[row]}/image_{k + 1:05d}.jpg" for k in idx] if frames.shape[3] == 3 else
-                     [f"{fr.dirs[row]}/{p}_{k + 1:05d}.jpg" for k in idx for p in ("flow_x", "flow_y")])
-            t_open, raw = _t(lambda: [np.fromfile(p, np.uint8) for p in names])
-            add("folders", f"{v}:   open+read files only ({len(names)} files)", t_open)
-            add("folders", f"{v}:   imdecode only", _t(lambda: [cv2.imdecode(b, mode) for b in raw])[0])
-            # common: the transforms of MultiViewClips._view, part by part, with the loader's draws
-            kind, size = ds_sh.kinds[v], ds_sh.sizes[v]
-            vrng = np.random.default_rng([ds_sh.seed, 0, i, 1, zlib.crc32(v.encode("utf-8"))])
-            area, ratio, ux, uy, flip = clips._draw_box(vrng, aug)
-            h, w = frames.shape[1:3]
-            dt, out = _t(clips._crop_resize, frames, clips._box(h, w, area, ratio, ux, uy), size)
-            add("common", f"{v}: crop+resize", dt)
-            if kind == "rgb":
-                add("common", f"{v}: grey+jitter", _t(clips._colour, out, vrng, aug)[0])
-                if flip:
-                    out = out[:, :, ::-1]
-            dt, _ = _t(clips._to_tensor, out, ds_sh.num_blocks, ds_sh.block_len, *ds_sh._norm[v])
-            add("common", f"{v}: to float32 + normalise", dt)
-    items = [ds_sh[i] for i in samples[:batch]]
-    for name, vs in view_sets.items():
-        keep = [*vs, "label", "index", "group"]
-        f32 = [{k: s[k] for k in keep} for s in items]
-        u8 = [{k: (s[k].to(torch.uint8) if k in vs else s[k]) for k in keep} for s in f32]
-        for n_pass in range(3):
-            j = 0
-            add("collate", f"{name}: float32 batch (per sample)", _t(default_collate, f32)[0] / batch)
-            add("collate", f"{name}: uint8 batch (what-if, per sample)", _t(default_collate, u8)[0] / batch)
-    ms = {}
-    for where, d in parts.items():
-        ms[where] = {}
-        for key, vals in d.items():
-            best = {}
-            for (_, j), v in vals.items():
-                best[j] = min(v, best.get(j, v))
-            ms[where][key] = round(statistics.median(best.values()), 3)
-    out = {"samples": n, "ms_per_sample": ms}
-    for name, vs in view_sets.items():
-        out[name] = summarise(ms, name, vs)
-    return out
-
-
-def summarise(ms: dict, name: str, views: list[str]) -> dict:
-    """Per-sample totals for one view set, and the ratios vs the folder loader they imply (predicted
-    from the profile's parts, not measured end to end)."""
-
-    def part(where, key):
-        return sum(ms[where][f"{v}: {key}"] for v in views if f"{v}: {key}" in ms[where])
-
-    storage = {"folders": part("folders", "read (cv2.imread per file)"),
-               "shards": part("shards", "read (first access of the row)"), "shards-raw": part("shards-raw", "read")}
-    common = sum(v for k, v in ms["common"].items() if k.split(":")[0] in views)
-    common += ms["collate"][f"{name}: float32 batch (per sample)"]
-    u8 = ms["collate"][f"{name}: uint8 batch (what-if, per sample)"]
-    merged = ms["shards"]["rgb: read (first access of the row)"] * ("rgb" in views) + sum(
-        ms["what-if"][f"{v}: shards read with cv2.merge de-interleave"] for v in views if v.startswith("flow"))
-    fo, raw = storage["folders"], storage["shards-raw"]
+    kw = {"views": VIEWS, "split": 1, "role": "train", "holdout_fraction": 0.0, "seed": seed}
+    folders = {v: root / "folders" / v for v in VIEWS}
     return {
-        "storage_ms": {k: round(v, 2) for k, v in storage.items()},
-        "common_ms (crop, jitter, normalise, collate)": round(common, 2),
-        "storage_only_ratio_vs_folders": {k: round(fo / v, 2) for k, v in storage.items()},
-        "predicted_ratio_vs_folders": {k: round((fo + common) / (v + common), 2) for k, v in storage.items()},
-        "ratio_bound_if_storage_were_free": round((fo + common) / common, 2),
-        "what_if_predicted_ratio_vs_folders": {
-            "shards jpeg, flow de-interleaved with cv2.merge": round((fo + common) / (merged + common), 2),
-            "shards raw, uint8 batches, augmentation on the GPU (folders as today)": round((fo + common) / (raw + u8), 2),
-            "shards raw vs folders, both with uint8 batches and augmentation on the GPU": round((fo + u8) / (raw + u8), 2),
-        },
-    }  # fmt: skip
-
-
-def measure(a, root: Path) -> dict:
-    """Build the data under `root` (unless built), measure, and return the result object."""
-    built = root / "built.json"
-    if built.exists():
-        info = json.loads(built.read_text())
-    else:
-        t0 = time.perf_counter()
-        recs, source = source_records(a, root)
-        t1 = time.perf_counter()
-        names, stage_s = build_shards(recs, a, root)
-        t2 = time.perf_counter()
-        for v in ALL_VIEWS:
-            for n in names:
-                transcode_raw(root / "shards" / v / f"{n}.h5", root / "shards-raw" / v / f"{n}.h5")
-        t3 = time.perf_counter()
-        fq = load_config()["flow"]["encoding"].get("quality", 95)
-        for v in ALL_VIEWS:
-            for n in names:
-                write_folders(root / "shards" / v / f"{n}.h5", root / "folders" / v, fq)
-        t4 = time.perf_counter()
-        info = {"source": source, "names": names, "build_seconds": {
-            "videos": round(t1 - t0, 1), **{k: round(s, 1) for k, s in stage_s.items()},
-            "raw_shards": round(t3 - t2, 1), "folders": round(t4 - t3, 1)}}  # fmt: skip
-        built.write_text(json.dumps(info))
-    names = info["names"]
-
-    rows = [r for n in names for r in ShardReader(root / "shards" / "rgb" / f"{n}.h5").index]
-    result = {
-        "benchmark": "loader", "cpu": cpu_model(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
-        "torch": torch.__version__, "cv2": cv2.__version__, "h5py": h5py.__version__, "numpy": np.__version__,
-        "library_versions": library_versions(), "source": info["source"], "videos": len(rows),
-        "frames_per_view": int(sum(r["n_frames"] for r in rows)),
-        "frame_sizes_hw": sorted({(r["height"], r["width"]) for r in rows}), "shards_per_view": len(names),
-        "flow_note": "flow_tvl1 and flow_farneback both hold Farneback flow (the flow_farneback shards copied "
-                     "as flow_tvl1); pose and seg are not produced yet and not included",
-        "encodings": {"shards": {"rgb": "jpeg 90", "flow": "jpeg 95"}, "shards-raw": "raw, uncompressed",
-                      "folders": {"rgb": "image_%05d.jpg = the rgb shard's JPEG bytes", "flow": "flow_x/flow_y jpeg 95"}},
-        "batch_size": a.batch_size, "timed_batches": a.batches, "repeats": a.repeats,
-        "clip": "8 blocks x 5 frames, stride 3, 128x128 per view, training augmentation",
-        "build_seconds": info["build_seconds"],
-    }  # fmt: skip
-
-    result["disk"] = {}
-    for v in ALL_VIEWS:
-        row = {"shards": disk([root / "shards" / v]), "shards-raw": disk([root / "shards-raw" / v]),
-               "folders": disk([root / "folders" / v])}
-        row["shards_vs_folders_bytes"] = round(row["shards"]["bytes"] / row["folders"]["bytes"], 3)
-        alloc = row["shards"]["allocated_bytes"] / row["folders"]["allocated_bytes"]
-        row["shards_vs_folders_allocated"] = round(alloc, 3)
-        result["disk"][v] = row
-
-    # the same sample of the same dataset from each layout: rgb identical, flow within JPEG error
-    sets = {name: {lay: make_dataset(lay, root, names, views, a.seed) for lay in LAYOUTS}
-            for name, views in VIEW_SETS.items()}  # fmt: skip
-    full = sets["rgb+flow_tvl1+flow_farneback"]
-    check = {lay: full[lay][0] for lay in LAYOUTS}
-    result["same_samples_max_abs_diff_vs_shards"] = {
-        lay: {v: float((check[lay][v] - check["shards"][v]).abs().max()) for v in ALL_VIEWS} for lay in LAYOUTS
+        "baseline": OriginalClips(shards("shards"), folders, **kw),
+        "new": clips.MultiViewClips(shards("shards"), output="uint8", **kw),
+        "new-raw": clips.MultiViewClips(shards("shards-raw"), output="uint8", **kw),
+        "new-folders": FolderClips(shards("shards"), folders, output="uint8", **kw),
+        "shards-float": clips.MultiViewClips(shards("shards"), output="float", **kw),
     }
 
-    # warm the page cache: every file of every layout read once
-    for lay in LAYOUTS:
-        for p in (root / lay).rglob("*"):
-            if p.is_file():
-                p.read_bytes()
 
-    runs = {name: {lay: {w: [] for w in a.workers} for lay in LAYOUTS} for name in VIEW_SETS}
-    for rep in range(a.repeats):
-        for name in VIEW_SETS:
-            for w in a.workers:
-                for lay in LAYOUTS[rep % 3 :] + LAYOUTS[: rep % 3]:  # order rotated each repeat
-                    runs[name][lay][w].append(clips_per_s(sets[name][lay], a.batch_size, w, a.batches, a.seed + rep))
-    result["clips_per_s"] = {}
-    for name in VIEW_SETS:
-        out = {}
-        for w in a.workers:
-            med = {lay: statistics.median(runs[name][lay][w]) for lay in LAYOUTS}
-            out[f"workers={w}"] = {
-                **{lay: round(med[lay], 2) for lay in LAYOUTS},
-                "shards_vs_folders": round(med["shards"] / med["folders"], 3),
-                "shards-raw_vs_folders": round(med["shards-raw"] / med["folders"], 3),
-                "paired_ratios_per_repeat": {
-                    lay: [round(x / f, 3) for x, f in zip(runs[name][lay][w], runs[name]["folders"][w])]
-                    for lay in ("shards", "shards-raw")},
-                "goal": GOAL,
-                "runs": {lay: [round(x, 2) for x in runs[name][lay][w]] for lay in LAYOUTS},
-            }
-        result["clips_per_s"][name] = out
+def cpu_time(fn, *args) -> tuple[float, object]:
+    t0 = time.thread_time()
+    out = fn(*args)
+    return time.thread_time() - t0, out
 
-    result["profile"] = profile(full, VIEW_SETS, a.profile_samples, a.batch_size, a.seed)
-    return result
+
+def jpeg_bytes(ds: clips.MultiViewClips, i: int) -> list[tuple[list[np.ndarray], int]]:
+    """The stored JPEG images of sample i's distinct frames, per view, with the decode flag."""
+    out = []
+    shard, row = int(ds._shard[i]), int(ds._row[i])
+    idx = ds.frame_indices(i)
+    for v in ds.views:
+        r = ds._readers[v][shard]
+        own = np.unique(clips.view_frame_indices(idx, int(r.index.cols["n_frames"][row]), *ds._maps[v]))
+        off = ds._offsets[v][0][int(ds._offsets[v][1][i]) : int(ds._offsets[v][1][i + 1])].numpy()
+        data = r._file()["videos"][f"{row:05d}"]
+        bufs = [data[int(off[k]) : int(off[k + 1])] for k in own]
+        out.append((bufs, cv2.IMREAD_COLOR_RGB if r.shape(row)[2] == 3 else cv2.IMREAD_GRAYSCALE))
+    return out
+
+
+def decode_only(inputs) -> None:
+    for bufs, flag in inputs:
+        for b in bufs:
+            cv2.imdecode(b, flag)
+
+
+def measure_cpu(a, root: Path, names: list[str]) -> dict:
+    sets = datasets(root, names, a.seed)
+    n = len(sets["new"])
+    samples = [int(i) for i in np.random.default_rng(a.seed).integers(0, n, a.samples)]
+    for ds in sets.values():  # open every file, warm the code paths
+        ds[samples[0]]
+    encoded = {j: jpeg_bytes(sets["new"], i) for j, i in enumerate(samples)}
+    calls = {k: (lambda j, ds=ds: ds[samples[j]]) for k, ds in sets.items()}
+    calls["decode-only"] = lambda j: decode_only(encoded[j])
+    per = {k: {j: [] for j in range(len(samples))} for k in calls}
+    for p in range(a.passes):
+        for j in range(len(samples)):
+            order = list(calls)[p % len(calls):] + list(calls)[: p % len(calls)]
+            for k in order:
+                per[k][j].append(cpu_time(calls[k], j)[0])
+    collate = {"decode-only": 0.0}
+    items = {k: [ds[i] for i in samples[: a.batch_size]] for k, ds in sets.items()}
+    for k, batch in items.items():
+        collate[k] = min(cpu_time(default_collate, batch)[0] for _ in range(3)) / a.batch_size
+    u8 = default_collate(items["new"])
+    finish = sets["new"].finisher()
+    finish_s = min(cpu_time(finish, u8, "cpu")[0] for _ in range(2)) / a.batch_size
+
+    ms = {}
+    for k in calls:
+        best = [min(v) * 1e3 for v in per[k].values()]
+        ms[k] = {"getitem_mean": round(statistics.mean(best), 3), "getitem_median": round(statistics.median(best), 3),
+                 "collate_share": round(collate[k] * 1e3, 3),
+                 "total": round(statistics.mean(best) + collate[k] * 1e3, 3)}  # fmt: skip
+    base = ms["baseline"]["total"]
+    ratios = {k: round(ms[k]["total"] / base, 3) for k in ms}
+
+    # the same clips: the new float sample against the baseline's (colour now float, not uint8 OpenCV)
+    diff = {}
+    scale = {v: float(sets["new"]._norm[v][0][0]) for v in VIEWS}
+    for v in VIEWS:
+        d = [float((sets["shards-float"][i][v] - sets["baseline"][i][v]).abs().mean()) / scale[v] for i in samples[:4]]
+        diff[v] = round(statistics.mean(d), 2)
+    return {
+        "samples": a.samples, "passes": a.passes, "batch_size": a.batch_size,
+        "cpu_ms_per_sample": ms,
+        "ratio_vs_baseline": ratios,
+        "goal": GOAL_CPU,
+        "goal_met": ratios["new"] <= GOAL_CPU,
+        "finish_on_cpu_ms_per_sample (the device's work, timed on one CPU core)": round(finish_s * 1e3, 3),
+        "mean_abs_diff_levels_new_float_vs_baseline": diff,
+        "canvas_hw": {v: list(sets["new"]._canvas[v]) for v in VIEWS},
+    }  # fmt: skip
+
+
+# ------------------------------------------------------------------ CUDA: training clips/s
+
+
+def cuda_loader(ds, a, n_batches: int) -> clips.ClipLoader:
+    """make_loader's worker set-up (forkserver workers, one thread each, pinned batches) over `ds`, the
+    samples drawn with replacement (seeded)."""
+    gen = torch.Generator().manual_seed(a.seed)
+    sampler = RandomSampler(ds, replacement=True, num_samples=n_batches * a.batch_size, generator=gen)
+    return clips.ClipLoader(ds, batch_size=a.batch_size, sampler=sampler, num_workers=a.workers, pin_memory=True,
+                            drop_last=True, worker_init_fn=clips._worker_init if a.workers else None,
+                            multiprocessing_context=clips._worker_context() if a.workers else None)  # fmt: skip
+
+
+def train_clips_per_s(engine, batches, a) -> float:
+    """--warmup untimed then --steps timed training steps (Engine._step) on `batches`; clips/s."""
+    sync = torch.cuda.synchronize if engine.device.type == "cuda" else (lambda: None)
+    weights = torch.ones(a.batch_size)
+    it = iter(batches)
+    for _ in range(a.warmup):
+        engine._step(next(it), weights, train=True)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(a.steps):
+        engine._step(next(it), weights, train=True)
+    sync()
+    return a.steps * a.batch_size / (time.perf_counter() - t0)
+
+
+def measure_cuda(a, root: Path, device: str = "cuda", train_overrides: dict | None = None) -> dict:
+    """Training clips/s, real loader vs memory-fed (module docstring). `device` and `train_overrides`
+    only serve a dry run of this code on a CPU (tiny sizes)."""
+    from cocon.train.engine import Engine
+    from cocon.train.methods import get_method
+
+    train = {"views": VIEWS, "batch_size": a.batch_size, "workers": a.workers, "device": device,
+             "gpus": int(device == "cuda"), "val_fraction": 0.1, "channels_last": True, "precision": "auto",
+             **(train_overrides or {})}  # fmt: skip
+    cfg = load_config(overrides={"output_dir": str(root), "train": train})
+    out = {"batch_size": a.batch_size, "workers": a.workers, "steps": a.steps, "warmup": a.warmup,
+           "gpu": torch.cuda.get_device_name(0) if device == "cuda" else device, "goal": GOAL_CUDA}  # fmt: skip
+    for device_augment in [True, False] if a.cpu_augment else [True]:
+        engine = Engine(get_method("cocon")(cfg, VIEWS, {}), root / "run", device_augment=device_augment)
+        engine.setup()
+        n = a.warmup + a.steps
+        real = train_clips_per_s(engine, cuda_loader(engine.train_set, a, n), a)
+        held = list(cuda_loader(engine.train_set, a, min(n, HELD)))  # the same kind of batches, pinned
+        memory = train_clips_per_s(engine, (held[k % len(held)] for k in range(n)), a)
+        key = "device_augment" if device_augment else "cpu_augment (workers finish float32 samples)"
+        out[key] = {"real_clips_per_s": round(real, 2), "memory_fed_clips_per_s": round(memory, 2),
+                    "ratio": round(real / memory, 3), "goal_met": real / memory >= GOAL_CUDA}  # fmt: skip
+        del held
+        torch.cuda.empty_cache()
+    out["goal_met"] = out["device_augment"]["goal_met"]
+    return out
+
+
+# ------------------------------------------------------------------ main
+
+
+def build(a, root: Path) -> dict:
+    built = root / "built.json"
+    if built.exists():
+        return json.loads(built.read_text())
+    t0 = time.perf_counter()
+    recs, source = source_records(a, root)
+    t1 = time.perf_counter()
+    names, stage_s = build_shards(recs, a, root)
+    t2 = time.perf_counter()
+    for v in ALL_VIEWS:
+        for n in names:
+            transcode_raw(root / "shards" / v / f"{n}.h5", root / "shards-raw" / v / f"{n}.h5")
+    t3 = time.perf_counter()
+    fq = load_config()["flow"]["encoding"].get("quality", 95)
+    for v in VIEWS:
+        for n in names:
+            write_folders(root / "shards" / v / f"{n}.h5", root / "folders" / v, fq)
+    t4 = time.perf_counter()
+    info = {"source": source, "names": names, "build_seconds": {
+        "videos": round(t1 - t0, 1), **{k: round(s, 1) for k, s in stage_s.items()},
+        "raw_shards": round(t3 - t2, 1), "folders": round(t4 - t3, 1)}}  # fmt: skip
+    built.write_text(json.dumps(info))
+    return info
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--videos", nargs="+", default=None, help="real videos (default: generated demo videos)")
     ap.add_argument("--demo-classes", type=int, default=4)
     ap.add_argument("--demo-groups", type=int, default=2)
@@ -502,15 +518,24 @@ def main():
     ap.add_argument("--short-side", type=int, default=128)
     ap.add_argument("--videos-per-shard", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2, help="threads of the frames and flow stages (build only)")
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--batches", type=int, default=6, help="timed batches per measurement")
-    ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--profile-samples", type=int, default=16)
+    ap.add_argument("--samples", type=int, default=24, help="CPU: timed samples")
+    ap.add_argument("--passes", type=int, default=2, help="CPU: passes over the samples (minimum per sample)")
+    ap.add_argument("--batch-size", type=int, default=None, help="CPU: collate batch (8); CUDA: per step (16)")
+    ap.add_argument("--workers", type=int, default=12, help="CUDA: DataLoader workers")
+    ap.add_argument("--steps", type=int, default=40, help="CUDA: timed training steps")
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="CUDA: untimed steps first (default 2 x workers + 6: the batches the workers prefetch "
+                         "while they start are used up before the timing)")
+    ap.add_argument("--cpu-augment", action="store_true", help="CUDA: also time the float path (CPU augmentation)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="scratch folder (default: a temporary one); reused if built")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    ap.add_argument("--json", default=None, metavar="OUT", help="also write the result object to OUT")
     a = ap.parse_args()
+    a.batch_size = a.batch_size or (16 if a.device == "cuda" else 8)
+    a.warmup = 2 * a.workers + 6 if a.warmup is None else a.warmup
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device")
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
     t_start = time.perf_counter()
@@ -518,14 +543,36 @@ def main():
     root = Path(a.out or tempfile.mkdtemp(prefix="cocon-loader-"))
     root.mkdir(parents=True, exist_ok=True)
     try:
-        result = measure(a, root)
+        info = build(a, root)
+        for p in root.rglob("*"):  # warm the page cache: every file of every layout read once
+            if p.is_file() and p.suffix in (".h5", ".jpg"):
+                p.read_bytes()
+        rows = [r for n in info["names"] for r in ShardReader(root / "shards" / "rgb" / f"{n}.h5").index]
+        result = {
+            "benchmark": "loader", "device": a.device, "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+            "python": platform.python_version(), "torch": torch.__version__, "cv2": cv2.__version__,
+            "h5py": h5py.__version__, "numpy": np.__version__, "library_versions": library_versions(),
+            "source": info["source"], "videos": len(rows), "frames_per_view": int(sum(r["n_frames"] for r in rows)),
+            "frame_sizes_hw": sorted({(r["height"], r["width"]) for r in rows}), "views": VIEWS,
+            "flow_note": "flow_tvl1 holds Farneback flow (the flow_farneback shards copied as flow_tvl1)",
+            "clip": "8 blocks x 5 frames, stride 3, 128x128 per view, training augmentation (defaults)",
+            "build_seconds": info["build_seconds"],
+        }  # fmt: skip
+        if a.device == "cpu":
+            result["cpu_worker"] = measure_cpu(a, root, info["names"])
+        else:
+            result["cuda_training"] = measure_cuda(a, root)
     finally:
         if a.out is None and not a.keep:  # an explicit --out is kept (and reused by the next run)
             shutil.rmtree(root, ignore_errors=True)
     result["seconds_total"] = round(time.perf_counter() - t_start, 1)
     if a.out is not None or a.keep:
         result["scratch"] = str(root)
-    print(json.dumps(result, indent=1))
+    text = json.dumps(result, indent=1)
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":

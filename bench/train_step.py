@@ -1,15 +1,21 @@
 """Training-step benchmark: clips/s and peak memory of one CoCon training step (forward of both
 views' DPC networks, L_cocon, backward, Adam step) for the fp32 eager baseline and the fast-path
-options of cocon.train.engine (bf16 autocast, channels_last, torch.compile), alone and combined, with the
-losses of the first steps to show that every variant trains the same function.
+options of cocon.train.engine (bf16 autocast, channels_last, torch.compile, fused Adam, cudnn.benchmark),
+alone and combined, with the losses of the first steps to show that every variant trains the same function.
 
     python bench/train_step.py [--device auto|cpu|cuda] [--size PX] [--batch B] [--steps S]
                                [--warmup W] [--check-steps C] [--repeats R] [--compile-cap SECONDS]
-                               [--variants ...] [--no-baseline]
+                               [--variants ...] [--no-baseline] [--json PATH]
 
 GPU run (the issue's goal: fast path >= 2x the fp32 eager baseline in clips/s):
 
     python bench/train_step.py --device cuda --repeats 2    # 128 px, batch 16, 3 warm-up + 20 timed steps
+
+A variant is fp32_eager (the baseline) or settings joined by '+', any of: bf16 (autocast), channels_last,
+compile, fused_adam (torch.optim.Adam(fused=True): one kernel for all parameters; the config's
+train.fused_adam), cudnn_benchmark (torch.backends.cudnn.benchmark = True: cuDNN times its convolution
+algorithms on the first steps and keeps the fastest; train.cudnn_benchmark), e.g.
+bf16+channels_last+cudnn_benchmark+fused_adam. The last two only mean something on CUDA.
 
 Model: cocon.train.engine.PerViewNetworks with two views, rgb (3 channels) and flow_tvl1 (2), each a DPC with
 the training defaults (ResNet2d3d-18, width 64, N = 8 blocks of K = 5 frames, P = 3 predicted),
@@ -23,7 +29,8 @@ A step is what cocon.train.engine.Trainer._step does with the same options: the 
 cocon.train.engine.channels_last_3d when channels_last, the networks under autocast(bf16) when bf16, their
 outputs cast to float32, cocon_loss, zero_grad, backward, Adam step; channels_last also puts the
 encoders' Conv3d weights in channels_last_3d; compile calls nn.Module.compile() (inductor) on each
-view's network, as the Trainer does.
+view's network, as the Trainer does; fused_adam and cudnn_benchmark set what the Trainer sets for
+train.fused_adam and train.cudnn_benchmark.
 
 Per variant, one subprocess per run (so memory and compilation do not leak between variants), the
 variants run round robin --repeats times:
@@ -54,8 +61,10 @@ this model takes about 1.5 minutes on 2 cores, beyond the 30 s cap, and the capp
 as much. Time a compilation on its own with `--variants compile --no-baseline --compile-cap 600`;
 afterwards the cache is warm and the default run times the compiled variants too.
 
-Prints one JSON object (progress on stderr). With the defaults it takes about 1 minute on 2 idle
-cores (plus up to 30 s when the compile cache is cold).
+Prints one JSON object (progress on stderr); --json PATH also writes it there, rewritten after every
+variant, so a run stopped from outside (SIGTERM: the running worker is stopped too) leaves the variants it
+finished. With the defaults it takes about 1 minute on 2 idle cores (plus up to 30 s when the compile cache
+is cold).
 """
 
 from __future__ import annotations
@@ -80,24 +89,38 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import cpu_model  # noqa: E402
-
+from cocon.files import write_json  # noqa: E402
+from cocon.models.build import PerViewNetworks  # noqa: E402
 from cocon.models.losses import cocon_loss  # noqa: E402
 from cocon.models.networks import DPC  # noqa: E402
-from cocon.train.engine import PerViewNetworks, channels_last_3d  # noqa: E402
+from cocon.train.engine import channels_last_3d  # noqa: E402
+
+from _machine import cpu_model  # noqa: E402
 
 GOAL_RATIO_GPU = 2.0
 TOL_FP32 = 1e-3  # relative loss difference allowed for fp32 variants (float rounding only)
 TOL_BF16 = 5e-2  # bf16 autocast: features rounded to 8 mantissa bits before logits / tau (tau = 0.005)
-VARIANTS = {  # name: (bf16, channels_last, compile)
-    "fp32_eager": (False, False, False),
-    "bf16": (True, False, False),
-    "channels_last": (False, True, False),
-    "compile": (False, False, True),
-    "bf16+channels_last": (True, True, False),
-    "bf16+channels_last+compile": (True, True, True),
-}
+SETTINGS = ("bf16", "channels_last", "compile", "fused_adam", "cudnn_benchmark")
 BASELINE = "fp32_eager"
+VARIANTS = [BASELINE, "bf16", "channels_last", "compile", "bf16+channels_last", "bf16+channels_last+compile"]
+CUDA_VARIANTS = [*VARIANTS, "bf16+channels_last+cudnn_benchmark", "bf16+channels_last+cudnn_benchmark+fused_adam",
+                 "bf16+channels_last+compile+cudnn_benchmark+fused_adam"]
+
+
+def settings(name: str) -> dict[str, bool]:
+    """{setting: on} of a variant name (fp32_eager, or settings joined by '+')."""
+    parts = [] if name == BASELINE else name.split("+")
+    unknown = [p for p in parts if p not in SETTINGS]
+    if unknown or not name or len(set(parts)) != len(parts):
+        raise argparse.ArgumentTypeError(f"variant {name!r}: {BASELINE!r} or settings joined by '+' from {SETTINGS}")
+    return {k: k in parts for k in SETTINGS}
+
+
+def variant(name: str) -> str:
+    settings(name)
+    return name
+
+
 VIEWS = {"rgb": 3, "flow_tvl1": 2}
 
 
@@ -114,10 +137,13 @@ def emit(**event) -> None:
 
 def worker(a) -> None:
     """One variant in this process; progress and results as JSON lines on stdout."""
-    bf16, channels_last, compiled = VARIANTS[a.worker]
+    on = settings(a.worker)
+    bf16, channels_last, compiled = on["bf16"], on["channels_last"], on["compile"]
     device = torch.device(a.device)
     if a.threads:
         torch.set_num_threads(a.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = on["cudnn_benchmark"]
     torch.manual_seed(0)
     models = PerViewNetworks({v: DPC(c, depth=18, num_blocks=a.blocks, pred_steps=a.pred_steps, dropout=a.dropout)
                               for v, c in VIEWS.items()}).to(device)
@@ -127,7 +153,7 @@ def worker(a) -> None:
     if compiled:
         for m in models.values():
             m.compile()
-    opt = torch.optim.Adam(models.parameters(), lr=1e-3, weight_decay=1e-5)
+    opt = torch.optim.Adam(models.parameters(), lr=1e-3, weight_decay=1e-5, **({"fused": True} if on["fused_adam"] else {}))
     g = torch.Generator().manual_seed(0)
     x = {v: torch.randn(a.batch, a.blocks, c, a.block_len, a.size, a.size, generator=g).to(device)
          for v, c in VIEWS.items()}
@@ -243,9 +269,9 @@ def main():
                     help="run every variant this many times, round robin (timings pooled; on a shared machine)")
     ap.add_argument("--compile-cap", type=float, default=None,
                     help="seconds allowed for a compiled variant's first step (default 600 on CUDA, 30 on CPU)")
-    ap.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS),
-                    help=f"default on CUDA: all ({', '.join(VARIANTS)}); on CPU all but 'compile' (see the "
-                    f"docstring); {BASELINE} runs first unless --no-baseline")
+    ap.add_argument("--variants", nargs="+", default=None, type=variant,
+                    help=f"in this order; default on CUDA: {', '.join(CUDA_VARIANTS)}; on CPU: {', '.join(VARIANTS)} but "
+                    f"'compile' (see the docstring); {BASELINE} runs first unless --no-baseline")
     ap.add_argument("--no-baseline", action="store_true",
                     help="leave out the baseline (no ratios or loss checks), e.g. to time a compilation alone")
     ap.add_argument("--blocks", type=int, default=8, help="N blocks per clip")
@@ -253,6 +279,7 @@ def main():
     ap.add_argument("--pred-steps", type=int, default=3)
     ap.add_argument("--dropout", type=float, default=0.0)
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
+    ap.add_argument("--json", default=None, help="also write the result here (rewritten after every variant)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
@@ -269,8 +296,8 @@ def main():
     a.steps = a.steps or (20 if gpu else 2)
     a.warmup = (3 if gpu else 0) if a.warmup is None else a.warmup
     cap = a.compile_cap or (600.0 if gpu else 30.0)
-    default = list(VARIANTS) if gpu else [n for n in VARIANTS if n != "compile"]
-    names = ([] if a.no_baseline else [BASELINE]) + [n for n in (a.variants or default) if n != BASELINE]
+    default = CUDA_VARIANTS if gpu else [n for n in VARIANTS if n != "compile"]
+    names = ([] if a.no_baseline else [BASELINE]) + [n for n in dict.fromkeys(a.variants or default) if n != BASELINE]
     cache = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR")
                  or Path(tempfile.gettempdir()) / f"torchinductor_{getpass.getuser()}")
 
@@ -299,19 +326,30 @@ def main():
     runs: dict[str, list[dict]] = {n: [] for n in names}
     for rep in range(a.repeats):
         for name in names:
-            r = run_variant(name, a, cap if VARIANTS[name][2] else None)
+            r = run_variant(name, a, cap if settings(name)["compile"] else None)
             runs[name].append(r)
             print(f"{name} (repeat {rep + 1}/{a.repeats}): {json.dumps(r)}", file=sys.stderr, flush=True)
+            summarise(result, runs, a, gpu)
+            result["total_s"] = round(time.perf_counter() - t_all, 1)
+            if a.json:
+                write_json(a.json, result)
+    print(json.dumps(result, indent=1))
+
+
+def summarise(result: dict, runs: dict[str, list[dict]], a, gpu: bool) -> None:
+    """result["variants"] and result["best"] from the runs so far (variants without a run left out)."""
     base = None
-    for name in names:
-        bf16, cl, comp = VARIANTS[name]
-        out = {"bf16": bf16, "channels_last": cl, "compile": comp}
-        bad = [r for r in runs[name] if "error" in r]
+    result["variants"] = {}
+    for name, rs in runs.items():
+        if not rs:
+            continue
+        on = settings(name)
+        out = dict(on)
+        bad = [r for r in rs if "error" in r]
         if bad:
             out.update(bad[0])
             result["variants"][name] = out
             continue
-        rs = runs[name]
         timed = [t for r in rs for t in r["timed_s"]]
         step_s = statistics.median(timed)
         out.update({
@@ -321,7 +359,7 @@ def main():
             **({"step_cpu_s": round(statistics.median([t for r in rs for t in r["timed_cpu_s"]]), 4)}
                if not gpu else {}),
             "first_step_s": [round(r["first_step_s"], 3) for r in rs],
-            **({"compile_s": [round(r["first_step_s"] - step_s, 2) for r in rs]} if comp else {}),
+            **({"compile_s": [round(r["first_step_s"] - step_s, 2) for r in rs]} if on["compile"] else {}),
             "peak_mem_mib": round(max(r["peak_mib"] for r in rs), 1), "losses": rs[0]["losses"],
             "losses_same_in_every_repeat": all(r["losses"] == rs[0]["losses"] for r in rs),
             "setup_s": [r["setup_s"] for r in rs],
@@ -337,7 +375,7 @@ def main():
             n = min(len(out["losses"]), len(base["losses"]))
             if n:
                 diff = max(abs(out["losses"][i] - base["losses"][i]) / abs(base["losses"][i]) for i in range(n))
-                tol = TOL_BF16 if bf16 else TOL_FP32
+                tol = TOL_BF16 if on["bf16"] else TOL_FP32
                 out.update({"loss_max_rel_diff": float(f"{diff:.3g}"), "loss_tolerance": tol,
                             "loss_equal": diff <= tol})
         result["variants"][name] = out
@@ -346,8 +384,6 @@ def main():
         best = max(ok, key=lambda n: ok[n]["ratio_vs_baseline"])
         result["best"] = {"variant": best, "ratio_vs_baseline": ok[best]["ratio_vs_baseline"],
                           "goal_met": ok[best]["ratio_vs_baseline"] >= GOAL_RATIO_GPU if gpu else None}
-    result["total_s"] = round(time.perf_counter() - t_all, 1)
-    print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

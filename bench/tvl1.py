@@ -3,6 +3,9 @@ their speed on the same frame pairs.
 
     python bench/tvl1.py [--video V.avi ...] [--pairs 8] [--threads 2] [--device auto]
                          [--batch-sizes 1 4 16] [--sizes 320x240 171x128] [--speed-pairs 8]
+                         [--cuda-batch-sizes 1 8 64 128 256] [--compile on off] [--json PATH]
+
+GPU run (`cocon gpu-check` runs it so): python bench/tvl1.py --device cuda --sizes 320x240 171x128 --speed-pairs 32
 
 Frames. Real: consecutive frames of each --video (e.g. OpenCV's sample videos vtest.avi, tree.avi,
 Megamind.avi from Debian's opencv-doc package), grayscale, resized (INTER_AREA) to each size, pairs
@@ -18,17 +21,25 @@ speed: pairs/s on the same --speed-pairs pairs per size.
   opencv      the flow stage's way: a pool of --threads threads, one pair per thread,
               cv2.setNumThreads(1); (the obvious baseline: what the pipeline does without a GPU).
   torch_cpu   cocon.preprocess.tvl1.TVL1 on the CPU, torch.set_num_threads(--threads), batch sizes --batch-sizes.
-  torch_cuda  (only with a GPU) the same on CUDA with torch.compile, after a warm-up call per shape,
-              batch sizes --batch-sizes plus 64, 128, 256; peak GPU memory per batch size. The pair
-              count is raised to a multiple of the largest batch so every batch is full.
+  torch_cuda  (only with a GPU) the same on CUDA, batch sizes --cuda-batch-sizes, with torch.compile on
+              and/or off (--compile; on = the flow stage's CUDA path), after an untimed warm-up call per
+              batch size (compilation, CUDA context); per measurement ceil(--speed-pairs / batch) full
+              batches; peak GPU memory (max_memory_allocated over the timed calls) and the solver's
+              inner iterations per pair. One solver per compile setting serves every size and batch
+              (as one flow job does), so torch.compile's cache is not refilled per measurement.
+              compile_fell_back: torch.compile failed and the solver ran eagerly (logged by cocon).
 Ratios (torch / opencv) are what to compare across machines; absolute GPU pairs/s only from a GPU
-machine. Prints one JSON object.
+machine. Without OpenCV's contrib modules (cv2.optflow) the OpenCV parts are left out (agreement and the
+opencv column), the torch timings still run. Prints one JSON object; --json PATH also writes it there,
+rewritten after every measurement, so a run stopped from outside leaves what it measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
 import statistics
 import sys
 import time
@@ -41,17 +52,34 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import cpu_model  # noqa: E402
-
 from cocon.config import load_config  # noqa: E402
+from cocon.files import write_json  # noqa: E402
 from cocon.preprocess import tvl1  # noqa: E402
 from cocon.preprocess.flow import make_tvl1  # noqa: E402
 from cocon.provenance import code_revision, library_versions  # noqa: E402
-from cocon.runtime import resolve_device
+from cocon.runtime import resolve_device  # noqa: E402
+
+from _machine import cpu_model  # noqa: E402
 
 GOAL_EPE_PX = 0.5
 GOAL_CUDA_PAIRS_S = 1000  # at 320x240 on one H100-class GPU
 PARAMS = load_config()["flow"]["tvl1"]
+HAVE_OPENCV_TVL1 = hasattr(cv2, "optflow") and hasattr(cv2.optflow, "DualTVL1OpticalFlow_create")
+
+
+class _Warnings(logging.Handler):
+    """Records cocon's warnings (a torch.compile that failed and fell back to eager mode)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+WARNINGS = _Warnings()
+logging.getLogger("cocon").addHandler(WARNINGS)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -95,7 +123,7 @@ def synthetic_pairs(size: tuple[int, int]) -> list[tuple[np.ndarray, np.ndarray,
         (cw, ch), x0, y0 = size, (w - size[0]) // 2, (h - size[1]) // 2
         ys, xs = np.mgrid[y0 : y0 + ch, x0 : x0 + cw].astype(np.float32)
         true = np.stack([m[0, 0] * xs + m[0, 1] * ys + m[0, 2] - xs, m[1, 0] * xs + m[1, 1] * ys + m[1, 2] - ys], -1)
-        crop = lambda a: np.clip(np.rint(a[y0 : y0 + ch, x0 : x0 + cw]), 0, 255).astype(np.uint8)  # noqa: E731
+        crop = lambda a, y0=y0, x0=x0, ch=ch, cw=cw: np.clip(np.rint(a[y0 : y0 + ch, x0 : x0 + cw]), 0, 255).astype(np.uint8)  # noqa: E731
         out.append((crop(g), crop(g1), true))
     return out
 
@@ -125,8 +153,16 @@ def opencv_flows(pairs, threads: int) -> tuple[list[np.ndarray], float]:
 ITERATIONS = {}  # inner iterations per pair of the last torch run: as run, and in full-resolution units
 
 
+SOLVERS: dict = {}
+
+
+def solver_for(device: str, compile: bool) -> tvl1.TVL1:
+    """One solver per (device, compile), reused: a new one would compile its functions again."""
+    return SOLVERS.setdefault((device, compile), tvl1.TVL1(PARAMS, device, compile=compile))
+
+
 def torch_flows(pairs, device: str, batch: int, compile: bool) -> tuple[np.ndarray, float]:
-    solver = tvl1.TVL1(PARAMS, device, compile=compile)
+    solver = solver_for(device, compile)
     i0, i1 = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
     if device.startswith("cuda"):
         solver(i0[:batch], i1[:batch])  # warm-up: compilation, CUDA context
@@ -150,19 +186,44 @@ def main() -> None:
     ap.add_argument("--speed-pairs", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8])
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8], help="torch CPU batch sizes")
+    ap.add_argument("--cuda-batch-sizes", type=int, nargs="+", default=[1, 8, 64, 128, 256],
+                    help="torch CUDA batch sizes, measured in this order")
+    ap.add_argument("--compile", nargs="+", choices=["on", "off"], default=["on", "off"],
+                    help="torch.compile settings measured on CUDA (on = the flow stage's CUDA path)")
     ap.add_argument("--sizes", type=parse_size, nargs="+", default=[(320, 240)])
+    ap.add_argument("--json", default=None, help="also write the result here (rewritten after every measurement)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    for knob in ("recompile_limit", "cache_size_limit"):  # many (batch, size) shapes in one process
+        if hasattr(torch._dynamo.config, knob):
+            setattr(torch._dynamo.config, knob, max(64, getattr(torch._dynamo.config, knob)))
     device = resolve_device(a.device)
+    cuda = device.startswith("cuda")
     result = {"benchmark": "tvl1", "cpu": cpu_model(), "threads": a.threads, "device": device,
-              "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
+              "gpu": torch.cuda.get_device_name() if cuda else None, "torch": torch.__version__,
+              "opencv_tvl1": HAVE_OPENCV_TVL1, "frames": ("videos " + " ".join(a.video)) if a.video else
+              "synthetic only: scikit-learn's two photographs under a known affine motion",
               "params": PARAMS, "code_revision": code_revision(), "versions": library_versions()}  # fmt: skip
+
+    def save() -> None:
+        if a.json:
+            write_json(a.json, result)
 
     size = a.sizes[0]
     real = [p for v in a.video for p in video_pairs(v, size, a.pairs)]
     synth = synthetic_pairs(size)
     pairs = real + [(p[0], p[1]) for p in synth]
+    if not HAVE_OPENCV_TVL1:
+        result["agreement"] = {"skipped": "cv2.optflow is missing (OpenCV without its contrib modules)"}
+    else:
+        agreement(result, a, device, size, real, synth, pairs)
+    save()
+    speed(result, a, device, real, save)
+    print(json.dumps(result, indent=1))
+
+
+def agreement(result: dict, a, device: str, size, real, synth, pairs) -> None:
     ref, _ = opencv_flows(pairs, a.threads)
     got, _ = torch_flows(pairs, device, 8, device.startswith("cuda"))
     per_pair = [epe(r, g) for r, g in zip(ref, got)]
@@ -180,30 +241,50 @@ def main() -> None:
         "goal_epe_px": GOAL_EPE_PX, "goal_met": statistics.mean(per_pair) <= GOAL_EPE_PX,
     }  # fmt: skip
 
-    speed = []
+
+def speed(result: dict, a, device: str, real, save) -> None:
+    cuda = device.startswith("cuda")
+    result["speed"] = []
     for size in a.sizes:
         src = (real and [p for v in a.video for p in video_pairs(v, size, a.speed_pairs)]) or [(p[0], p[1]) for p in synthetic_pairs(size)]
-        batches = a.batch_sizes + ([64, 128, 256] if device.startswith("cuda") else [])
-        n = max(a.speed_pairs, max(batches) if device.startswith("cuda") else 0)
-        sample = [src[k % len(src)] for k in range(n)]
-        _, cv_s = opencv_flows(sample[: a.speed_pairs], a.threads)
-        row = {"size": f"{size[0]}x{size[1]}", "opencv_pairs_s": a.speed_pairs / cv_s, "torch_cpu": [], "torch_cuda": []}
-        if not device.startswith("cuda"):
+        counts = {b: math.ceil(a.speed_pairs / b) * b for b in a.cuda_batch_sizes} if cuda else {}
+        sample = [src[k % len(src)] for k in range(max([a.speed_pairs, *counts.values()]))]
+        row = {"size": f"{size[0]}x{size[1]}", "opencv_pairs_s": None, "torch_cpu": [], "torch_cuda": []}
+        result["speed"].append(row)
+        if HAVE_OPENCV_TVL1:
+            _, cv_s = opencv_flows(sample[: a.speed_pairs], a.threads)
+            row["opencv_pairs_s"] = a.speed_pairs / cv_s
+        if not cuda:
             for b in a.batch_sizes:
                 _, s = torch_flows(sample[: a.speed_pairs], "cpu", b, False)
-                row["torch_cpu"].append({"batch": b, "pairs_s": a.speed_pairs / s, "vs_opencv": cv_s / s})
-        else:
-            for b in batches:
-                m = max(n // b, 1) * b
-                _, s = torch_flows(sample[:m], device, b, True)
-                row["torch_cuda"].append({"batch": b, "pairs_s": m / s, "vs_opencv": (m / s) / row["opencv_pairs_s"],
-                                          "peak_mem_mib": torch.cuda.max_memory_allocated() / 2**20})  # fmt: skip
-            best = max(r["pairs_s"] for r in row["torch_cuda"])
-            if size == (320, 240):
-                row["goal_cuda_pairs_s"], row["goal_met"] = GOAL_CUDA_PAIRS_S, best >= GOAL_CUDA_PAIRS_S
-        speed.append(row)
-    result["speed"] = speed
-    print(json.dumps(result, indent=1))
+                rate = a.speed_pairs / s
+                row["torch_cpu"].append({"batch": b, "pairs_s": rate,
+                                         "vs_opencv": rate / row["opencv_pairs_s"] if row["opencv_pairs_s"] else None})
+                save()
+            continue
+        if size == (320, 240):
+            row["goal_cuda_pairs_s"] = GOAL_CUDA_PAIRS_S
+        for setting in a.compile:
+            for b in a.cuda_batch_sizes:
+                m = counts[b]
+                entry = {"batch": b, "compile": setting, "pairs": m}
+                try:
+                    _, s = torch_flows(sample[:m], device, b, setting == "on")
+                except Exception as exc:  # noqa: BLE001 - e.g. out of memory: record it, measure the rest
+                    entry["error"] = f"{type(exc).__name__}: {exc}"[:500]
+                    torch.cuda.empty_cache()
+                else:
+                    entry.update(pairs_s=m / s, peak_mem_mib=torch.cuda.max_memory_allocated() / 2**20,
+                                 vs_opencv=(m / s) / row["opencv_pairs_s"] if row["opencv_pairs_s"] else None,
+                                 iterations_per_pair=ITERATIONS.get("per_pair"))
+                    if setting == "on":  # the one compiled solver falls back once and stays eager after
+                        entry["compile_fell_back"] = any("torch.compile" in w for w in WARNINGS.messages)
+                row["torch_cuda"].append(entry)
+                done = [r["pairs_s"] for r in row["torch_cuda"] if "pairs_s" in r]
+                if "goal_cuda_pairs_s" in row and done:
+                    row["best_pairs_s"], row["goal_met"] = max(done), max(done) >= GOAL_CUDA_PAIRS_S
+                print(json.dumps({"size": row["size"], **entry}), file=sys.stderr, flush=True)
+                save()
 
 
 if __name__ == "__main__":

@@ -98,6 +98,14 @@ def check(cfg: dict) -> None:
         if v not in computed:
             raise ConfigError("train.views", f"view '{v}' is not computed by this configuration: "
                               f"{V.kind_of(v).missing(v)}")
+    run = cfg["train"]["pretrained_run"]
+    if run is not None:
+        need = {"cpc": [f"train/cpc/{v}/model.pt" for v in cfg["train"]["views"]], "cocon": ["train/cocon/model.pt"],
+                "control": ["train/control/model.pt"]}
+        missing = [p for init in cfg["finetune"]["inits"] for p in need.get(init, []) if not (Path(run) / p).is_file()]
+        if missing:
+            raise ConfigError("train.pretrained_run", f"{run} lacks {', '.join(missing)} (run its `pretrain` target "
+                              "with these train.views first)")
     for init in ("cocon", "control"):
         if init in cfg["finetune"]["inits"] and len(cfg["train"]["views"]) < 2:
             raise ConfigError("finetune.inits", f"'{init}' needs at least two train.views (stage 2 trains views jointly)")

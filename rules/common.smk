@@ -35,6 +35,9 @@ VIEWS = V.enabled_views(config)  # every view this config computes (registry ord
 TRAIN_VIEWS = config["train"]["views"]
 INITS = config["finetune"]["inits"]
 CLAIM = f"{OUT}/claim"
+# Where the pretrained models of fine-tuning and features come from: this run's pretraining, or another
+# run's (train.pretrained_run: pretrain on Kinetics-400, fine-tune on UCF101 / HMDB51).
+PRETRAINED = f"{config['train']['pretrained_run']}/train" if config["train"]["pretrained_run"] else f"{OUT}/train"
 
 
 wildcard_constraints:
@@ -139,7 +142,7 @@ def stage1_init(train_dir=f"{OUT}/train"):
     return " ".join(f"--init {v}={train_dir}/cpc/{v}/model.pt" for v in TRAIN_VIEWS)
 
 
-def pretrained_model(init, view, train_dir=f"{OUT}/train"):
+def pretrained_model(init, view, train_dir=PRETRAINED):
     """The model.pt a fine-tuning or feature job starts from ([] for random weights)."""
     return {"random": [], "cpc": [f"{train_dir}/cpc/{view}/model.pt"], "cocon": [f"{train_dir}/cocon/model.pt"],
             "control": [f"{train_dir}/control/model.pt"]}[init]
@@ -178,6 +181,11 @@ def preprocess_targets():
 def training_targets():
     """The report: through it every pretraining, fine-tuning, test and feature job."""
     return [f"{OUT}/reports/metrics.json"]
+
+
+def pretraining_targets():
+    """Every pretrained model of this run (the `pretrain` target): CPC per view, CoCon, the control."""
+    return [*stage1_models(), f"{OUT}/train/cocon/model.pt", f"{OUT}/train/control/model.pt"]
 
 
 def print_summary(path):

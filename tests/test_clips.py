@@ -103,7 +103,7 @@ def write_view(root, view: str, videos=SHARDS, rename=None) -> None:
         attrs.update(frame_stride=2, frame_offset=1)
     for name, rows in videos.items():
         with ShardWriter(root / "shards" / view / f"{name}.h5", view, name, attrs, ENC[view]) as w:
-            for n, (vid, t, group, splits, failed) in enumerate(rows):
+            for vid, t, group, splits, failed in rows:
                 rec = record((rename or {}).get(vid, vid), group, splits)
                 if view in failed:
                     w.add_failure(rec, "broken on purpose")
@@ -494,8 +494,8 @@ def test_grey_and_jitter_per_frame(shards):
 
 def test_crops_independent_per_view_unless_shared(shards, monkeypatch):
     boxes = []
-    real = clips._crop_resize
-    monkeypatch.setattr(clips, "_crop_resize", lambda frames, box, size: boxes.append(box) or real(frames, box, size))
+    real = clips._crop  # the worker's crop copy: one call per view and sample
+    monkeypatch.setattr(clips, "_crop", lambda images, inverse, box, out: boxes.append(box) or real(images, inverse, box, out))
     kw = dict(views=VIEWS, split=1, role="train", holdout_fraction=0, **SMALL)
     for shared in (False, True):
         boxes.clear()
@@ -519,7 +519,7 @@ def test_pickles_light_and_reads_the_same(shards):
     for v in VIEWS:
         assert torch.equal(got[v], want[v])
     with pytest.raises(AttributeError, match="dropped"):
-        clone.videos
+        _ = clone.videos
 
 
 # ------------------------------------------------------------------ dense test windows

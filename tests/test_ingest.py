@@ -458,7 +458,7 @@ def run_cli(tmp_path: Path, dataset: dict) -> subprocess.CompletedProcess:
     out = tmp_path / "results/manifest"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     return subprocess.run(
-        [sys.executable, "-m", "cocon.sources.ingest", "--config", str(cfg), "--out", str(out / "manifest.tsv"),
+        [sys.executable, "-m", "cocon", "manifest", "--config", str(cfg), "--out", str(out / "manifest.tsv"),
          "--missing", str(out / "missing.tsv")],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60,
     )

@@ -141,5 +141,5 @@ def test_a_registered_view_is_computed_loaded_and_trained(tmp_path, edges_kind, 
     assert weights["encoder.conv1.weight"].shape[1] == 1  # a one-channel encoder
     ft = Engine(Finetune(cfg, ["edges"], {"edges": str(tmp_path / "cocon" / "model.pt")}, "cocon"), tmp_path / "ft")
     ft.fit()
-    batch = next(iter(ft.train_loader))
+    batch = ft.finish(next(iter(ft.train_loader)), ft.device)  # the network input of a training step
     assert batch["edges"].shape == (2, 4, 1, 2, 32, 32) and batch["edges"].dtype == torch.float32

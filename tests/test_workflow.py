@@ -38,6 +38,12 @@ TINY = {
     "finetune": {"epochs": 2, "batch_size": 2, "max_steps_per_epoch": 1},
     "evaluate": {"consistency_top": 1, "consistency_min": 1, "alignment_blocks": 4, "batch_size": 4},
 }
+# The demo DAG with every view: pose and seg by the demo's small randomly initialised models (config.yaml).
+ALL_VIEWS = {**TINY,
+             "seg": {"enabled": True, "config": "segformer_mit-b0_8xb2-160k_ade20k-512x512", "checkpoint": None,
+                     "input_scale": [64, 32], "gpus": 0},
+             "pose": {"enabled": True, "config": "td-hm_mobilenetv2_8xb64-210e_coco-256x192", "checkpoint": None,
+                      "input_size": [48, 64], "boxes": "frame", "gpus": 0}}
 # Preprocessing-only configs (datasets of a few videos) train nothing: their target is the summary.
 PREPROCESS = ["--until", "preprocess_summary"]
 
@@ -69,7 +75,7 @@ def artefacts(workdir: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("demo_run")
-    snakemake(work, TINY, "--cores", "2")
+    snakemake(work, ALL_VIEWS, "--cores", "2")
     return work
 
 
@@ -94,7 +100,7 @@ def test_demo_dag_produces_every_shard_and_a_summary(demo_run):
     summary = json.loads((res / "reports" / "preprocess_summary.json").read_text())
     assert summary["videos"] == n_videos
     assert {v: (s["ok"], s["failed"]) for v, s in summary["views"].items()} == {
-        "rgb": (8, 0), "flow_tvl1": (8, 0), "flow_farneback": (8, 0)}
+        "rgb": (8, 0), "flow_tvl1": (8, 0), "flow_farneback": (8, 0), "pose": (8, 0), "seg": (8, 0)}
     # every job wrote its log and the heavy ones their benchmark
     assert (demo_run / "logs" / "frames" / "00002.log").stat().st_size > 0
     assert (demo_run / "benchmarks" / "flow_tvl1" / "00000.tsv").exists()
@@ -141,18 +147,18 @@ def test_demo_dag_finetunes_tests_and_reports(demo_run):
 
 def test_snakemake_report_builds_from_the_tiny_run(demo_run, tmp_path):
     out = tmp_path / "report.html"
-    snakemake(demo_run, TINY, "--report", str(out))
+    snakemake(demo_run, ALL_VIEWS, "--report", str(out))
     page = out.read_text(errors="replace")
     assert out.stat().st_size > 50_000 and "tables.html" in page and "tsne_cocon_rgb.png" in page
 
 
 def test_rerun_in_place_does_nothing(demo_run):
-    proc = snakemake(demo_run, TINY, "--cores", "2", "-n")
+    proc = snakemake(demo_run, ALL_VIEWS, "--cores", "2", "-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
 def test_rerun_from_clean_directory_is_byte_identical(demo_run, tmp_path):
-    snakemake(tmp_path, TINY, "--cores", "2")
+    snakemake(tmp_path, ALL_VIEWS, "--cores", "2")
     first, second = artefacts(demo_run), artefacts(tmp_path)
     strip = lambda keys: {k for k in keys if "/tb/" not in k and not k.endswith("checkpoints/inputs.txt")}  # noqa: E731
     assert strip(first) == strip(second)
@@ -170,7 +176,8 @@ def test_four_views_train_end_to_end(demo_run, tmp_path):
     work = tmp_path / "four"
     shutil.copytree(demo_run, work, symlinks=True)
     views = ["rgb", "flow_tvl1", "pose", "seg"]
-    cfg = {**TINY, "train": {**TINY["train"], "views": views, "input_size": {"rgb": 32, "flow": 32, "pose": 32, "seg": 32}},
+    cfg = {**ALL_VIEWS, "train": {**TINY["train"], "views": views,
+                                  "input_size": {"rgb": 32, "flow": 32, "pose": 32, "seg": 32}},
            "finetune": {**TINY["finetune"], "inits": ["random", "cocon"]}}
     dry = job_counts(snakemake(work, cfg, "--cores", "2", "-n").stdout)
     assert not {"frames", "flow", "seg", "pose"} & set(dry)  # the shards are reused
@@ -186,12 +193,13 @@ def test_four_views_train_end_to_end(demo_run, tmp_path):
 
 
 def test_claim_target_runs_every_seed_on_the_same_shards(demo_run):
-    cfg = {**TINY, "claim": {"seeds": [4, 7]}}
+    cfg = {**ALL_VIEWS, "claim": {"seeds": [4, 7]}}
     dry = job_counts(snakemake(demo_run, cfg, "--cores", "2", "-n", "claim").stdout)
-    assert {k: dry.get(k) for k in ("claim_cpc", "claim_cocon", "claim_finetune", "claim_evaluate", "claim")} == {
-        "claim_cpc": 4, "claim_cocon": 2, "claim_finetune": 12, "claim_evaluate": 12, "claim": 1}
+    rules = ("claim_cpc", "claim_cocon", "claim_control", "claim_finetune", "claim_evaluate", "claim")
+    assert {k: dry.get(k) for k in rules} == {  # 2 seeds; inits random, cpc, cocon, control; 2 views
+        "claim_cpc": 4, "claim_cocon": 2, "claim_control": 2, "claim_finetune": 16, "claim_evaluate": 16, "claim": 1}
     assert "frames" not in dry and "flow" not in dry  # the shards are reused
-    one = {**TINY, "claim": {"seeds": [4]}, "finetune": {**TINY["finetune"], "inits": ["random", "cocon"]}}
+    one = {**ALL_VIEWS, "claim": {"seeds": [4]}, "finetune": {**TINY["finetune"], "inits": ["random", "cocon"]}}
     snakemake(demo_run, one, "--cores", "2", "claim")
     result = json.loads((demo_run / "results" / "claim" / "claim.json").read_text())
     assert result["seeds"] == [4] and set(result["accuracy"]["rgb"]) == {"random", "cocon"}
@@ -352,3 +360,33 @@ def test_replaced_video_reruns_only_its_shard(tmp_path, csv_dataset):
     counts = job_counts(out)
     # shards hold sorted ids: run/broken, run/clip1, run/clip3 | walk/clip0, walk/clip2, walk/empty
     assert counts["frames"] == 1 and "shard=00000" in out and "shard=00001" not in out
+
+
+def test_resources_come_from_one_table_that_the_slurm_profile_does_not_override(tmp_path):
+    """Threads, memory and runtime of every job are cocon.workflow.resources' (x attempt); the SLURM profile
+    holds executor settings only, so the two cannot drift apart."""
+    from cocon.workflow.resources import RULES
+
+    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    assert not {"set-threads", "set-resources", "set-default-resources"} & set(profile)
+    assert set(profile["default-resources"]) == {"slurm_partition", "slurm_account"}
+    out = snakemake(tmp_path, ALL_VIEWS, "-n", "--cores", "16").stdout
+    jobs, seen = [], set()
+    for line in out.splitlines():
+        if line.startswith(("rule ", "localrule ")):
+            jobs.append([line])
+        elif jobs:
+            jobs[-1].append(line)
+    for job in jobs:
+        rule = job[0].split()[-1].rstrip(":")
+        base = {"control": "cocon"}.get(rule, rule)  # `use rule cocon as control` keeps cocon's resources
+        if base not in RULES:
+            continue
+        res = next(line for line in job if line.strip().startswith("resources:"))
+        threads = next((int(line.split()[-1]) for line in job if line.strip().startswith("threads:")), 1)
+        want = RULES[base]
+        assert f"mem_mb={want.mem_mb}," in res and f"runtime={want.runtime}," in res, (rule, res)
+        assert threads == want.threads, (rule, threads)
+        seen.add(rule)
+    assert seen >= {"frames", "flow", "seg", "pose", "cpc", "cocon", "control", "finetune", "evaluate", "features"}
+    shutil.rmtree(tmp_path / ".snakemake", ignore_errors=True)

@@ -8,6 +8,11 @@
         for batch in loader:     # batch["rgb"]: float32 (B, N, 3, K, H, W); "label", "index", "group": int64 (B,)
             ...
 
+Training on a GPU: `MultiViewClips(..., output="uint8")` makes the workers hand uint8 clips and the sample's
+augmentation parameters; `dataset.finisher()` (cocon.data.augment.Finish) does the float part per batch on
+the device (docs/loader.md, "The uint8 path"). The float samples above are that same function run on the
+CPU, per sample.
+
 A sample is one clip of N blocks of K frames (default 8 x 5, one frame in every 3), read at the SAME
 frame indices in every view. Its content depends only on (seed, epoch, index): every random draw comes
 from a NumPy generator seeded with that triple (never from a global RNG), so the samples are the same
@@ -22,25 +27,40 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import zlib
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import cv2
+import h5py
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from cocon import views as V
-from cocon.data.shards import ShardReader
+from cocon.data.augment import (  # noqa: F401  (_draw_box, _box, _centre_box, _crop_resize: used through this module)
+    FINETUNE_AUGMENTATION,
+    Augmentation,
+    Finish,
+    ViewSpec,
+    _area_shrink,
+    _box,
+    _centre_box,
+    _crop_resize,
+    _draw_box,
+    _max_box,
+    aug_key,
+    draw_colour,
+    geometry,
+)
+from cocon.data.shards import ShardFormatError, ShardReader
 from cocon.sources.records import VideoRecord
 
 __all__ = [
-    "ClipsError", "Video", "Augmentation", "MultiViewClips", "DenseClips", "ClipLoader", "dense_windows",
+    "ClipsError", "Video", "Augmentation", "FINETUNE_AUGMENTATION", "Finish", "MultiViewClips", "DenseClips", "ClipLoader", "dense_windows",
     "discover", "video_table", "holdout", "group_id", "clip_indices", "frame_map", "view_frame_indices",
     "make_loader",
 ]  # fmt: skip
@@ -150,8 +170,9 @@ class _SlimIndex:
 
 
 class _ClipReader(ShardReader):
-    """A ShardReader made from a full one, with the slim index (pickles light) and a close() that also
-    drops the per-row offset cache, so the open-file LRU of the dataset bounds memory as well."""
+    """A ShardReader made from a full one, with the slim index (pickles light), and the loader's read
+    path: `images(row, frames, offsets)` decodes each distinct frame once, to (H, W, C), using the
+    byte offsets the dataset read once per shard (no per-sample /offsets lookup)."""
 
     def __init__(self, full: ShardReader):  # no super().__init__(): it would re-read the index
         self.path = full.path
@@ -163,6 +184,53 @@ class _ClipReader(ShardReader):
     def close(self) -> None:
         super().close()
         self.__dict__.pop("_offset_cache", None)
+
+    def shape(self, row: int) -> tuple[int, int, int]:
+        c = self.index.cols
+        return int(c["height"][row]), int(c["width"][row]), int(c["channels"][row])
+
+    def images(self, row: int, frames: np.ndarray, offsets: np.ndarray | None) -> list[np.ndarray]:
+        """uint8 (H, W, C) of each of `frames` (sorted, distinct, in range). `offsets`: the row's
+        (T + 1,) byte offsets for jpeg/png shards, None for raw ones. Stacked-plane images (flow) are
+        de-interleaved by one cv2.merge per frame (a plain copy)."""
+        h, w, c = self.shape(row)
+        ds = h5py.Dataset(h5py.h5d.open(self._file().id, f"videos/{row:05d}".encode()))
+        if offsets is None:  # raw: one chunk per frame
+            return [ds[int(k)] for k in frames]
+        starts, ends = offsets[frames].tolist(), offsets[frames + 1].tolist()
+        lo, hi = starts[0], ends[-1]
+        if hi - lo <= 4 * (sum(ends) - sum(starts)):  # one contiguous read covers the clip cheaply
+            span = ds[lo:hi]
+            bufs = [span[a - lo : b - lo] for a, b in zip(starts, ends)]
+        else:
+            bufs = [ds[a:b] for a, b in zip(starts, ends)]
+        flag = cv2.IMREAD_COLOR_RGB if c == 3 else cv2.IMREAD_GRAYSCALE
+        decoded = (h, w, 3) if c == 3 else ((h, w) if c == 1 else (c * h, w))
+        out = []
+        for b in bufs:
+            img = cv2.imdecode(b, flag)
+            if img is None or img.shape != decoded:
+                raise ShardFormatError(f"{self.path}: a stored image of row {row} could not be decoded to {(h, w, c)}")
+            if c == 1:
+                img = img.reshape(h, w, 1)
+            elif c != 3:  # planes stacked vertically -> channels last: one cv2.merge, a plain copy
+                img = cv2.merge([img[k * h : (k + 1) * h] for k in range(c)]).reshape(h, w, c)
+            out.append(img)
+        return out
+
+
+def _read_offsets(path: str, rows: Sequence[int]) -> list[np.ndarray] | None:
+    """The /offsets/<row> arrays of `rows` of one shard, one file open (None for a raw shard)."""
+    with h5py.File(path, "r") as f:
+        if "offsets" not in f:
+            return None
+        out = []
+        for row in rows:
+            d = h5py.h5d.open(f.id, f"offsets/{int(row):05d}".encode())
+            a = np.empty(d.shape, np.int64)
+            d.read(h5py.h5s.ALL, h5py.h5s.ALL, a)
+            out.append(a)
+        return out
 
 
 def _open(shards: dict[str, Sequence[str | Path]], views: Sequence[str]):
@@ -256,7 +324,7 @@ def holdout(videos: Sequence, fraction: float, seed: int = 0) -> tuple[list, lis
         return list(videos), []
 
     def rank(key: str) -> bytes:
-        return hashlib.blake2b(f"{int(seed)}\0{key}".encode("utf-8"), digest_size=16).digest()
+        return hashlib.blake2b(f"{int(seed)}\0{key}".encode(), digest_size=16).digest()
 
     order = sorted(groups, key=rank)
     target = round(fraction * len(videos))
@@ -322,138 +390,16 @@ def dense_windows(n_frames: int, num_blocks: int = 8, block_len: int = 5, stride
     return stride * (np.array(starts, np.int64)[:, None] * k + np.arange(m, dtype=np.int64)[None])
 
 
-# ------------------------------------------------------------------ augmentation
+# ------------------------------------------------------------------ augmentation (cocon.data.augment)
 
 
-@dataclass(frozen=True)
-class Augmentation:
-    """Training augmentation parameters (docs/loader.md).
-
-    crop_scale:  area of the crop as a fraction of short_side^2 (1 = the full short-side square)
-    crop_ratio:  aspect (w/h) range, drawn log-uniformly
-    p_flip:      horizontal flip probability of the views whose kind flips in training (rgb, pose, seg;
-                 cocon.views), each flipped by its kind's rule (pose: left/right keypoints swap)
-    jitter:      colour jitter strengths (brightness, contrast, saturation, hue), per frame, random order
-    p_gray:      per-frame greying probability (rgb), applied before the jitter as in the original
-    gray:        "channel" (the original: one random RGB channel copied to all three) or "luma"
-                 (ITU-R 601 grey)
-    shared_crop: one crop box (in relative coordinates) and one flip decision for all views of a sample
-    flip_all_views: flip the views whose kind does not flip in training as well (flow: mirrored and
-                 u negated, q -> 255 - q)
-    p_jitter:    probability that the colour jitter is applied (per frame, or per clip when consistent)
-    consistent_jitter: one jitter draw (factors and order) for every frame of the clip, as the
-                 fine-tuning augmentation of CoCon/DPC (ColorJitter(consistent=True)); the default
-                 (False) draws per frame, as their pretraining augmentation
-    """
-
-    crop_scale: tuple[float, float] = (0.5, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    p_flip: float = 0.5
-    jitter: tuple[float, float, float, float] = (0.5, 0.5, 0.5, 0.25)
-    p_gray: float = 0.5
-    gray: str = "channel"
-    shared_crop: bool = False
-    flip_all_views: bool = False
-    p_jitter: float = 1.0
-    consistent_jitter: bool = False
-
-    def __post_init__(self):
-        if self.gray not in ("channel", "luma"):
-            raise ValueError(f"gray must be 'channel' or 'luma', got {self.gray!r}")
-        lo, hi = self.crop_scale
-        if not 0 < lo <= hi <= 1:
-            raise ValueError(f"crop_scale must satisfy 0 < lo <= hi <= 1, got {self.crop_scale}")
-
-
-# Fine-tuning augmentation of CoCon's and DPC's code: crop and flip as in pretraining, one clip-consistent
-# ColorJitter(0.5, 0.5, 0.5, 0.25) applied with probability 0.3, no grey.
-FINETUNE_AUGMENTATION = Augmentation(p_gray=0.0, p_jitter=0.3, consistent_jitter=True)
-
-
-def _draw_box(rng: np.random.Generator, aug: Augmentation) -> tuple[float, float, float, float, bool]:
-    """Relative crop parameters (area, log-aspect, x, y uniforms) and a flip decision; always the same
-    number of draws, whatever the outcome."""
-    area = rng.uniform(*aug.crop_scale)
-    ratio = math.exp(rng.uniform(math.log(aug.crop_ratio[0]), math.log(aug.crop_ratio[1])))
-    ux, uy = rng.random(2)
-    flip = bool(rng.random() < aug.p_flip)
-    return area, ratio, ux, uy, flip
-
-
-def _box(h: int, w: int, area: float, ratio: float, ux: float, uy: float) -> tuple[int, int, int, int]:
-    """(x0, y0, bw, bh) in a (h, w) frame for relative crop parameters."""
-    s = min(h, w)
-    bw = int(min(w, max(1, round(s * math.sqrt(area * ratio)))))
-    bh = int(min(h, max(1, round(s * math.sqrt(area / ratio)))))
-    x0 = min(int(ux * (w - bw + 1)), w - bw)
-    y0 = min(int(uy * (h - bh + 1)), h - bh)
-    return x0, y0, bw, bh
-
-
-def _centre_box(h: int, w: int) -> tuple[int, int, int, int]:
-    s = min(h, w)
-    return (w - s) // 2, (h - s) // 2, s, s
-
-
-def _crop_resize(frames: np.ndarray, box, size: int) -> np.ndarray:
-    """uint8 (T, H, W, C) -> (T, size, size, C): crop `box` then resize (bilinear; area when the crop
-    shrinks by 1.5x or more in both directions)."""
+def _crop(images: list[np.ndarray], inverse: np.ndarray, box, out: np.ndarray) -> np.ndarray:
+    """Copy the `box` (x0, y0, bw, bh) of frame t = images[inverse[t]] ((H, W, C) each) into
+    out[t, :bh, :bw] (uint8 (T, >= bh, >= bw, C)); returns `out`."""
     x0, y0, bw, bh = box
-    crop = frames[:, y0 : y0 + bh, x0 : x0 + bw]
-    t, c = frames.shape[0], frames.shape[3]
-    if bw == size and bh == size:
-        return np.ascontiguousarray(crop)
-    interp = cv2.INTER_AREA if (bw >= 1.5 * size and bh >= 1.5 * size) else cv2.INTER_LINEAR
-    out = np.empty((t, size, size, c), np.uint8)
-    for k in range(t):
-        out[k] = cv2.resize(crop[k], (size, size), interpolation=interp).reshape(size, size, c)
+    for t, j in enumerate(inverse):
+        out[t, :bh, :bw] = images[j][y0 : y0 + bh, x0 : x0 + bw]
     return out
-
-
-def _colour(frames: np.ndarray, rng: np.random.Generator, aug: Augmentation) -> None:
-    """Per-frame random grey then colour jitter of uint8 RGB frames (T, H, W, 3), in place.
-
-    Jitter as torchvision/PIL ColorJitter with a new factor set and a new random order per frame:
-    brightness x*b; contrast c*x + (1-c)*mean(grey); saturation s*x + (1-s)*grey; hue: shift of the
-    8-bit hue (OpenCV HSV_FULL, 256 steps per turn) by h*256, wrapping. Saturating uint8 after each op."""
-    t = len(frames)
-    gray_on = rng.random(t) < aug.p_gray
-    gray_ch = rng.integers(0, 3, t)
-    jb, jc, js, jh = aug.jitter
-    fb = rng.uniform(max(0.0, 1 - jb), 1 + jb, t)
-    fc = rng.uniform(max(0.0, 1 - jc), 1 + jc, t)
-    fs = rng.uniform(max(0.0, 1 - js), 1 + js, t)
-    fh = rng.uniform(-jh, jh, t)
-    orders = np.argsort(rng.random((t, 4)), axis=1)
-    jitter_on = rng.random(t) < aug.p_jitter
-    if aug.consistent_jitter:  # the first frame's draws for the whole clip
-        fb[:], fc[:], fs[:], fh[:], orders[:], jitter_on[:] = fb[0], fc[0], fs[0], fh[0], orders[0], jitter_on[0]
-    active = (jb > 0, jc > 0, js > 0, jh > 0)
-    for k in range(t):
-        f = frames[k]
-        if gray_on[k]:
-            if aug.gray == "channel":
-                f[...] = f[..., gray_ch[k], None]
-            else:
-                f[...] = cv2.cvtColor(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
-        for op in orders[k]:
-            if not (active[op] and jitter_on[k]):
-                continue
-            if op == 0:
-                f = cv2.addWeighted(f, float(fb[k]), f, 0.0, 0.0)
-            elif op == 1:
-                g = cv2.cvtColor(f, cv2.COLOR_RGB2GRAY)
-                f = cv2.addWeighted(f, float(fc[k]), f, 0.0, (1 - float(fc[k])) * cv2.mean(g)[0])
-            elif op == 2:
-                g = cv2.cvtColor(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
-                f = cv2.addWeighted(f, float(fs[k]), g, 1 - float(fs[k]), 0.0)
-            else:
-                shift = np.uint8(int(round(float(fh[k]) * 256)) % 256)
-                if shift:
-                    hsv = cv2.cvtColor(f, cv2.COLOR_RGB2HSV_FULL)
-                    hsv[..., 0] += shift  # uint8: wraps around the hue circle
-                    f = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL)
-        frames[k] = f
 
 
 def _to_tensor(frames: np.ndarray, n: int, k: int, scale: np.ndarray, offset: np.ndarray) -> torch.Tensor:
@@ -469,6 +415,9 @@ def _to_tensor(frames: np.ndarray, n: int, k: int, scale: np.ndarray, offset: np
 # ------------------------------------------------------------------ dataset
 
 
+OUTPUTS = ("float", "uint8")
+
+
 class MultiViewClips(Dataset):
     """Multi-view clips of one role of one split (docs/loader.md).
 
@@ -481,8 +430,12 @@ class MultiViewClips(Dataset):
               val/test, the centre square of the short side resized to the input size and, for
               val/test, the centre clip in time.
     seed:     with the epoch (`set_epoch`) and the index, the only source of randomness.
-
-    `dataset[i]` -> {view: float32 (N, C, K, H, W), "label": int64, "index": int64, "group": int64}.
+    output:   "float" (default): `dataset[i]` -> {view: float32 (N, C, K, H, W), "label": int64,
+              "index": int64, "group": int64}. "uint8": the clips as the workers hand them to the
+              training device, {view: uint8 (N*K, Hc, Wc, C) canvas, "aug/<view>/...": the sample's
+              augmentation parameters, "label", "index", "group"}; `finisher()` turns a collated batch
+              of them into the float clips, on any device. A float sample is exactly that function
+              applied to the uint8 sample on the CPU (docs/loader.md, "The uint8 path").
     """
 
     def __init__(
@@ -502,6 +455,7 @@ class MultiViewClips(Dataset):
         shared_crop: bool = False,
         augmentation: Augmentation | None = None,
         max_open_files: int = 64,
+        output: str = "float",
     ):
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")
@@ -517,6 +471,7 @@ class MultiViewClips(Dataset):
         self.num_blocks, self.block_len, self.stride = int(num_blocks), int(block_len), int(stride)
         self.seed, self.epoch = int(seed), 0
         self.augment = bool(augment) and role == "train"
+        self.output = output
         aug = augmentation or Augmentation()
         if shared_crop and not aug.shared_crop:
             aug = Augmentation(**{**aug.__dict__, "shared_crop": True})
@@ -549,11 +504,75 @@ class MultiViewClips(Dataset):
             if len(chans) > 1:
                 raise ClipsError(f"view {v}: shards disagree on the channel count ({sorted(chans)})")
             self._norm[v] = kinds[v].normaliser(chans.pop() if chans else None)
+        self._offsets = {v: self._load_offsets(v) for v in self.views}
+        self._canvas = {v: self._canvas_shape(v) for v in self.views}
+        self._finish = self.finisher()
         self.max_open_files = int(max_open_files)
         self._lru: OrderedDict = OrderedDict()
         self._lru_pid = os.getpid()
 
+    def _load_offsets(self, view: str):
+        """Byte offsets of every video of the dataset in a jpeg/png view, read once per shard (one file
+        open, one small read per video) when the dataset is built: (flat int64 tensor, start (len + 1,)),
+        video i's offsets being flat[start[i]:start[i + 1]]; None for raw views. A tensor, so that the
+        DataLoader hands it to its workers through shared memory."""
+        n = len(self._row)
+        got: list = [None] * n
+        for s in np.unique(self._shard):
+            where = np.flatnonzero(self._shard == s)
+            offs = _read_offsets(self._readers[view][int(s)].path, self._row[where])
+            if offs is None:
+                continue
+            for i, a in zip(where, offs):
+                got[int(i)] = a
+        if n == 0 or any(g is None for g in got):
+            if any(g is not None for g in got):
+                raise ClipsError(f"view {view}: shards mix raw and encoded (jpeg/png) videos")
+            return None
+        start = np.zeros(n + 1, np.int64)
+        np.cumsum([len(a) for a in got], out=start[1:])
+        return torch.from_numpy(np.concatenate(got)), start
+
+    def _canvas_shape(self, view: str) -> tuple[int, int]:
+        """(Hc, Wc) of the uint8 canvases of a view: the largest crop box its videos can draw, at most
+        1.5x the input size each way (a box that does not fit, or that shrinks by 1.5x or more both ways,
+        is resized by the worker and handed over at the input size); the input size without
+        augmentation."""
+        size = self.sizes[view]
+        if not self.augment or not len(self._row):
+            return size, size
+        cols = [r.index.cols for r in self._readers[view]]
+        shapes = {(int(cols[s]["height"][r]), int(cols[s]["width"][r])) for s, r in zip(self._shard, self._row)}
+        bounds = [_max_box(h, w, self.augmentation) for h, w in shapes]
+        bh, bw = max(b[0] for b in bounds), max(b[1] for b in bounds)
+        cap = int(1.5 * size)
+        hc, wc = min(bh, cap), min(bw, cap)
+        if bh > hc or bw > wc or any(_area_shrink(h, w, size) for h, w in bounds):
+            hc, wc = max(hc, size), max(wc, size)
+        return hc, wc
+
     # -- bookkeeping
+
+    @property
+    def output(self) -> str:
+        return self._output
+
+    @output.setter
+    def output(self, value: str) -> None:
+        if value not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {value!r}")
+        self._output = value
+
+    def finisher(self) -> Finish:
+        """The float part of this dataset's samples (cocon.data.augment.Finish) for batches of
+        output="uint8" samples: `finisher()(batch, device)` -> {view: float32 (B, N, C, K, S, S)}."""
+        specs = {}
+        for v in self.views:
+            scale, offset = self._norm[v]
+            rule = self._aug_rules[v][2]
+            specs[v] = ViewSpec(self.num_blocks, self.block_len, self.sizes[v], tuple(float(x) for x in scale),
+                                tuple(float(x) for x in offset), tuple(rule.negate), tuple(rule.permute))
+        return Finish(specs)
 
     @property
     def videos(self) -> list[Video]:
@@ -588,6 +607,19 @@ class MultiViewClips(Dataset):
             old.close()
         return r
 
+    def _images(self, view: str, i: int, own: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, tuple]:
+        """Sample i's frames `own` (the view's own indices) of `view`: the distinct frames decoded
+        ((H, W, C) each), the position of each wanted frame among them, and (H, W, C)."""
+        reader = self._reader(view, int(self._shard[i]))
+        row = int(self._row[i])
+        uniq, inverse = np.unique(own, return_inverse=True)
+        n_own = int(reader.index.cols["n_frames"][row])
+        if uniq.size and (uniq[0] < 0 or uniq[-1] >= n_own):
+            raise IndexError(f"frame index out of range 0..{n_own - 1} for row {row} of {reader.path}")
+        off = self._offsets[view]
+        offsets = None if off is None else off[0][int(off[1][i]) : int(off[1][i + 1])].numpy()
+        return reader.images(row, uniq, offsets), inverse.reshape(-1), reader.shape(row)
+
     # -- sampling
 
     def frame_indices(self, i: int, epoch: int | None = None) -> np.ndarray:
@@ -597,6 +629,14 @@ class MultiViewClips(Dataset):
         return clip_indices(int(self._len[i]), self.num_blocks, self.block_len, self.stride, rng)
 
     def __getitem__(self, i: int) -> dict:
+        sample = self.sample(i)
+        if self._output == "uint8":
+            return sample
+        x = self._finish({k: t[None] for k, t in sample.items()}, "cpu", contiguous=True)
+        return {**{v: x[v][0] for v in self.views}, **{k: sample[k] for k in ("label", "index", "group")}}
+
+    def sample(self, i: int) -> dict:
+        """Sample i as output="uint8" gives it, whatever `output` is."""
         i = int(i)
         if not 0 <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} clips")
@@ -607,31 +647,58 @@ class MultiViewClips(Dataset):
             shared = _draw_box(np.random.default_rng([self.seed, epoch, i, 2]), self.augmentation)
         out = {}
         for v in self.views:
-            reader = self._reader(v, shard)
-            n_own = int(reader.index.cols["n_frames"][row])
-            frames = reader.read(row, view_frame_indices(idx, n_own, *self._maps[v]))
-            out[v] = self._view(v, frames, i, epoch, shared)
+            n_own = int(self._readers[v][shard].index.cols["n_frames"][row])
+            images, inverse, shape = self._images(v, i, view_frame_indices(idx, n_own, *self._maps[v]))
+            out.update(self._view(v, images, inverse, shape, i, epoch, shared))
         out["label"] = torch.tensor(self._label[i], dtype=torch.int64)
         out["index"] = torch.tensor(i, dtype=torch.int64)
         out["group"] = torch.tensor(self._group[i], dtype=torch.int64)
         return out
 
-    def _view(self, view: str, frames: np.ndarray, i: int, epoch: int, shared) -> torch.Tensor:
-        (colour, flips, flip_rule), size, aug = self._aug_rules[view], self.sizes[view], self.augmentation
-        h, w = frames.shape[1:3]
+    def _view(self, view: str, images, inverse, shape, i: int, epoch: int, shared) -> dict:
+        """The uint8 canvas of one view of sample i and its augmentation parameters. Integer work only:
+        the crop copied to the canvas origin (or, when the canvas cannot hold it or it shrinks by 1.5x or
+        more both ways, resized by OpenCV to the input size), the rest of the canvas zeroed; resampling,
+        flip, colour and normalisation are described, and done by Finish."""
+        (colour, flips, _), size, aug = self._aug_rules[view], self.sizes[view], self.augmentation
+        h, w, c = shape
+        hc, wc = self._canvas[view]
+        canvas = np.empty((len(inverse), hc, wc, c), np.uint8)
+        out = {}
+        flip = False
         if not self.augment:
-            frames = _crop_resize(frames, _centre_box(h, w), size)
+            canvas[:, :size, :size] = self._resized(images, inverse, _centre_box(h, w), size, c)
+            bh = bw = size
         else:
             rng = np.random.default_rng([self.seed, epoch, i, 1, zlib.crc32(view.encode("utf-8"))])
             area, ratio, ux, uy, flip = _draw_box(rng, aug)
             if shared is not None:
                 area, ratio, ux, uy, flip = shared
-            frames = _crop_resize(frames, _box(h, w, area, ratio, ux, uy), size)
+            box = _box(h, w, area, ratio, ux, uy)
+            bw, bh = box[2], box[3]
+            if bh <= hc and bw <= wc and not _area_shrink(bh, bw, size):
+                _crop(images, inverse, box, canvas)
+            else:
+                canvas[:, :size, :size] = self._resized(images, inverse, box, size, c)
+                bh = bw = size
             if colour:
-                _colour(frames, rng, aug)
-            if flip and (flips or aug.flip_all_views):
-                frames = flip_rule.apply(frames)
-        return _to_tensor(frames, self.num_blocks, self.block_len, *self._norm[view])
+                out.update({aug_key(view, k): torch.from_numpy(a) for k, a in draw_colour(rng, len(inverse), aug).items()})
+            flip = bool(flip and (flips or aug.flip_all_views))
+        canvas[:, bh:] = 0  # the rest of the canvas is never read; zeroed so that samples compare equal
+        canvas[:, :bh, bw:] = 0
+        index, weight = geometry(bh, bw, size, flip)
+        out[view] = torch.from_numpy(canvas)
+        out[aug_key(view, "index")] = torch.from_numpy(np.ascontiguousarray(index))
+        out[aug_key(view, "weight")] = torch.from_numpy(np.ascontiguousarray(weight))
+        out[aug_key(view, "flip")] = torch.tensor(flip)
+        return out
+
+    @staticmethod
+    def _resized(images, inverse, box, size: int, c: int) -> np.ndarray:
+        """The box of every frame resized to (size, size) by OpenCV (`_crop_resize`)."""
+        x0, y0, bw, bh = box
+        crop = _crop(images, inverse, box, np.empty((len(inverse), bh, bw, c), np.uint8))
+        return _crop_resize(crop, (0, 0, bw, bh), size)
 
 
 class DenseClips(MultiViewClips):
@@ -667,13 +734,11 @@ class DenseClips(MultiViewClips):
             groups["blocks/"] = clip_indices(int(self._len[i]), self.extra_blocks, self.block_len, self.stride, None)
         out = {}
         for v in self.views:
-            reader = self._reader(v, shard)
-            n_own = int(reader.index.cols["n_frames"][row])
+            n_own = int(self._readers[v][shard].index.cols["n_frames"][row])
             wanted = {prefix: view_frame_indices(idx, n_own, *self._maps[v]) for prefix, idx in groups.items()}
-            unique, inverse = np.unique(np.concatenate(list(wanted.values())), return_inverse=True)
-            frames = reader.read(row, unique)
-            h, w = frames.shape[1:3]
-            frames = _crop_resize(frames, _centre_box(h, w), self.sizes[v])  # each stored frame decoded once
+            images, inverse, (h, w, c) = self._images(v, i, np.concatenate(list(wanted.values())))
+            # each stored frame decoded, cropped and resized once
+            frames = self._resized(images, np.arange(len(images)), _centre_box(h, w), self.sizes[v], c)
             start = 0
             for prefix, idx in wanted.items():
                 sel = frames[inverse[start:start + len(idx)]]
@@ -724,7 +789,8 @@ def _worker_init(_worker_id: int) -> None:
 def make_loader(dataset: MultiViewClips, batch_size: int, workers: int = 0, shuffle: bool = True, seed: int = 0,
                 epoch: int = 0, distributed: bool = False, drop_last: bool = False,
                 pin_memory: bool = False) -> ClipLoader:
-    """DataLoader over `dataset` with the default collate ({view: (B, N, C, K, H, W), label, index, group}).
+    """DataLoader over `dataset` with the default collate ({view: (B, N, C, K, H, W), label, index, group}, or
+    the uint8 canvases and "aug/..." parameters stacked for output="uint8"; pin_memory for a CUDA device).
 
     Order: a DistributedSampler, over the initialised process group when `distributed` and
     torch.distributed is initialised, otherwise a single replica (num_replicas=1), so the order is

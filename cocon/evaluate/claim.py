@@ -1,5 +1,8 @@
 """The claim target: Random vs CPC vs CoCon (and the lam = 0 control) over several training seeds.
 
+Accuracy is over the scored test videos; `all_test_videos` also counts the unscored ones (failed in
+preprocessing) as wrong. The orderings are decided on the first.
+
     cocon claim --scores 0/cpc/rgb=results/claim/seed0/eval/cpc/rgb/scores.h5 ... --out results/claim \
         --config-json '{...}'
 
@@ -40,24 +43,32 @@ def ordering(summary_view: dict, low: str, high: str) -> dict | None:
 
 
 def claim(cfg: dict, scores: dict[tuple[int, str, str], Path], out: Path) -> dict:
-    per: dict = {}
+    per: dict = {}  # init -> view -> seed -> (accuracy over scored videos, over all test videos)
     probs: dict = {}
+    totals: dict = {}
     for (seed, init, view), path in sorted(scores.items()):
         arr, attrs = read_h5(path)
-        per.setdefault(init, {}).setdefault(view, {})[seed] = float(attrs["accuracy"])
+        per.setdefault(init, {}).setdefault(view, {})[seed] = (
+            float(attrs["accuracy"]), float(attrs.get("accuracy_all", attrs["accuracy"])))
         probs.setdefault(init, {}).setdefault(seed, {})[view] = (arr["video_id"], arr["probs"], arr["label"])
+        totals[(seed, init)] = max(totals.get((seed, init), 0), int(attrs["n_videos"]) + int(attrs["n_unscored"]))
     weights = cfg["evaluate"]["ensemble_weights"]
     for init, by_seed in probs.items():
         for seed, views in by_seed.items():
             if len(views) >= 2:
-                per[init].setdefault("ensemble", {})[seed] = ensemble_accuracy(views, weights)[0]
+                acc, n = ensemble_accuracy(views, weights)
+                per[init].setdefault("ensemble", {})[seed] = (acc, acc * n / max(totals[(seed, init)], 1))
     summary: dict = {}
     for init, d in per.items():
         for view, by_seed in d.items():
-            vals = np.array([by_seed[s] for s in sorted(by_seed)])
+            seeds = sorted(by_seed)
+            vals = np.array([by_seed[s][0] for s in seeds])
+            every = np.array([by_seed[s][1] for s in seeds])
             summary.setdefault(view, {})[init] = {
                 "mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
-                "per_seed": {str(s): by_seed[s] for s in sorted(by_seed)}}
+                "per_seed": {str(s): by_seed[s][0] for s in seeds},
+                "all_test_videos": {"mean": float(every.mean()),
+                                    "std": float(every.std(ddof=1)) if len(every) > 1 else 0.0}}
     orderings = {view: {f"{low}<{high}": ordering(d, low, high) for low, high in ORDERINGS if ordering(d, low, high)}
                  for view, d in summary.items()}
     seeds = sorted({s for s, _, _ in scores})

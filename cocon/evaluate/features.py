@@ -1,6 +1,6 @@
 """Video representations F(x) of a pretrained (or random) network, for the paper's analyses.
 
-    python -m cocon.evaluate.features --view rgb --init-kind cocon --model results/train/cocon/model.pt \
+    cocon features --view rgb --init-kind cocon --model results/train/cocon/model.pt \
         --config-json '{...}' --out results/features/cocon/rgb.h5
 
 For every video of the training role (the retrieval gallery) and of the test role (queries, t-SNE,

@@ -1,7 +1,7 @@
 """Flow stages: TVL1 or Farneback optical flow between consecutive stored RGB frames of one shard.
 
-    python -m cocon.preprocess.flow --method tvl1 --rgb rgb/00003.h5 --shard 00003 --out flow_tvl1/00003.h5 \
-        --params '{"bound":20,"encoding":{...},"tvl1":{...}}' --dataset '{...}'
+    cocon flow --method tvl1 --rgb rgb/00003.h5 --shard 00003 --out flow_tvl1/00003.h5 \
+        --config-json '{"dataset":{...},"flow":{"bound":20,"encoding":{...},"tvl1":{...}}}'
 
 Alignment with the rgb view: flow index k holds the forward flow from rgb frame k to frame k+1, in
 pixels of the stored frames (u = x, v = y), for k = 0..T-2. The last index, T-1, repeats flow T-2,

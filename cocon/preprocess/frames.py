@@ -1,8 +1,7 @@
 """Frames stage: decode the videos of one shard, resize, and write the `rgb` view shard.
 
-    python -m cocon.preprocess.frames --manifest M.tsv --shard 00003 --out rgb/00003.h5 \
-        --params '{"short_side":128,"interpolation":"area","max_frames":null,"min_frames":8,
-                   "encoding":{"codec":"jpeg","quality":90}}' --dataset '{"name":"demo","format":"demo"}'
+    cocon frames --manifest M.tsv --shard 00003 --out rgb/00003.h5 \
+        --config-json '{"dataset":{"name":"demo","format":"demo"},"frames":{"short_side":128,...}}'
 
 Output frames: uint8 (T, H, W, 3) RGB, min(H, W) = short_side, every decoded frame (no fps change).
 """

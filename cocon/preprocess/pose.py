@@ -1,8 +1,8 @@
 """Pose stage: 17-channel COCO keypoint confidence heatmaps per frame from an mmpose top-down heatmap
 model, for every person in the frame, into the `pose` view. Spec: docs/pose_seg.md.
 
-    python -m cocon.preprocess.pose --rgb rgb/00003.h5 [--seg seg/00003.h5] --shard 00003 --out pose/00003.h5 \
-        --params '{"config": ..., "checkpoint": ..., "boxes": "detector", ...}' --dataset '{...}'
+    cocon pose --rgb rgb/00003.h5 [--seg seg/00003.h5] --shard 00003 --out pose/00003.h5 \
+        --config-json '{"seed": 0, "dataset": {...}, "pose": {"config": ..., "checkpoint": ..., "boxes": ...}}'
 
 Per frame: person boxes (`boxes`: an mmdet detector, connected components of the seg view, or the whole
 frame), one top-down crop per box through the pose model (batched over boxes of several frames), each

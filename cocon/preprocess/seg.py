@@ -1,8 +1,8 @@
 """Segmentation stage: per-frame person probability from an mmsegmentation model, into the `seg` view.
 Spec: docs/pose_seg.md.
 
-    python -m cocon.preprocess.seg --rgb rgb/00003.h5 --shard 00003 --out seg/00003.h5 \
-        --params '{"config": ..., "checkpoint": ..., "person_class": "person", ...}' --dataset '{...}'
+    cocon seg --rgb rgb/00003.h5 --shard 00003 --out seg/00003.h5 \
+        --config-json '{"seed": 0, "dataset": {...}, "seg": {"config": ..., "checkpoint": ..., ...}}'
 
 Per frame: the model's class logits at frame resolution (mmseg's own test pipeline and resizing back),
 softmax over classes (sigmoid for a one-channel model), the channel of the class named `person_class`

@@ -1,6 +1,6 @@
 """End-of-preprocessing report: every failed video per stage, from the shards' failure tables.
 
-    python -m cocon.preprocess.summary --manifest M.tsv --missing missing.tsv --json S.json --tsv F.tsv SHARD.h5 ...
+    cocon summary --manifest M.tsv --missing missing.tsv --json S.json --tsv F.tsv SHARD.h5 ...
 
 Writes a JSON summary (counts per view, failures with reasons, provenance) and a TSV with one row
 per (view, shard, video) failure; prints the same to stderr (the job log)."""

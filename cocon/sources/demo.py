@@ -374,7 +374,7 @@ def generate(cfg: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m cocon.sources.demo", description="Generate the demo dataset.")
+    parser = argparse.ArgumentParser(prog="cocon demo", description="Generate the demo dataset.")
     add_config_args(parser)
     args = parser.parse_args(argv)
     cfg = config_from_args(args)

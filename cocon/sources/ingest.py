@@ -1,10 +1,10 @@
-"""Read a dataset's official annotation files into `VideoRecord`s (see cocon/records.py).
+"""Read a dataset's official annotation files into `VideoRecord`s (cocon/sources/records.py).
 
 Formats: UCF101 (classInd.txt, trainlist0N.txt, testlist0N.txt), HMDB51 (<class>_test_splitN.txt),
 Kinetics-400 (the official CSVs), a generic CSV (video,label,split[,group]) and the demo. Every
 problem in the annotations is a `ManifestError` naming the file and 1-based line.
 
-Command line: ``python -m cocon.sources.ingest --config config.yaml --out manifest.tsv [--missing missing.tsv]``.
+Command line: ``cocon manifest --config config.yaml --out manifest.tsv [--missing missing.tsv]``.
 """
 
 from __future__ import annotations
@@ -658,13 +658,13 @@ def write_missing(path: str, missing: list[Missing]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m cocon.sources.ingest``."""
+    """Entry point of ``cocon manifest``."""
     import yaml
 
     from cocon.config import ConfigError, add_config_args, config_from_args
     from cocon.sources.records import assign_shards, write_manifest
 
-    ap = argparse.ArgumentParser(prog="python -m cocon.sources.ingest", description="Write the dataset manifest (TSV).")
+    ap = argparse.ArgumentParser(prog="cocon manifest", description="Write the dataset manifest (TSV).")
     add_config_args(ap)
     ap.add_argument("--out", required=True, help="manifest TSV to write")
     ap.add_argument("--missing", help="TSV listing videos absent on disk (written even when empty)")
@@ -674,14 +674,14 @@ def main(argv: list[str] | None = None) -> int:
         records, missing = load_dataset(cfg)
         shards = assign_shards(records, cfg["shards"]["videos_per_shard"])
     except (ManifestError, ConfigError, OSError, yaml.YAMLError) as e:
-        print(f"cocon.sources.ingest: error: {e}", file=sys.stderr)
+        print(f"cocon manifest: error: {e}", file=sys.stderr)
         return 2
     _replace_into(args.out, lambda p: write_manifest(p, shards))
     if args.missing:
         write_missing(args.missing, missing)
     labels = len({r.label for r in records})
     print(
-        f"cocon.sources.ingest: {len(records)} videos, {labels} classes, {len(shards)} shards, {len(missing)} missing"
+        f"cocon manifest: {len(records)} videos, {labels} classes, {len(shards)} shards, {len(missing)} missing"
         f" -> {args.out}",
         file=sys.stderr,
     )

@@ -67,8 +67,12 @@ class Engine:
     """One run of `method` in the folder `out` (see the module docstring). `setup()` builds everything
     (the constructor only stores); `fit()` sets up, resumes if it can, trains and writes the outputs."""
 
-    def __init__(self, method: Method, out: Path):
+    def __init__(self, method: Method, out: Path, device_augment: bool | None = None):
         self.method, self.out = method, Path(out)
+        # uint8 clips from the workers, augmentation finished per batch on the training device
+        # (cocon.data.augment): the default on every device (on a CPU too, batched finishing is faster than
+        # per-sample); False makes the workers finish each sample with the same function.
+        self._device_augment = device_augment
         self.cfg, self.views = method.cfg, method.views
         self.tc = method.cfg["train"]
         self.epochs = method.epochs
@@ -117,6 +121,10 @@ class Engine:
         self.per_rank = per_rank
         seed = self.cfg["seed"]
         workers, pin = tc["workers"], self.device.type == "cuda"
+        self.device_augment = True if self._device_augment is None else bool(self._device_augment)
+        if self.device_augment:  # workers hand over uint8 clips (pinned), finished on the device in _step
+            self.train_set.output = self.val_set.output = "uint8"
+            self.finish = self.train_set.finisher()
         self.train_loader = make_loader(self.train_set, per_rank, workers, shuffle=True, seed=seed, distributed=True,
                                         drop_last=len(self.train_set) >= per_rank * world, pin_memory=pin)
         self.val_loader = make_loader(self.val_set, per_rank, workers, shuffle=False, seed=seed, distributed=True,
@@ -165,7 +173,10 @@ class Engine:
 
     # ------------------------------------------------------------ one pass
     def _step(self, batch: dict, weights: torch.Tensor, train: bool) -> dict[str, torch.Tensor]:
-        x = {v: batch[v].to(self.device, non_blocking=True) for v in self.views}
+        if self.device_augment:  # non-blocking copies of the uint8 clips, then the float work on the device
+            x = self.finish(batch, self.device, contiguous=not self.channels_last)
+        else:
+            x = {v: batch[v].to(self.device, non_blocking=True) for v in self.views}
         if self.channels_last:
             x = {v: channels_last_3d(t) for v, t in x.items()}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):

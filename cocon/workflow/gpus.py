@@ -1,4 +1,4 @@
-"""Give a job its own GPUs on a workstation: `python -m cocon.workflow.gpus N -- command args...`.
+"""Give a job its own GPUs on a workstation: `cocon gpus N -- command args...`.
 
 Snakemake's local executor counts a `gpu` resource (`--resources gpu=4` lets at most 4 GPUs' worth of
 jobs run at once) but does not say *which* GPUs a job may use, so two concurrent jobs would both
@@ -108,13 +108,13 @@ def claim(n: int, ids: list[str], lock_dir: str, poll_s: float = 1.0, log=sys.st
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m cocon.workflow.gpus", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="cocon gpus", description=__doc__.splitlines()[0])
     p.add_argument("n", type=int, help="GPUs the job needs (the rule's `gpu` resource)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- command and its arguments")
     a = p.parse_args(argv)
     cmd = a.command[1:] if a.command[:1] == ["--"] else a.command
     if not cmd:
-        p.error("no command given (python -m cocon.workflow.gpus N -- command ...)")
+        p.error("no command given (cocon gpus N -- command ...)")
     env = os.environ
     if a.n <= 0:
         env["CUDA_VISIBLE_DEVICES"] = ""

@@ -1,0 +1,92 @@
+"""The Table 1 recipes (configs/*.yaml): each parses and validates, and a dry run on a stand-in dataset
+of the same format yields the expected jobs (pretraining here, or fine-tuning from another run's models)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cocon.config import ConfigError, load_config
+from test_ingest import make_hmdb, make_kinetics, make_ucf
+from test_workflow import job_counts
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = sorted((REPO / "configs").glob("*.yaml"))
+MAKERS = {"ucf101": make_ucf, "hmdb51": make_hmdb, "kinetics400": make_kinetics}
+
+
+def recipe(name: str) -> dict:
+    return yaml.safe_load((REPO / "configs" / name).read_text())
+
+
+def test_every_recipe_validates_and_states_the_paper_setting():
+    assert {p.name for p in RECIPES} >= {"ucf101_split1.yaml", "ucf101_split1_4views.yaml", "hmdb51_split1.yaml",
+                                         "kinetics400_pretrain.yaml", "kinetics400_to_ucf101.yaml",
+                                         "kinetics400_to_hmdb51.yaml"}
+    for path in RECIPES:
+        cfg = yaml.safe_load(path.read_text())
+        cfg["train"].pop("pretrained_run", None)  # checked against real files below
+        cfg = load_config(overrides=cfg)
+        t = cfg["train"]
+        assert (t["depth"], t["width"], t["input_size"]["rgb"], t["num_blocks"], t["block_len"], t["pred_steps"]) == (
+            18, 64, 128, 8, 5, 3), path.name
+        assert t["batch_size"] == 64 and t["lr"] == 1e-3 and t["weight_decay"] == 1e-5, path.name
+        if path.name.startswith("kinetics400_pretrain"):
+            assert (t["cpc_epochs"], t["cocon_epochs"]) == (80, 40)
+        else:
+            assert cfg["evaluate"]["paper"], f"{path.name}: the paper's numbers for this setting"
+            if "pretrained_run" not in yaml.safe_load(path.read_text())["train"]:
+                assert (t["cpc_epochs"], t["cocon_epochs"]) == (100, 60), path.name
+
+
+def _dry_run(tmp_path: Path, cfg: dict, *targets: str) -> dict[str, int]:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "snakemake", *targets, "-n", "--cores", "4", "-s", str(REPO / "Snakefile"), "-d",
+           str(tmp_path), "--configfile", str(path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return job_counts(proc.stdout)
+
+
+def _on_stand_in(tmp_path: Path, name: str) -> dict:
+    cfg = recipe(name)
+    root, ann = MAKERS[cfg["dataset"]["format"]](tmp_path / "data")
+    cfg["dataset"].update(root=str(root), manifest=str(ann))
+    cfg["output_dir"] = str(tmp_path / "results")
+    return cfg
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, views", [("ucf101_split1.yaml", 2), ("ucf101_split1_4views.yaml", 4)])
+def test_ucf101_recipes_pretrain_then_fine_tune(tmp_path, name, views):
+    jobs = _dry_run(tmp_path, _on_stand_in(tmp_path, name))
+    assert (jobs["cpc"], jobs["cocon"], jobs["control"]) == (views, 1, 1)
+    assert jobs["finetune"] == jobs["evaluate"] == jobs["features"] == 4 * views  # random, cpc, cocon, control
+    assert jobs["frames"] == jobs["flow"] == 1 and jobs["report"] == 1
+    assert jobs.get("seg", 0) == jobs.get("pose", 0) == (1 if views == 4 else 0)
+
+
+@pytest.mark.slow
+def test_kinetics_pretraining_then_fine_tuning_on_another_dataset(tmp_path):
+    k400 = _on_stand_in(tmp_path / "k400", "kinetics400_pretrain.yaml")
+    jobs = _dry_run(tmp_path / "k400", k400, "pretrain")
+    assert (jobs["cpc"], jobs["cocon"], jobs["control"]) == (2, 1, 1) and "finetune" not in jobs
+    ucf = _on_stand_in(tmp_path / "ucf", "kinetics400_to_ucf101.yaml")
+    ucf["train"]["pretrained_run"] = k400["output_dir"]
+    with pytest.raises(ConfigError, match="train.pretrained_run.*lacks .*train/cpc/rgb/model.pt"):
+        load_config(overrides=ucf)  # the K400 run has not pretrained yet
+    for rel in ("train/cpc/rgb", "train/cpc/flow_farneback", "train/cocon", "train/control"):
+        (Path(k400["output_dir"]) / rel).mkdir(parents=True)
+        (Path(k400["output_dir"]) / rel / "model.pt").write_bytes(b"")
+    jobs = _dry_run(tmp_path / "ucf", ucf)
+    assert not {"cpc", "cocon", "control"} & set(jobs)  # pretrained on Kinetics, not here
+    assert jobs["finetune"] == jobs["evaluate"] == 8 and jobs["flow"] == 1
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--cores", "4", "-s", str(REPO / "Snakefile"),
+                          "-d", str(tmp_path / "ucf"), "--configfile", str(tmp_path / "ucf" / "recipe.yaml")],
+                         capture_output=True, text=True, timeout=300).stdout
+    assert f"--init rgb={k400['output_dir']}/train/cocon/model.pt" in out
