@@ -33,7 +33,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import cpu_model  # noqa: E402
 from loader import build_shards, source_records  # noqa: E402
 
 from cocon.data import clips  # noqa: E402
@@ -41,6 +40,8 @@ from cocon.data.clips import DenseClips, discover  # noqa: E402
 from cocon.evaluate.dense import run_in_chunks  # noqa: E402
 from cocon.models.networks import ActionClassifier  # noqa: E402
 from cocon.provenance import library_versions  # noqa: E402
+
+from _machine import cpu_model  # noqa: E402
 
 N, K, STRIDE = 8, 5, 3
 
@@ -90,8 +91,17 @@ def main() -> None:
         recs, source = source_records(a, root)
         recs = [r.__class__(**{**r.__dict__, "splits": {"1": "test"}}) for r in recs]
         build_shards(recs, a, root)
-        ds = DenseClips(discover(root, ["rgb"]), views=["rgb"], split=1, role="test", holdout_fraction=0.0,
-                        num_blocks=N, block_len=K, stride=STRIDE, sizes={"rgb": a.size})
+        ds = DenseClips(
+            discover(root, ["rgb"]),
+            views=["rgb"],
+            split=1,
+            role="test",
+            holdout_fraction=0.0,
+            num_blocks=N,
+            block_len=K,
+            stride=STRIDE,
+            sizes={"rgb": a.size},
+        )
         torch.manual_seed(0)
         model = ActionClassifier(3, 101).eval()
         windows = sum(len(ds.windows(i)) for i in range(len(ds)))
@@ -115,17 +125,28 @@ def main() -> None:
                     times[key].append(dt)
     n = len(ds)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(json.dumps({
-        "benchmark": "dense_eval", "source": source, "videos": n, "windows": windows,
-        "geometry": {"blocks": N, "block_len": K, "stride": STRIDE, "window_stride": N // 2, "size": a.size},
-        "threads": a.threads, "window_batch": a.window_batch,
-        "videos_per_s": {"baseline": n / med["baseline"], "ours": n / med["ours"]},
-        "speedup": med["baseline"] / med["ours"],
-        "speedup_per_repeat": [b / o for b, o in zip(times["baseline"], times["ours"])],
-        "read_speedup": med["decode_baseline"] / med["decode_ours"],
-        "max_probability_difference": diff,
-        "cpu": cpu_model(), "torch_threads": torch.get_num_threads(), "versions": library_versions(),
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "benchmark": "dense_eval",
+                "source": source,
+                "videos": n,
+                "windows": windows,
+                "geometry": {"blocks": N, "block_len": K, "stride": STRIDE, "window_stride": N // 2, "size": a.size},
+                "threads": a.threads,
+                "window_batch": a.window_batch,
+                "videos_per_s": {"baseline": n / med["baseline"], "ours": n / med["ours"]},
+                "speedup": med["baseline"] / med["ours"],
+                "speedup_per_repeat": [b / o for b, o in zip(times["baseline"], times["ours"])],
+                "read_speedup": med["decode_baseline"] / med["decode_ours"],
+                "max_probability_difference": diff,
+                "cpu": cpu_model(),
+                "torch_threads": torch.get_num_threads(),
+                "versions": library_versions(),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -170,8 +170,6 @@ snakemake.cli.main()
 """
 
 
-
-
 def make_dataset(tmp: Path, n_videos: int, n_labels: int, seed: int) -> dict:
     """Zero-byte videos under root/<label>/ and official-style CSVs; returns counts and seconds."""
     rng = random.Random(seed)
@@ -199,8 +197,15 @@ def make_dataset(tmp: Path, n_videos: int, n_labels: int, seed: int) -> dict:
         with open(ann / name, "w", encoding="utf-8") as fh:
             fh.write(HEADER + "\n")
             fh.writelines(f"{lb},{y},{s},{e},{sp},{cc}\n" for lb, y, s, e, sp, cc in rows if sp == split)
-    return {"root": str(root), "manifest": str(ann), "videos": n_videos, "train_rows": n_videos - n_val,
-            "validate_rows": n_val, "labels": n_labels, "create_files_s": create_s}
+    return {
+        "root": str(root),
+        "manifest": str(ann),
+        "videos": n_videos,
+        "train_rows": n_videos - n_val,
+        "validate_rows": n_val,
+        "labels": n_labels,
+        "create_files_s": create_s,
+    }
 
 
 def parse_job_stats(text: str) -> dict:
@@ -221,8 +226,17 @@ def parse_job_stats(text: str) -> dict:
 
 
 def dry_run_cmd(yaml_path: Path, workdir: Path, cores: int, quiet: bool) -> list[str]:
-    cmd = ["-n", "--cores", str(cores), "-s", str(REPO / "Snakefile"), "--configfile", str(yaml_path),
-           "-d", str(workdir)]
+    cmd = [
+        "-n",
+        "--cores",
+        str(cores),
+        "-s",
+        str(REPO / "Snakefile"),
+        "--configfile",
+        str(yaml_path),
+        "-d",
+        str(workdir),
+    ]
     return cmd + (["--quiet", "rules"] if quiet else [])
 
 
@@ -241,7 +255,7 @@ def profile_summary(prof: Path, top: int) -> dict:
     st = pstats.Stats(str(prof))
     total = max(v[3] for v in st.stats.values())  # the entry point's cumulative time
     rows = []
-    for (file, line, name), (cc, nc, tt, ct, _callers) in st.stats.items():
+    for (file, line, name), (_cc, nc, tt, ct, _callers) in st.stats.items():
         rows.append({"file": file, "line": line, "function": name, "calls": nc, "own_s": tt, "cum_s": ct})
 
     def short(r):
@@ -260,12 +274,20 @@ def profile_summary(prof: Path, top: int) -> dict:
     ours = [r for r in rows if r["file"].startswith(str(REPO)) and "/bench/" not in r["file"]]
     ours.sort(key=lambda r: -r["cum_s"])
     by_own = sorted(rows, key=lambda r: -r["own_s"])[:top]
-    by_cum = sorted((r for r in rows if "/snakemake/" in r["file"] and r["cum_s"] < total * 0.95),
-                    key=lambda r: -r["cum_s"])[:top]
-    fmt = lambda rs: [{"where": short(r), "calls": r["calls"], "own_s": round(r["own_s"], 3),
-                       "cum_s": round(r["cum_s"], 3)} for r in rs]  # noqa: E731
-    return {"profiled_total_s": round(total, 3), "phases": phases, "workflow_functions": fmt(ours[:top]),
-            "top_own_time": fmt(by_own), "top_cumulative": fmt(by_cum)}
+    by_cum = sorted(
+        (r for r in rows if "/snakemake/" in r["file"] and r["cum_s"] < total * 0.95), key=lambda r: -r["cum_s"]
+    )[:top]
+    fmt = lambda rs: [
+        {"where": short(r), "calls": r["calls"], "own_s": round(r["own_s"], 3), "cum_s": round(r["cum_s"], 3)}
+        for r in rs
+    ]  # noqa: E731
+    return {
+        "profiled_total_s": round(total, 3),
+        "phases": phases,
+        "workflow_functions": fmt(ours[:top]),
+        "top_own_time": fmt(by_own),
+        "top_cumulative": fmt(by_cum),
+    }
 
 
 def run_phases(args: list[str], env: dict) -> tuple[float, dict]:
@@ -324,8 +346,13 @@ def main():
         setup_s = time.perf_counter() - t0
         cfg_doc = {
             "output_dir": str(tmp / "results"),
-            "dataset": {"format": "kinetics400", "name": "kinetics400", "root": data["root"],
-                        "manifest": data["manifest"], "on_missing": "error"},
+            "dataset": {
+                "format": "kinetics400",
+                "name": "kinetics400",
+                "root": data["root"],
+                "manifest": data["manifest"],
+                "on_missing": "error",
+            },
             "shards": {"videos_per_shard": a.videos_per_shard},
         }
         yaml_path = tmp / "config.yaml"
@@ -359,23 +386,40 @@ def main():
         import snakemake
 
         result = {
-            "benchmark": "dryrun", "cpu": cpu_model(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "benchmark": "dryrun",
+            "cpu": cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
             "snakemake": getattr(snakemake, "__version__", "?"),
             "dataset": {k: data[k] for k in ("videos", "train_rows", "validate_rows", "labels")},
-            "videos_per_shard": a.videos_per_shard, "shards": len(shards), "missing": len(missing),
-            "setup_s": round(setup_s, 3), "create_files_s": round(data["create_files_s"], 3),
-            "ingest_s": round(ingest_s, 3), "assign_shards_s": round(shard_s, 3), "local_path_s": round(relpath_s, 3),
-            "dry_run": {"command": "snakemake " + " ".join(dry_run_cmd(Path("<yaml>"), Path("<tmp>"), a.cores, True)),
-                        "seconds": round(dry_s, 3), "all_s": [round(t, 3) for t in times], "jobs": jobs,
-                        "goal_s": GOAL_S, "goal_ratio": round(dry_s / GOAL_S, 3)},
+            "videos_per_shard": a.videos_per_shard,
+            "shards": len(shards),
+            "missing": len(missing),
+            "setup_s": round(setup_s, 3),
+            "create_files_s": round(data["create_files_s"], 3),
+            "ingest_s": round(ingest_s, 3),
+            "assign_shards_s": round(shard_s, 3),
+            "local_path_s": round(relpath_s, 3),
+            "dry_run": {
+                "command": "snakemake " + " ".join(dry_run_cmd(Path("<yaml>"), Path("<tmp>"), a.cores, True)),
+                "seconds": round(dry_s, 3),
+                "all_s": [round(t, 3) for t in times],
+                "jobs": jobs,
+                "goal_s": GOAL_S,
+                "goal_ratio": round(dry_s / GOAL_S, 3),
+            },
             "ingest_share_of_dry_run": round(ingest_s / dry_s, 3),
         }
         if not jobs:
             result["dry_run"]["output_tail"] = text[-2000:]
         if a.plain:
             dt, text = run_dry(dry_run_cmd(yaml_path, tmp, a.cores, quiet=False), env)
-            result["dry_run_plain"] = {"seconds": round(dt, 3), "output_lines": text.count("\n"),
-                                       "output_bytes": len(text), "goal_ratio": round(dt / GOAL_S, 3)}
+            result["dry_run_plain"] = {
+                "seconds": round(dt, 3),
+                "output_lines": text.count("\n"),
+                "output_bytes": len(text),
+                "goal_ratio": round(dt / GOAL_S, 3),
+            }
         if a.phases:
             dt, phases = run_phases(args, env)
             result["phases"] = {"wall_s": round(dt, 3), "seconds": phases}
@@ -388,13 +432,20 @@ def main():
                 wargs[wargs.index("-s") + 1] = str(snakefile)
                 dt, wtext = run_dry(wargs, env)
                 result["what_if_no_video_inputs"] = {
-                    "seconds": round(dt, 3), "jobs": parse_job_stats(wtext).get("total"),
-                    "saved_s": round(dry_s - dt, 3), "saved_share": round(1 - dt / dry_s, 3)}
+                    "seconds": round(dt, 3),
+                    "jobs": parse_job_stats(wtext).get("total"),
+                    "saved_s": round(dry_s - dt, 3),
+                    "saved_share": round(1 - dt / dry_s, 3),
+                }
         if a.profile:
             prof = tmp / "dryrun.prof"
             t0 = time.perf_counter()
-            p = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "snakemake", *args],
-                               capture_output=True, text=True, env=env)
+            p = subprocess.run(
+                [sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "snakemake", *args],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
             if p.returncode != 0:
                 raise SystemExit(f"profiled dry run failed:\n{(p.stdout + p.stderr)[-4000:]}")
             result["profile"] = {"wall_s": round(time.perf_counter() - t0, 3), **profile_summary(prof, a.top)}

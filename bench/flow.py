@@ -44,8 +44,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import cpu_model  # noqa: E402
-
 from cocon.config import load_config  # noqa: E402
 from cocon.data.shards import ShardReader, ShardWriter, encode_frames  # noqa: E402
 from cocon.preprocess import flow  # noqa: E402
@@ -54,10 +52,10 @@ from cocon.provenance import code_revision, library_versions  # noqa: E402
 from cocon.sources import demo
 from cocon.sources.records import VideoRecord  # noqa: E402
 
+from _machine import cpu_model  # noqa: E402
+
 GOAL_OVERHEAD = 0.05
 GOAL_SPEEDUP_2 = 1.8
-
-
 
 
 def source_videos(a, cfg, tmp: Path) -> tuple[list[np.ndarray], str]:
@@ -66,11 +64,20 @@ def source_videos(a, cfg, tmp: Path) -> tuple[list[np.ndarray], str]:
         v = decode_video(a.video, a.short_side, "area", max_frames=a.frames, min_frames=2)
         return [v.frames], os.path.basename(a.video)
     per_video = -(-a.frames // 4)
-    dcfg = load_config(overrides={
-        "output_dir": str(tmp / "demo-out"),
-        "demo": {"classes": 2, "groups_per_class": 2, "clips_per_group": 1, "test_groups": 1,
-                 "frames": max(8, per_video), "width": 320, "height": 240},
-    })
+    dcfg = load_config(
+        overrides={
+            "output_dir": str(tmp / "demo-out"),
+            "demo": {
+                "classes": 2,
+                "groups_per_class": 2,
+                "clips_per_group": 1,
+                "test_groups": 1,
+                "frames": max(8, per_video),
+                "width": 320,
+                "height": 240,
+            },
+        }
+    )
     demo.generate(dcfg)
     vids = [decode_video(r.path, a.short_side, "area").frames for r in demo.plan(dcfg)]
     return take(vids, a.frames), "demo (4 videos, 320x240)"
@@ -91,9 +98,16 @@ def write_rgb(path: Path, videos: list[np.ndarray], encoding: dict) -> None:
     with ShardWriter(path, "rgb", "00000", {"stage": "frames", "params": {}}, encoding) as w:
         for i, frames in enumerate(videos):
             rec = VideoRecord(f"v{i}", f"v{i}.avi", "x", 0)
-            w.add_video(rec, encode_frames(frames, encoding),
-                        {"fps": 25.0, "orig_height": frames.shape[1], "orig_width": frames.shape[2],
-                         "orig_frames": len(frames)})
+            w.add_video(
+                rec,
+                encode_frames(frames, encoding),
+                {
+                    "fps": 25.0,
+                    "orig_height": frames.shape[1],
+                    "orig_width": frames.shape[2],
+                    "orig_frames": len(frames),
+                },
+            )
 
 
 def bare(method: str, p: dict, videos: list[np.ndarray], keep: list | None = None) -> float:
@@ -101,9 +115,18 @@ def bare(method: str, p: dict, videos: list[np.ndarray], keep: list | None = Non
     (the float flows are appended to `keep` when given, one list per video)."""
     if method == "tvl1":
         algo = cv2.optflow.DualTVL1OpticalFlow_create(
-            tau=p["tau"], lambda_=p["lambda"], theta=p["theta"], nscales=p["scales"], warps=p["warps"],
-            epsilon=p["epsilon"], innnerIterations=p["inner_iterations"], outerIterations=p["outer_iterations"],
-            scaleStep=p["scale_step"], gamma=p["gamma"], medianFiltering=p["median_filtering"], useInitialFlow=False,
+            tau=p["tau"],
+            lambda_=p["lambda"],
+            theta=p["theta"],
+            nscales=p["scales"],
+            warps=p["warps"],
+            epsilon=p["epsilon"],
+            innnerIterations=p["inner_iterations"],
+            outerIterations=p["outer_iterations"],
+            scaleStep=p["scale_step"],
+            gamma=p["gamma"],
+            medianFiltering=p["median_filtering"],
+            useInitialFlow=False,
         )
     t0 = time.perf_counter()
     for frames in videos:
@@ -113,8 +136,18 @@ def bare(method: str, p: dict, videos: list[np.ndarray], keep: list | None = Non
             if method == "tvl1":
                 f = algo.calc(a, b, None)
             else:
-                f = cv2.calcOpticalFlowFarneback(a, b, None, p["pyr_scale"], p["levels"], p["winsize"],
-                                                 p["iterations"], p["poly_n"], p["poly_sigma"], 0)
+                f = cv2.calcOpticalFlowFarneback(
+                    a,
+                    b,
+                    None,
+                    p["pyr_scale"],
+                    p["levels"],
+                    p["winsize"],
+                    p["iterations"],
+                    p["poly_n"],
+                    p["poly_sigma"],
+                    0,
+                )
             if flows is not None:
                 flows.append(f)
         if keep is not None:
@@ -178,9 +211,18 @@ def main():
     tmp.mkdir(parents=True, exist_ok=True)
     cfg = load_config()
     src, source = source_videos(a, cfg, tmp)
-    result = {"benchmark": "flow", "cpu": cpu_model(), "cpu_count": os.cpu_count(), "cv2": cv2.__version__,
-              "source": source, "short_side": a.short_side, "frame_size": list(src[0].shape[1:3]),
-              "repeats": a.repeats, "threads_compared": a.threads, "methods": {}}
+    result = {
+        "benchmark": "flow",
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cv2": cv2.__version__,
+        "source": source,
+        "short_side": a.short_side,
+        "frame_size": list(src[0].shape[1:3]),
+        "repeats": a.repeats,
+        "threads_compared": a.threads,
+        "methods": {},
+    }
     for method in a.methods:
         vids_in = take(src, a.tvl1_frames if method == "tvl1" else a.frames)
         rgb = tmp / f"rgb-{method}.h5"
@@ -205,10 +247,13 @@ def main():
         parts = components(rgb, flows, params, tmp)
         del flows
         result["methods"][method] = {
-            "videos": len(vids), "pairs": pairs,
-            "bare_pairs_per_s": round(pairs / b, 3), "stage_1thread_pairs_per_s": round(pairs / s1, 3),
+            "videos": len(vids),
+            "pairs": pairs,
+            "bare_pairs_per_s": round(pairs / b, 3),
+            "stage_1thread_pairs_per_s": round(pairs / s1, 3),
             f"stage_{a.threads}threads_pairs_per_s": round(pairs / sn, 3),
-            "overhead": round(s1 / b - 1, 4), "overhead_goal": GOAL_OVERHEAD,
+            "overhead": round(s1 / b - 1, 4),
+            "overhead_goal": GOAL_OVERHEAD,
             f"speedup_{a.threads}threads": round(s1 / sn, 3),
             **({"speedup_goal": GOAL_SPEEDUP_2} if a.threads == 2 else {}),
             "seconds": {"bare": t_bare, "stage_1thread": t_one, f"stage_{a.threads}threads": t_many},

@@ -41,14 +41,14 @@ import cv2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import cpu_model  # noqa: E402
-
 from cocon.config import load_config  # noqa: E402
 from cocon.data.shards import ShardReader  # noqa: E402
 from cocon.preprocess import frames  # noqa: E402
 from cocon.provenance import code_revision, library_versions  # noqa: E402
 from cocon.sources import demo
 from cocon.sources.records import VideoRecord, write_manifest  # noqa: E402
+
+from _machine import cpu_model  # noqa: E402
 
 
 def out_size(h: int, w: int, short: int) -> tuple[int, int]:
@@ -116,11 +116,20 @@ def main():
         source = [os.path.basename(p) for p in paths]
     else:
         w, h = (int(x) for x in a.demo_size.lower().split("x"))
-        dcfg = load_config(overrides={
-            "output_dir": str(tmp / "demo-out"),
-            "demo": {"classes": 8, "groups_per_class": max(2, a.demo_groups), "clips_per_group": 1,
-                     "test_groups": 1, "frames": a.demo_frames, "width": w, "height": h},
-        })
+        dcfg = load_config(
+            overrides={
+                "output_dir": str(tmp / "demo-out"),
+                "demo": {
+                    "classes": 8,
+                    "groups_per_class": max(2, a.demo_groups),
+                    "clips_per_group": 1,
+                    "test_groups": 1,
+                    "frames": a.demo_frames,
+                    "width": w,
+                    "height": h,
+                },
+            }
+        )
         t0 = time.perf_counter()
         demo.generate(dcfg)
         paths = [r.path for r in demo.plan(dcfg)]
@@ -147,9 +156,16 @@ def main():
     b, bj, s1, sn = (statistics.median(t) for t in (t_bare, t_jpeg, t_one, t_many))
     n = n_bare
     result = {
-        "benchmark": "frames", "cpu": cpu_model(), "cpu_count": os.cpu_count(), "cv2": cv2.__version__,
-        "source": source, "videos": len(paths), "frames": n, "short_side": a.short_side,
-        "encoding": params["encoding"], "repeats": a.repeats,
+        "benchmark": "frames",
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cv2": cv2.__version__,
+        "source": source,
+        "videos": len(paths),
+        "frames": n,
+        "short_side": a.short_side,
+        "encoding": params["encoding"],
+        "repeats": a.repeats,
         "bare_frames_per_s": round(n / b, 1),
         "bare_with_jpeg_frames_per_s": round(n / bj, 1) if quality else None,
         "stage_1thread_frames_per_s": round(n / s1, 1),
@@ -158,8 +174,12 @@ def main():
         f"stage_{a.threads}threads_vs_bare": round(b / sn, 3),
         "stage_1thread_vs_bare_with_jpeg": round(bj / s1, 3) if quality else None,
         f"speedup_{a.threads}threads": round(s1 / sn, 3),
-        "seconds": {"bare": t_bare, "bare_with_jpeg": t_jpeg, "stage_1thread": t_one,
-                    f"stage_{a.threads}threads": t_many},
+        "seconds": {
+            "bare": t_bare,
+            "bare_with_jpeg": t_jpeg,
+            "stage_1thread": t_one,
+            f"stage_{a.threads}threads": t_many,
+        },
     }
     if a.out is None:
         shutil.rmtree(tmp)

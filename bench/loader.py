@@ -111,15 +111,26 @@ def quiet():
 def source_records(a, tmp: Path) -> tuple[list[VideoRecord], str]:
     """Video records, all in the training role of split 1."""
     if a.videos:
-        recs = [VideoRecord(f"real/{Path(p).stem}", str(Path(p).resolve()), "x", 0, Path(p).stem, {"1": "train"})
-                for p in a.videos]
+        recs = [
+            VideoRecord(f"real/{Path(p).stem}", str(Path(p).resolve()), "x", 0, Path(p).stem, {"1": "train"})
+            for p in a.videos
+        ]
         return recs, "real: " + ", ".join(os.path.basename(p) for p in a.videos)
     w, h = a.demo_size
-    cfg = load_config(overrides={
-        "output_dir": str(tmp / "demo"),
-        "demo": {"classes": a.demo_classes, "groups_per_class": a.demo_groups, "clips_per_group": a.demo_clips,
-                 "test_groups": 1, "frames": a.demo_frames, "width": w, "height": h},
-    })  # fmt: skip
+    cfg = load_config(
+        overrides={
+            "output_dir": str(tmp / "demo"),
+            "demo": {
+                "classes": a.demo_classes,
+                "groups_per_class": a.demo_groups,
+                "clips_per_group": a.demo_clips,
+                "test_groups": 1,
+                "frames": a.demo_frames,
+                "width": w,
+                "height": h,
+            },
+        }
+    )
     demo.generate(cfg)
     recs = [dataclasses.replace(r, splits={"1": "train"}) for r in demo.plan(cfg)]
     return recs, f"demo: {len(recs)} videos x {a.demo_frames} frames, {w}x{h}"
@@ -167,8 +178,9 @@ def transcode_raw(src: Path, dst: Path) -> None:
     enc = {"codec": "raw", "compression": "none"}
     with ShardWriter(dst, r.attrs["view"], r.attrs["shard"], attrs, enc) as w:
         for i, row in enumerate(r.index):
-            rec = VideoRecord(row["video_id"], row["path"], row["label"], row["label_index"], row["group"],
-                              json.loads(row["splits"]))
+            rec = VideoRecord(
+                row["video_id"], row["path"], row["label"], row["label_index"], row["group"], json.loads(row["splits"])
+            )
             meta = {k: row[k] for k in ("fps", "orig_height", "orig_width", "orig_frames")}
             w.add_video(rec, encode_frames(r.read(i), enc), meta)
     r.close()
@@ -196,8 +208,11 @@ def write_folders(shard: Path, root: Path, quality: int) -> None:
 def disk(paths: list[Path]) -> dict:
     files = [f for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file()]
     st = [f.stat() for f in files]
-    return {"files": len(files), "bytes": sum(s.st_size for s in st),
-            "allocated_bytes": sum(s.st_blocks * 512 for s in st)}  # fmt: skip
+    return {
+        "files": len(files),
+        "bytes": sum(s.st_size for s in st),
+        "allocated_bytes": sum(s.st_blocks * 512 for s in st),
+    }
 
 
 # ------------------------------------------------------------------ the original layout and loader
@@ -295,7 +310,9 @@ class OriginalClips(clips.MultiViewClips):
         for v in self.views:
             reader = self._readers[v][shard]
             n_own = int(reader.index.cols["n_frames"][row])
-            out[v] = self.original_view(v, reader.read(row, clips.view_frame_indices(idx, n_own, *self._maps[v])), i, epoch)
+            out[v] = self.original_view(
+                v, reader.read(row, clips.view_frame_indices(idx, n_own, *self._maps[v])), i, epoch
+            )
         out["label"] = torch.tensor(self._label[i], dtype=torch.int64)
         out["index"] = torch.tensor(i, dtype=torch.int64)
         out["group"] = torch.tensor(self._group[i], dtype=torch.int64)
@@ -384,7 +401,7 @@ def measure_cpu(a, root: Path, names: list[str]) -> dict:
     per = {k: {j: [] for j in range(len(samples))} for k in calls}
     for p in range(a.passes):
         for j in range(len(samples)):
-            order = list(calls)[p % len(calls):] + list(calls)[: p % len(calls)]
+            order = list(calls)[p % len(calls) :] + list(calls)[: p % len(calls)]
             for k in order:
                 per[k][j].append(cpu_time(calls[k], j)[0])
     collate = {"decode-only": 0.0}
@@ -398,9 +415,12 @@ def measure_cpu(a, root: Path, names: list[str]) -> dict:
     ms = {}
     for k in calls:
         best = [min(v) * 1e3 for v in per[k].values()]
-        ms[k] = {"getitem_mean": round(statistics.mean(best), 3), "getitem_median": round(statistics.median(best), 3),
-                 "collate_share": round(collate[k] * 1e3, 3),
-                 "total": round(statistics.mean(best) + collate[k] * 1e3, 3)}  # fmt: skip
+        ms[k] = {
+            "getitem_mean": round(statistics.mean(best), 3),
+            "getitem_median": round(statistics.median(best), 3),
+            "collate_share": round(collate[k] * 1e3, 3),
+            "total": round(statistics.mean(best) + collate[k] * 1e3, 3),
+        }
     base = ms["baseline"]["total"]
     ratios = {k: round(ms[k]["total"] / base, 3) for k in ms}
 
@@ -411,7 +431,9 @@ def measure_cpu(a, root: Path, names: list[str]) -> dict:
         d = [float((sets["shards-float"][i][v] - sets["baseline"][i][v]).abs().mean()) / scale[v] for i in samples[:4]]
         diff[v] = round(statistics.mean(d), 2)
     return {
-        "samples": a.samples, "passes": a.passes, "batch_size": a.batch_size,
+        "samples": a.samples,
+        "passes": a.passes,
+        "batch_size": a.batch_size,
         "cpu_ms_per_sample": ms,
         "ratio_vs_baseline": ratios,
         "goal": GOAL_CPU,
@@ -419,7 +441,7 @@ def measure_cpu(a, root: Path, names: list[str]) -> dict:
         "finish_on_cpu_ms_per_sample (the device's work, timed on one CPU core)": round(finish_s * 1e3, 3),
         "mean_abs_diff_levels_new_float_vs_baseline": diff,
         "canvas_hw": {v: list(sets["new"]._canvas[v]) for v in VIEWS},
-    }  # fmt: skip
+    }
 
 
 # ------------------------------------------------------------------ CUDA: training clips/s
@@ -430,9 +452,16 @@ def cuda_loader(ds, a, n_batches: int) -> clips.ClipLoader:
     samples drawn with replacement (seeded)."""
     gen = torch.Generator().manual_seed(a.seed)
     sampler = RandomSampler(ds, replacement=True, num_samples=n_batches * a.batch_size, generator=gen)
-    return clips.ClipLoader(ds, batch_size=a.batch_size, sampler=sampler, num_workers=a.workers, pin_memory=True,
-                            drop_last=True, worker_init_fn=clips._worker_init if a.workers else None,
-                            multiprocessing_context=clips._worker_context() if a.workers else None)  # fmt: skip
+    return clips.ClipLoader(
+        ds,
+        batch_size=a.batch_size,
+        sampler=sampler,
+        num_workers=a.workers,
+        pin_memory=True,
+        drop_last=True,
+        worker_init_fn=clips._worker_init if a.workers else None,
+        multiprocessing_context=clips._worker_context() if a.workers else None,
+    )
 
 
 def train_clips_per_s(engine, batches, a) -> float:
@@ -456,12 +485,26 @@ def measure_cuda(a, root: Path, device: str = "cuda", train_overrides: dict | No
     from cocon.train.engine import Engine
     from cocon.train.methods import get_method
 
-    train = {"views": VIEWS, "batch_size": a.batch_size, "workers": a.workers, "device": device,
-             "gpus": int(device == "cuda"), "val_fraction": 0.1, "channels_last": True, "precision": "auto",
-             **(train_overrides or {})}  # fmt: skip
+    train = {
+        "views": VIEWS,
+        "batch_size": a.batch_size,
+        "workers": a.workers,
+        "device": device,
+        "gpus": int(device == "cuda"),
+        "val_fraction": 0.1,
+        "channels_last": True,
+        "precision": "auto",
+        **(train_overrides or {}),
+    }
     cfg = load_config(overrides={"output_dir": str(root), "train": train})
-    out = {"batch_size": a.batch_size, "workers": a.workers, "steps": a.steps, "warmup": a.warmup,
-           "gpu": torch.cuda.get_device_name(0) if device == "cuda" else device, "goal": GOAL_CUDA}  # fmt: skip
+    out = {
+        "batch_size": a.batch_size,
+        "workers": a.workers,
+        "steps": a.steps,
+        "warmup": a.warmup,
+        "gpu": torch.cuda.get_device_name(0) if device == "cuda" else device,
+        "goal": GOAL_CUDA,
+    }
     for device_augment in [True, False] if a.cpu_augment else [True]:
         engine = Engine(get_method("cocon")(cfg, VIEWS, {}), root / "run", device_augment=device_augment)
         engine.setup()
@@ -470,8 +513,12 @@ def measure_cuda(a, root: Path, device: str = "cuda", train_overrides: dict | No
         held = list(cuda_loader(engine.train_set, a, min(n, HELD)))  # the same kind of batches, pinned
         memory = train_clips_per_s(engine, (held[k % len(held)] for k in range(n)), a)
         key = "device_augment" if device_augment else "cpu_augment (workers finish float32 samples)"
-        out[key] = {"real_clips_per_s": round(real, 2), "memory_fed_clips_per_s": round(memory, 2),
-                    "ratio": round(real / memory, 3), "goal_met": real / memory >= GOAL_CUDA}  # fmt: skip
+        out[key] = {
+            "real_clips_per_s": round(real, 2),
+            "memory_fed_clips_per_s": round(memory, 2),
+            "ratio": round(real / memory, 3),
+            "goal_met": real / memory >= GOAL_CUDA,
+        }
         del held
         torch.cuda.empty_cache()
     out["goal_met"] = out["device_augment"]["goal_met"]
@@ -499,9 +546,16 @@ def build(a, root: Path) -> dict:
         for n in names:
             write_folders(root / "shards" / v / f"{n}.h5", root / "folders" / v, fq)
     t4 = time.perf_counter()
-    info = {"source": source, "names": names, "build_seconds": {
-        "videos": round(t1 - t0, 1), **{k: round(s, 1) for k, s in stage_s.items()},
-        "raw_shards": round(t3 - t2, 1), "folders": round(t4 - t3, 1)}}  # fmt: skip
+    info = {
+        "source": source,
+        "names": names,
+        "build_seconds": {
+            "videos": round(t1 - t0, 1),
+            **{k: round(s, 1) for k, s in stage_s.items()},
+            "raw_shards": round(t3 - t2, 1),
+            "folders": round(t4 - t3, 1),
+        },
+    }
     built.write_text(json.dumps(info))
     return info
 
@@ -523,9 +577,13 @@ def main():
     ap.add_argument("--batch-size", type=int, default=None, help="CPU: collate batch (8); CUDA: per step (16)")
     ap.add_argument("--workers", type=int, default=12, help="CUDA: DataLoader workers")
     ap.add_argument("--steps", type=int, default=40, help="CUDA: timed training steps")
-    ap.add_argument("--warmup", type=int, default=None,
-                    help="CUDA: untimed steps first (default 2 x workers + 6: the batches the workers prefetch "
-                         "while they start are used up before the timing)")
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="CUDA: untimed steps first (default 2 x workers + 6: the batches the workers prefetch "
+        "while they start are used up before the timing)",
+    )
     ap.add_argument("--cpu-augment", action="store_true", help="CUDA: also time the float path (CPU augmentation)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="scratch folder (default: a temporary one); reused if built")
@@ -549,15 +607,25 @@ def main():
                 p.read_bytes()
         rows = [r for n in info["names"] for r in ShardReader(root / "shards" / "rgb" / f"{n}.h5").index]
         result = {
-            "benchmark": "loader", "device": a.device, "cpu": cpu_model(), "cpu_count": os.cpu_count(),
-            "python": platform.python_version(), "torch": torch.__version__, "cv2": cv2.__version__,
-            "h5py": h5py.__version__, "numpy": np.__version__, "library_versions": library_versions(),
-            "source": info["source"], "videos": len(rows), "frames_per_view": int(sum(r["n_frames"] for r in rows)),
-            "frame_sizes_hw": sorted({(r["height"], r["width"]) for r in rows}), "views": VIEWS,
+            "benchmark": "loader",
+            "device": a.device,
+            "cpu": cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cv2": cv2.__version__,
+            "h5py": h5py.__version__,
+            "numpy": np.__version__,
+            "library_versions": library_versions(),
+            "source": info["source"],
+            "videos": len(rows),
+            "frames_per_view": int(sum(r["n_frames"] for r in rows)),
+            "frame_sizes_hw": sorted({(r["height"], r["width"]) for r in rows}),
+            "views": VIEWS,
             "flow_note": "flow_tvl1 holds Farneback flow (the flow_farneback shards copied as flow_tvl1)",
             "clip": "8 blocks x 5 frames, stride 3, 128x128 per view, training augmentation (defaults)",
             "build_seconds": info["build_seconds"],
-        }  # fmt: skip
+        }
         if a.device == "cpu":
             result["cpu_worker"] = measure_cpu(a, root, info["names"])
         else:

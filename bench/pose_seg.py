@@ -52,18 +52,33 @@ from cocon.sources.records import VideoRecord, write_manifest  # noqa: E402
 from _machine import cpu_model  # noqa: E402
 
 MODELS = {
-    "demo": {"seg": {"config": "segformer_mit-b0_8xb2-160k_ade20k-512x512", "input_scale": [128, 64]},
-             "pose": {"config": "td-hm_mobilenetv2_8xb64-210e_coco-256x192", "input_size": [96, 128]}},
-    "default": {"seg": {"config": "segformer_mit-b2_8xb2-160k_ade20k-512x512", "input_scale": None},
-                "pose": {"config": "td-hm_hrnet-w32_8xb64-210e_coco-256x192", "input_size": None}},
+    "demo": {
+        "seg": {"config": "segformer_mit-b0_8xb2-160k_ade20k-512x512", "input_scale": [128, 64]},
+        "pose": {"config": "td-hm_mobilenetv2_8xb64-210e_coco-256x192", "input_size": [96, 128]},
+    },
+    "default": {
+        "seg": {"config": "segformer_mit-b2_8xb2-160k_ade20k-512x512", "input_scale": None},
+        "pose": {"config": "td-hm_hrnet-w32_8xb64-210e_coco-256x192", "input_size": None},
+    },
 }
 DATASET = {"name": "bench", "format": "demo"}
 
 
 def rgb_shard(a, tmp: Path) -> Path:
-    cfg = load_config(overrides={"output_dir": str(tmp / "demo"), "demo": {
-        "classes": 2, "groups_per_class": 2, "clips_per_group": 1, "test_groups": 1,
-        "frames": max(8, -(-a.frames // 2)), "width": 320, "height": 240}})  # fmt: skip
+    cfg = load_config(
+        overrides={
+            "output_dir": str(tmp / "demo"),
+            "demo": {
+                "classes": 2,
+                "groups_per_class": 2,
+                "clips_per_group": 1,
+                "test_groups": 1,
+                "frames": max(8, -(-a.frames // 2)),
+                "width": 320,
+                "height": 240,
+            },
+        }
+    )
     demo.generate(cfg)
     recs = [VideoRecord(r.video_id, r.path, r.label, r.label_index, r.group, r.splits) for r in demo.plan(cfg)][:2]
     write_manifest(tmp / "m.tsv", [recs])
@@ -75,8 +90,17 @@ def rgb_shard(a, tmp: Path) -> Path:
 
 def params_for(view: str, models: str, a, batch: int) -> dict:
     d = load_config()[view]
-    p = {**d, **MODELS[models][view], "checkpoint": None, "device": a.device, "batch_size": batch, "seed": 0,
-         "frame_stride": 1, "frame_offset": 0, "boxes": "frame"}
+    p = {
+        **d,
+        **MODELS[models][view],
+        "checkpoint": None,
+        "device": a.device,
+        "batch_size": batch,
+        "seed": 0,
+        "frame_stride": 1,
+        "frame_offset": 0,
+        "boxes": "frame",
+    }
     for k in ("enabled", "gpus"):
         p.pop(k)
     if view == "seg":
@@ -120,6 +144,7 @@ def api_baseline(view: str, p: dict, device: str, imgs: list[np.ndarray], repeat
                     info = dict(img=im[:, :, ::-1].copy(), bbox=box[None], bbox_score=np.ones(1, np.float32))
                     info.update(h.model.dataset_meta)
                     h.model.test_step(pseudo_collate([h.pipeline(info)]))
+
     return len(imgs) / timed(run, repeats)
 
 
@@ -144,8 +169,12 @@ def synthetic_maps(n: int, h: int, w: int, seed: int = 0) -> dict[str, np.ndarra
 def bytes_per_frame(maps: np.ndarray, tmp: Path) -> dict[str, float]:
     out = {}
     rec = VideoRecord("v", "v", "x", 0, "", {"1": "train"})
-    for name, enc in {"raw": {"codec": "raw"}, "raw_gzip1": {"codec": "raw", "compression": "gzip", "level": 1},
-                      "png1": {"codec": "png", "level": 1}, "jpeg95": {"codec": "jpeg", "quality": 95}}.items():
+    for name, enc in {
+        "raw": {"codec": "raw"},
+        "raw_gzip1": {"codec": "raw", "compression": "gzip", "level": 1},
+        "png1": {"codec": "png", "level": 1},
+        "jpeg95": {"codec": "jpeg", "quality": 95},
+    }.items():
         path = tmp / f"b_{name}.h5"
         encoded = encode_frames(maps, enc)
         with ShardWriter(path, "x", "00000", {}, enc) as wtr:
@@ -171,9 +200,18 @@ def main() -> None:
     a = ap.parse_args()
     mm.setup(a.threads)
     device = resolve_device(a.device)
-    res = {"machine": {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "threads": a.threads, "device": device,
-                       "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None},
-           "versions": {**mm.mm_versions(), "torch": torch.__version__}, "frames": a.frames, "runs": []}
+    res = {
+        "machine": {
+            "cpu": cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "threads": a.threads,
+            "device": device,
+            "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
+        },
+        "versions": {**mm.mm_versions(), "torch": torch.__version__},
+        "frames": a.frames,
+        "runs": [],
+    }
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         src = rgb_shard(a, tmp)
@@ -197,8 +235,10 @@ def main() -> None:
                     setattr(mod, name, lambda *args, model=model, **kw: model)
                     try:
                         mod.run(str(src), "00000", str(out), p, DATASET, a.threads)  # warm-up (first calls)
-                        t = timed(lambda mod=mod, out=out, p=p: mod.run(str(src), "00000", str(out), p, DATASET,
-                                                                        a.threads), a.repeats)
+                        t = timed(
+                            lambda mod=mod, out=out, p=p: mod.run(str(src), "00000", str(out), p, DATASET, a.threads),
+                            a.repeats,
+                        )
                     finally:
                         setattr(mod, name, cls)
                     row[f"stage_fps_b{b}"] = round(len(imgs) / t, 2)

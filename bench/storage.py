@@ -49,7 +49,9 @@ def clip_indices(rng, n_frames):
 
 def flow_frames(frames):
     gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
-    out = [quantize(cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0), 20) for a, b in zip(gray, gray[1:])]
+    out = [
+        quantize(cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0), 20) for a, b in zip(gray, gray[1:])
+    ]
     return np.stack(out + out[-1:])
 
 
@@ -66,7 +68,11 @@ def write_folder(root, videos, quality):
         d.mkdir(parents=True)
         for k, f in enumerate(frames):
             if f.shape[2] == 3:
-                cv2.imwrite(str(d / f"image_{k + 1:05d}.jpg"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+                cv2.imwrite(
+                    str(d / f"image_{k + 1:05d}.jpg"),
+                    cv2.cvtColor(f, cv2.COLOR_RGB2BGR),
+                    [cv2.IMWRITE_JPEG_QUALITY, quality],
+                )
             else:
                 for c, name in enumerate(("flow_x", "flow_y")):
                     cv2.imwrite(str(d / f"{name}_{k + 1:05d}.jpg"), f[:, :, c], [cv2.IMWRITE_JPEG_QUALITY, quality])
@@ -76,7 +82,14 @@ def read_folder_clip(root, vid, idx, channels):
     d = root / f"v{vid}"
     if channels == 3:
         return np.stack([cv2.imread(str(d / f"image_{k + 1:05d}.jpg"), cv2.IMREAD_COLOR_RGB) for k in idx])
-    return np.stack([np.stack([cv2.imread(str(d / f"{n}_{k + 1:05d}.jpg"), cv2.IMREAD_GRAYSCALE) for n in ("flow_x", "flow_y")], -1) for k in idx])
+    return np.stack(
+        [
+            np.stack(
+                [cv2.imread(str(d / f"{n}_{k + 1:05d}.jpg"), cv2.IMREAD_GRAYSCALE) for n in ("flow_x", "flow_y")], -1
+            )
+            for k in idx
+        ]
+    )
 
 
 def du(path):
@@ -106,9 +119,15 @@ def main():
     tmp = Path(a.out or tempfile.mkdtemp(prefix="cocon-storage-"))
     rgb = [decode_video(v, a.short_side, max_frames=a.max_frames).frames for v in a.videos]
     views = {"rgb": rgb, "flow": [flow_frames(v) for v in rgb]}
-    result = {"benchmark": "storage", "short_side": a.short_side, "clip": f"{N_BLOCKS}x{BLOCK} stride {STRIDE}",
-              "videos": [os.path.basename(v) for v in a.videos], "frames": int(sum(len(v) for v in rgb)),
-              "frame_size": list(rgb[0].shape[1:3]), "views": {}}
+    result = {
+        "benchmark": "storage",
+        "short_side": a.short_side,
+        "clip": f"{N_BLOCKS}x{BLOCK} stride {STRIDE}",
+        "videos": [os.path.basename(v) for v in a.videos],
+        "frames": int(sum(len(v) for v in rgb)),
+        "frame_size": list(rgb[0].shape[1:3]),
+        "views": {},
+    }
     for view, vids in views.items():
         n_frames = sum(len(v) for v in vids)
         lengths = [len(v) for v in vids]
@@ -121,13 +140,21 @@ def main():
             write_s = time.perf_counter() - t0
             reader = ShardReader(path)
             err = np.mean([np.abs(reader.read(i).astype(np.int16) - v).mean() for i, v in enumerate(vids)])
-            rows[name] = {"bytes_per_frame": du(path) / n_frames, "write_frames_per_s": n_frames / write_s,
-                          "clips_per_s": measure(reader.read, lengths, a.clips), "mean_abs_error_levels": float(err)}
+            rows[name] = {
+                "bytes_per_frame": du(path) / n_frames,
+                "write_frames_per_s": n_frames / write_s,
+                "clips_per_s": measure(reader.read, lengths, a.clips),
+                "mean_abs_error_levels": float(err),
+            }
             reader.close()
         folder = tmp / f"{view}-jpeg-folder"
         write_folder(folder, vids, 90)
-        rows["jpeg90-folder (original layout)"] = {"bytes_per_frame": du(folder) / n_frames,
-                                                   "clips_per_s": measure(lambda v, i: read_folder_clip(folder, v, i, ch), lengths, a.clips)}
+        rows["jpeg90-folder (original layout)"] = {
+            "bytes_per_frame": du(folder) / n_frames,
+            "clips_per_s": measure(
+                lambda v, i, folder=folder, ch=ch: read_folder_clip(folder, v, i, ch), lengths, a.clips
+            ),
+        }
         base = rows["jpeg90-folder (original layout)"]["clips_per_s"]
         for r in rows.values():
             r["clips_per_s_vs_folder"] = r["clips_per_s"] / base

@@ -103,8 +103,12 @@ TOL_BF16 = 5e-2  # bf16 autocast: features rounded to 8 mantissa bits before log
 SETTINGS = ("bf16", "channels_last", "compile", "fused_adam", "cudnn_benchmark")
 BASELINE = "fp32_eager"
 VARIANTS = [BASELINE, "bf16", "channels_last", "compile", "bf16+channels_last", "bf16+channels_last+compile"]
-CUDA_VARIANTS = [*VARIANTS, "bf16+channels_last+cudnn_benchmark", "bf16+channels_last+cudnn_benchmark+fused_adam",
-                 "bf16+channels_last+compile+cudnn_benchmark+fused_adam"]
+CUDA_VARIANTS = [
+    *VARIANTS,
+    "bf16+channels_last+cudnn_benchmark",
+    "bf16+channels_last+cudnn_benchmark+fused_adam",
+    "bf16+channels_last+compile+cudnn_benchmark+fused_adam",
+]
 
 
 def settings(name: str) -> dict[str, bool]:
@@ -145,18 +149,23 @@ def worker(a) -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = on["cudnn_benchmark"]
     torch.manual_seed(0)
-    models = PerViewNetworks({v: DPC(c, depth=18, num_blocks=a.blocks, pred_steps=a.pred_steps, dropout=a.dropout)
-                              for v, c in VIEWS.items()}).to(device)
+    models = PerViewNetworks(
+        {v: DPC(c, depth=18, num_blocks=a.blocks, pred_steps=a.pred_steps, dropout=a.dropout) for v, c in VIEWS.items()}
+    ).to(device)
     if channels_last:
         for m in models.values():
             m.encoder.to(memory_format=torch.channels_last_3d)
     if compiled:
         for m in models.values():
             m.compile()
-    opt = torch.optim.Adam(models.parameters(), lr=1e-3, weight_decay=1e-5, **({"fused": True} if on["fused_adam"] else {}))
+    opt = torch.optim.Adam(
+        models.parameters(), lr=1e-3, weight_decay=1e-5, **({"fused": True} if on["fused_adam"] else {})
+    )
     g = torch.Generator().manual_seed(0)
-    x = {v: torch.randn(a.batch, a.blocks, c, a.block_len, a.size, a.size, generator=g).to(device)
-         for v, c in VIEWS.items()}
+    x = {
+        v: torch.randn(a.batch, a.blocks, c, a.block_len, a.size, a.size, generator=g).to(device)
+        for v, c in VIEWS.items()
+    }
     if channels_last:
         x = {v: channels_last_3d(t) for v, t in x.items()}
     models.train()
@@ -195,8 +204,15 @@ def worker(a) -> None:
     else:
         peak = maxrss_mib() - rss0
     t = a.check_steps + a.warmup
-    emit(event="done", losses=losses, first_step_s=times[0], timed_s=times[t:], timed_cpu_s=cpu_times[t:],
-         peak_mib=peak, rss_end_mib=maxrss_mib())
+    emit(
+        event="done",
+        losses=losses,
+        first_step_s=times[0],
+        timed_s=times[t:],
+        timed_cpu_s=cpu_times[t:],
+        peak_mib=peak,
+        rss_end_mib=maxrss_mib(),
+    )
 
 
 # ------------------------------------------------------------------------------------------ parent
@@ -204,11 +220,34 @@ def worker(a) -> None:
 
 def run_variant(name: str, a, cap: float | None) -> dict:
     """Run one variant in a subprocess; returns its final event, or what is known when it was capped."""
-    cmd = [sys.executable, __file__, "--worker", name, "--device", a.device, "--size", str(a.size),
-           "--batch", str(a.batch), "--steps", str(a.steps), "--check-steps", str(a.check_steps),
-           "--warmup", str(a.warmup),
-           "--blocks", str(a.blocks), "--block-len", str(a.block_len), "--pred-steps", str(a.pred_steps),
-           "--dropout", str(a.dropout), "--threads", str(a.threads or 0)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        name,
+        "--device",
+        a.device,
+        "--size",
+        str(a.size),
+        "--batch",
+        str(a.batch),
+        "--steps",
+        str(a.steps),
+        "--check-steps",
+        str(a.check_steps),
+        "--warmup",
+        str(a.warmup),
+        "--blocks",
+        str(a.blocks),
+        "--block-len",
+        str(a.block_len),
+        "--pred-steps",
+        str(a.pred_steps),
+        "--dropout",
+        str(a.dropout),
+        "--threads",
+        str(a.threads or 0),
+    ]
     with tempfile.TemporaryFile("w+") as err:  # a file, not a pipe: compiler warnings never block the worker
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True)
         try:
@@ -235,8 +274,11 @@ def _follow(p: subprocess.Popen, cap: float | None) -> dict:
         try:
             line = lines.get(timeout=None if deadline is None else max(0.0, deadline - time.perf_counter()))
         except queue.Empty:  # the cap ran out during the first step (the caller stops the worker)
-            return {"capped": True, "error": f"first step (compilation) not finished within the cap of {cap:.0f} s;"
-                    " stopped", "setup_s": round(setup_s, 1)}
+            return {
+                "capped": True,
+                "error": f"first step (compilation) not finished within the cap of {cap:.0f} s; stopped",
+                "setup_s": round(setup_s, 1),
+            }
         if line is None:
             break
         ev = json.loads(line)
@@ -261,19 +303,40 @@ def main():
     ap.add_argument("--size", type=int, default=None, help="frame side in px (default 128 on CUDA, 64 on CPU)")
     ap.add_argument("--batch", type=int, default=None, help="clips per step (default 16 on CUDA, 2 on CPU)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default 20 on CUDA, 2 on CPU)")
-    ap.add_argument("--check-steps", type=int, default=2,
-                    help="first steps whose losses are compared (default 2: before and after the first update)")
-    ap.add_argument("--warmup", type=int, default=None,
-                    help="untimed steps after the check steps (default 3 on CUDA, 0 on CPU)")
-    ap.add_argument("--repeats", type=int, default=1,
-                    help="run every variant this many times, round robin (timings pooled; on a shared machine)")
-    ap.add_argument("--compile-cap", type=float, default=None,
-                    help="seconds allowed for a compiled variant's first step (default 600 on CUDA, 30 on CPU)")
-    ap.add_argument("--variants", nargs="+", default=None, type=variant,
-                    help=f"in this order; default on CUDA: {', '.join(CUDA_VARIANTS)}; on CPU: {', '.join(VARIANTS)} but "
-                    f"'compile' (see the docstring); {BASELINE} runs first unless --no-baseline")
-    ap.add_argument("--no-baseline", action="store_true",
-                    help="leave out the baseline (no ratios or loss checks), e.g. to time a compilation alone")
+    ap.add_argument(
+        "--check-steps",
+        type=int,
+        default=2,
+        help="first steps whose losses are compared (default 2: before and after the first update)",
+    )
+    ap.add_argument(
+        "--warmup", type=int, default=None, help="untimed steps after the check steps (default 3 on CUDA, 0 on CPU)"
+    )
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run every variant this many times, round robin (timings pooled; on a shared machine)",
+    )
+    ap.add_argument(
+        "--compile-cap",
+        type=float,
+        default=None,
+        help="seconds allowed for a compiled variant's first step (default 600 on CUDA, 30 on CPU)",
+    )
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        type=variant,
+        help=f"in this order; default on CUDA: {', '.join(CUDA_VARIANTS)}; on CPU: {', '.join(VARIANTS)} but "
+        f"'compile' (see the docstring); {BASELINE} runs first unless --no-baseline",
+    )
+    ap.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="leave out the baseline (no ratios or loss checks), e.g. to time a compilation alone",
+    )
     ap.add_argument("--blocks", type=int, default=8, help="N blocks per clip")
     ap.add_argument("--block-len", type=int, default=5, help="K frames per block")
     ap.add_argument("--pred-steps", type=int, default=3)
@@ -298,27 +361,55 @@ def main():
     cap = a.compile_cap or (600.0 if gpu else 30.0)
     default = CUDA_VARIANTS if gpu else [n for n in VARIANTS if n != "compile"]
     names = ([] if a.no_baseline else [BASELINE]) + [n for n in dict.fromkeys(a.variants or default) if n != BASELINE]
-    cache = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-                 or Path(tempfile.gettempdir()) / f"torchinductor_{getpass.getuser()}")
+    cache = Path(
+        os.environ.get("TORCHINDUCTOR_CACHE_DIR") or Path(tempfile.gettempdir()) / f"torchinductor_{getpass.getuser()}"
+    )
 
     result = {
-        "benchmark": "train_step", "device": a.device,
+        "benchmark": "train_step",
+        "device": a.device,
         "gpu": torch.cuda.get_device_name(0) if gpu else None,
-        "cpu": cpu_model(), "cpu_count": os.cpu_count(),
-        "threads": a.threads or torch.get_num_threads(), "torch": torch.__version__,
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "threads": a.threads or torch.get_num_threads(),
+        "torch": torch.__version__,
         "python": platform.python_version(),
-        **({"cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-            "tf32": {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32}}
-           if gpu else {}),
-        "model": {"views": VIEWS, "depth": 18, "width": 64, "N": a.blocks, "K": a.block_len, "P": a.pred_steps,
-                  "size": a.size, "dropout": a.dropout},
-        "batch": a.batch, "check_steps": a.check_steps, "warmup_steps": a.warmup, "timed_steps": a.steps,
-        "repeats": a.repeats, "compile_cap_s": cap,
+        **(
+            {
+                "cuda": torch.version.cuda,
+                "cudnn": torch.backends.cudnn.version(),
+                "tf32": {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32},
+            }
+            if gpu
+            else {}
+        ),
+        "model": {
+            "views": VIEWS,
+            "depth": 18,
+            "width": 64,
+            "N": a.blocks,
+            "K": a.block_len,
+            "P": a.pred_steps,
+            "size": a.size,
+            "dropout": a.dropout,
+        },
+        "batch": a.batch,
+        "check_steps": a.check_steps,
+        "warmup_steps": a.warmup,
+        "timed_steps": a.steps,
+        "repeats": a.repeats,
+        "compile_cap_s": cap,
         "compile_cache_existed": cache.is_dir(),
-        "memory": ("torch.cuda.max_memory_allocated over all steps, absolute" if gpu else
-                   "growth of ru_maxrss (resident-set high-water mark) from the end of setup to the end of the steps"),
-        "loss_tolerance": {"fp32": TOL_FP32, "bf16": TOL_BF16,
-                           "measure": "max over the check steps of |loss - baseline loss| / |baseline loss|"},
+        "memory": (
+            "torch.cuda.max_memory_allocated over all steps, absolute"
+            if gpu
+            else "growth of ru_maxrss (resident-set high-water mark) from the end of setup to the end of the steps"
+        ),
+        "loss_tolerance": {
+            "fp32": TOL_FP32,
+            "bf16": TOL_BF16,
+            "measure": "max over the check steps of |loss - baseline loss| / |baseline loss|",
+        },
         "goal": {"ratio_vs_baseline": GOAL_RATIO_GPU, "on": "cuda"},
         "variants": {},
     }
@@ -352,38 +443,51 @@ def summarise(result: dict, runs: dict[str, list[dict]], a, gpu: bool) -> None:
             continue
         timed = [t for r in rs for t in r["timed_s"]]
         step_s = statistics.median(timed)
-        out.update({
-            "step_s": round(step_s, 4), "steps_per_s": round(1 / step_s, 4), "clips_per_s": round(a.batch / step_s, 3),
-            "step_s_all": [round(t, 4) for t in timed],
-            "step_s_min": round(min(timed), 4),
-            **({"step_cpu_s": round(statistics.median([t for r in rs for t in r["timed_cpu_s"]]), 4)}
-               if not gpu else {}),
-            "first_step_s": [round(r["first_step_s"], 3) for r in rs],
-            **({"compile_s": [round(r["first_step_s"] - step_s, 2) for r in rs]} if on["compile"] else {}),
-            "peak_mem_mib": round(max(r["peak_mib"] for r in rs), 1), "losses": rs[0]["losses"],
-            "losses_same_in_every_repeat": all(r["losses"] == rs[0]["losses"] for r in rs),
-            "setup_s": [r["setup_s"] for r in rs],
-        })
+        out.update(
+            {
+                "step_s": round(step_s, 4),
+                "steps_per_s": round(1 / step_s, 4),
+                "clips_per_s": round(a.batch / step_s, 3),
+                "step_s_all": [round(t, 4) for t in timed],
+                "step_s_min": round(min(timed), 4),
+                **(
+                    {"step_cpu_s": round(statistics.median([t for r in rs for t in r["timed_cpu_s"]]), 4)}
+                    if not gpu
+                    else {}
+                ),
+                "first_step_s": [round(r["first_step_s"], 3) for r in rs],
+                **({"compile_s": [round(r["first_step_s"] - step_s, 2) for r in rs]} if on["compile"] else {}),
+                "peak_mem_mib": round(max(r["peak_mib"] for r in rs), 1),
+                "losses": rs[0]["losses"],
+                "losses_same_in_every_repeat": all(r["losses"] == rs[0]["losses"] for r in rs),
+                "setup_s": [r["setup_s"] for r in rs],
+            }
+        )
         if name == BASELINE:
             base = out
         elif base is not None:
             out["ratio_vs_baseline"] = round(out["clips_per_s"] / base["clips_per_s"], 3)
             if not gpu:
                 out["ratio_vs_baseline_cpu_time"] = round(base["step_cpu_s"] / out["step_cpu_s"], 3)
-            out["mem_vs_baseline"] = (round(out["peak_mem_mib"] / base["peak_mem_mib"], 3)
-                                      if base["peak_mem_mib"] > 0 else None)
+            out["mem_vs_baseline"] = (
+                round(out["peak_mem_mib"] / base["peak_mem_mib"], 3) if base["peak_mem_mib"] > 0 else None
+            )
             n = min(len(out["losses"]), len(base["losses"]))
             if n:
                 diff = max(abs(out["losses"][i] - base["losses"][i]) / abs(base["losses"][i]) for i in range(n))
                 tol = TOL_BF16 if on["bf16"] else TOL_FP32
-                out.update({"loss_max_rel_diff": float(f"{diff:.3g}"), "loss_tolerance": tol,
-                            "loss_equal": diff <= tol})
+                out.update(
+                    {"loss_max_rel_diff": float(f"{diff:.3g}"), "loss_tolerance": tol, "loss_equal": diff <= tol}
+                )
         result["variants"][name] = out
     ok = {n: v for n, v in result["variants"].items() if "ratio_vs_baseline" in v}
     if ok:
         best = max(ok, key=lambda n: ok[n]["ratio_vs_baseline"])
-        result["best"] = {"variant": best, "ratio_vs_baseline": ok[best]["ratio_vs_baseline"],
-                          "goal_met": ok[best]["ratio_vs_baseline"] >= GOAL_RATIO_GPU if gpu else None}
+        result["best"] = {
+            "variant": best,
+            "ratio_vs_baseline": ok[best]["ratio_vs_baseline"],
+            "goal_met": ok[best]["ratio_vs_baseline"] >= GOAL_RATIO_GPU if gpu else None,
+        }
 
 
 if __name__ == "__main__":

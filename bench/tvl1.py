@@ -114,7 +114,9 @@ def synthetic_pairs(size: tuple[int, int]) -> list[tuple[np.ndarray, np.ndarray,
     from sklearn.datasets import load_sample_images
 
     out = []
-    for img, (angle, zoom, dx, dy) in zip(load_sample_images().images, [(2.0, 1.02, 3.2, 2.1), (-1.5, 0.98, -4.3, 1.1)]):
+    for img, (angle, zoom, dx, dy) in zip(
+        load_sample_images().images, [(2.0, 1.02, 3.2, 2.1), (-1.5, 0.98, -4.3, 1.1)]
+    ):
         g = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)
         h, w = g.shape
         m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, zoom)
@@ -123,7 +125,9 @@ def synthetic_pairs(size: tuple[int, int]) -> list[tuple[np.ndarray, np.ndarray,
         (cw, ch), x0, y0 = size, (w - size[0]) // 2, (h - size[1]) // 2
         ys, xs = np.mgrid[y0 : y0 + ch, x0 : x0 + cw].astype(np.float32)
         true = np.stack([m[0, 0] * xs + m[0, 1] * ys + m[0, 2] - xs, m[1, 0] * xs + m[1, 1] * ys + m[1, 2] - ys], -1)
-        crop = lambda a, y0=y0, x0=x0, ch=ch, cw=cw: np.clip(np.rint(a[y0 : y0 + ch, x0 : x0 + cw]), 0, 255).astype(np.uint8)  # noqa: E731
+        crop = lambda a, y0=y0, x0=x0, ch=ch, cw=cw: np.clip(np.rint(a[y0 : y0 + ch, x0 : x0 + cw]), 0, 255).astype(
+            np.uint8
+        )  # noqa: E731
         out.append((crop(g), crop(g1), true))
     return out
 
@@ -187,10 +191,20 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8], help="torch CPU batch sizes")
-    ap.add_argument("--cuda-batch-sizes", type=int, nargs="+", default=[1, 8, 64, 128, 256],
-                    help="torch CUDA batch sizes, measured in this order")
-    ap.add_argument("--compile", nargs="+", choices=["on", "off"], default=["on", "off"],
-                    help="torch.compile settings measured on CUDA (on = the flow stage's CUDA path)")
+    ap.add_argument(
+        "--cuda-batch-sizes",
+        type=int,
+        nargs="+",
+        default=[1, 8, 64, 128, 256],
+        help="torch CUDA batch sizes, measured in this order",
+    )
+    ap.add_argument(
+        "--compile",
+        nargs="+",
+        choices=["on", "off"],
+        default=["on", "off"],
+        help="torch.compile settings measured on CUDA (on = the flow stage's CUDA path)",
+    )
     ap.add_argument("--sizes", type=parse_size, nargs="+", default=[(320, 240)])
     ap.add_argument("--json", default=None, help="also write the result here (rewritten after every measurement)")
     a = ap.parse_args()
@@ -200,11 +214,21 @@ def main() -> None:
             setattr(torch._dynamo.config, knob, max(64, getattr(torch._dynamo.config, knob)))
     device = resolve_device(a.device)
     cuda = device.startswith("cuda")
-    result = {"benchmark": "tvl1", "cpu": cpu_model(), "threads": a.threads, "device": device,
-              "gpu": torch.cuda.get_device_name() if cuda else None, "torch": torch.__version__,
-              "opencv_tvl1": HAVE_OPENCV_TVL1, "frames": ("videos " + " ".join(a.video)) if a.video else
-              "synthetic only: scikit-learn's two photographs under a known affine motion",
-              "params": PARAMS, "code_revision": code_revision(), "versions": library_versions()}  # fmt: skip
+    result = {
+        "benchmark": "tvl1",
+        "cpu": cpu_model(),
+        "threads": a.threads,
+        "device": device,
+        "gpu": torch.cuda.get_device_name() if cuda else None,
+        "torch": torch.__version__,
+        "opencv_tvl1": HAVE_OPENCV_TVL1,
+        "frames": ("videos " + " ".join(a.video))
+        if a.video
+        else "synthetic only: scikit-learn's two photographs under a known affine motion",
+        "params": PARAMS,
+        "code_revision": code_revision(),
+        "versions": library_versions(),
+    }
 
     def save() -> None:
         if a.json:
@@ -228,25 +252,36 @@ def agreement(result: dict, a, device: str, size, real, synth, pairs) -> None:
     got, _ = torch_flows(pairs, device, 8, device.startswith("cuda"))
     per_pair = [epe(r, g) for r, g in zip(ref, got)]
     far = [float((np.linalg.norm(r - g, axis=-1) > 1).mean()) for r, g in zip(ref, got)]
-    truth = [{"opencv": epe(ref[len(real) + k], t[2], 8), "torch": epe(got[len(real) + k], t[2], 8)} for k, t in enumerate(synth)]
+    truth = [
+        {"opencv": epe(ref[len(real) + k], t[2], 8), "torch": epe(got[len(real) + k], t[2], 8)}
+        for k, t in enumerate(synth)
+    ]
     result["agreement"] = {
-        "size": f"{size[0]}x{size[1]}", "real_pairs": len(real), "synthetic_pairs": len(synth),
+        "size": f"{size[0]}x{size[1]}",
+        "real_pairs": len(real),
+        "synthetic_pairs": len(synth),
         "blank_pairs_left_out": len(BLANK),
-        "epe_torch_vs_opencv_px": {"mean": statistics.mean(per_pair), "max_pair": max(per_pair),
-                                   "real_mean": statistics.mean(per_pair[: len(real)]) if real else None,
-                                   "per_pair": per_pair},
+        "epe_torch_vs_opencv_px": {
+            "mean": statistics.mean(per_pair),
+            "max_pair": max(per_pair),
+            "real_mean": statistics.mean(per_pair[: len(real)]) if real else None,
+            "per_pair": per_pair,
+        },
         "fraction_of_pixels_over_1px": statistics.mean(far),
         "torch_iterations": dict(ITERATIONS),
         "epe_to_truth_synthetic_px": truth,
-        "goal_epe_px": GOAL_EPE_PX, "goal_met": statistics.mean(per_pair) <= GOAL_EPE_PX,
-    }  # fmt: skip
+        "goal_epe_px": GOAL_EPE_PX,
+        "goal_met": statistics.mean(per_pair) <= GOAL_EPE_PX,
+    }
 
 
 def speed(result: dict, a, device: str, real, save) -> None:
     cuda = device.startswith("cuda")
     result["speed"] = []
     for size in a.sizes:
-        src = (real and [p for v in a.video for p in video_pairs(v, size, a.speed_pairs)]) or [(p[0], p[1]) for p in synthetic_pairs(size)]
+        src = (real and [p for v in a.video for p in video_pairs(v, size, a.speed_pairs)]) or [
+            (p[0], p[1]) for p in synthetic_pairs(size)
+        ]
         counts = {b: math.ceil(a.speed_pairs / b) * b for b in a.cuda_batch_sizes} if cuda else {}
         sample = [src[k % len(src)] for k in range(max([a.speed_pairs, *counts.values()]))]
         row = {"size": f"{size[0]}x{size[1]}", "opencv_pairs_s": None, "torch_cpu": [], "torch_cuda": []}
@@ -258,8 +293,13 @@ def speed(result: dict, a, device: str, real, save) -> None:
             for b in a.batch_sizes:
                 _, s = torch_flows(sample[: a.speed_pairs], "cpu", b, False)
                 rate = a.speed_pairs / s
-                row["torch_cpu"].append({"batch": b, "pairs_s": rate,
-                                         "vs_opencv": rate / row["opencv_pairs_s"] if row["opencv_pairs_s"] else None})
+                row["torch_cpu"].append(
+                    {
+                        "batch": b,
+                        "pairs_s": rate,
+                        "vs_opencv": rate / row["opencv_pairs_s"] if row["opencv_pairs_s"] else None,
+                    }
+                )
                 save()
             continue
         if size == (320, 240):
@@ -274,9 +314,12 @@ def speed(result: dict, a, device: str, real, save) -> None:
                     entry["error"] = f"{type(exc).__name__}: {exc}"[:500]
                     torch.cuda.empty_cache()
                 else:
-                    entry.update(pairs_s=m / s, peak_mem_mib=torch.cuda.max_memory_allocated() / 2**20,
-                                 vs_opencv=(m / s) / row["opencv_pairs_s"] if row["opencv_pairs_s"] else None,
-                                 iterations_per_pair=ITERATIONS.get("per_pair"))
+                    entry.update(
+                        pairs_s=m / s,
+                        peak_mem_mib=torch.cuda.max_memory_allocated() / 2**20,
+                        vs_opencv=(m / s) / row["opencv_pairs_s"] if row["opencv_pairs_s"] else None,
+                        iterations_per_pair=ITERATIONS.get("per_pair"),
+                    )
                     if setting == "on":  # the one compiled solver falls back once and stays eager after
                         entry["compile_fell_back"] = any("torch.compile" in w for w in WARNINGS.messages)
                 row["torch_cuda"].append(entry)

@@ -32,9 +32,11 @@ def schema() -> dict:
     props = s["properties"]
     props["train"]["properties"]["views"]["items"] = {"enum": V.all_views()}
     props["train"]["properties"]["input_size"]["properties"] = {
-        k.name: {"type": "integer", "minimum": 32, "default": k.default_size} for k in V.KINDS.values()}
+        k.name: {"type": "integer", "minimum": 32, "default": k.default_size} for k in V.KINDS.values()
+    }
     props["evaluate"]["properties"]["ensemble_weights"]["properties"] = {
-        v: {"type": "number", "minimum": 0, "default": V.kind_of(v).ensemble_weight} for v in V.all_views()}
+        v: {"type": "number", "minimum": 0, "default": V.kind_of(v).ensemble_weight} for v in V.all_views()
+    }
     return s
 
 
@@ -47,8 +49,10 @@ def _with_defaults(validator_class):
             for name, sub in properties.items():
                 if "default" in sub and name not in instance:
                     default = sub["default"]
-                    instance[name] = dict(default) if isinstance(default, dict) else (
-                        list(default) if isinstance(default, list) else default
+                    instance[name] = (
+                        dict(default)
+                        if isinstance(default, dict)
+                        else (list(default) if isinstance(default, list) else default)
                     )
         yield from validate_properties(validator, properties, instance, schema)
 
@@ -96,19 +100,27 @@ def check(cfg: dict) -> None:
     computed = set(V.enabled_views(cfg))
     for v in cfg["train"]["views"]:
         if v not in computed:
-            raise ConfigError("train.views", f"view '{v}' is not computed by this configuration: "
-                              f"{V.kind_of(v).missing(v)}")
+            raise ConfigError(
+                "train.views", f"view '{v}' is not computed by this configuration: {V.kind_of(v).missing(v)}"
+            )
     run = cfg["train"]["pretrained_run"]
     if run is not None:
-        need = {"cpc": [f"train/cpc/{v}/model.pt" for v in cfg["train"]["views"]], "cocon": ["train/cocon/model.pt"],
-                "control": ["train/control/model.pt"]}
+        need = {
+            "cpc": [f"train/cpc/{v}/model.pt" for v in cfg["train"]["views"]],
+            "cocon": ["train/cocon/model.pt"],
+            "control": ["train/control/model.pt"],
+        }
         missing = [p for init in cfg["finetune"]["inits"] for p in need.get(init, []) if not (Path(run) / p).is_file()]
         if missing:
-            raise ConfigError("train.pretrained_run", f"{run} lacks {', '.join(missing)} (run its `pretrain` target "
-                              "with these train.views first)")
+            raise ConfigError(
+                "train.pretrained_run",
+                f"{run} lacks {', '.join(missing)} (run its `pretrain` target with these train.views first)",
+            )
     for init in ("cocon", "control"):
         if init in cfg["finetune"]["inits"] and len(cfg["train"]["views"]) < 2:
-            raise ConfigError("finetune.inits", f"'{init}' needs at least two train.views (stage 2 trains views jointly)")
+            raise ConfigError(
+                "finetune.inits", f"'{init}' needs at least two train.views (stage 2 trains views jointly)"
+            )
     ev = cfg["evaluate"]
     if ev["consistency_min"] > ev["consistency_top"]:
         raise ConfigError("evaluate.consistency_min", "must not exceed evaluate.consistency_top")

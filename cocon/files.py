@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 PARTIAL = ".partial"
 
@@ -69,7 +69,9 @@ def write_h5(path: str | os.PathLike, arrays: dict, attrs: dict) -> None:
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
         for key in sorted(attrs):
             value = attrs[key]
-            h5.attrs[key] = value if isinstance(value, (str, bool, int, float, np.integer, np.floating)) else dumps(value)
+            h5.attrs[key] = (
+                value if isinstance(value, (str, bool, int, float, np.integer, np.floating)) else dumps(value)
+            )
         for key, value in arrays.items():
             if isinstance(value, list) and (not value or isinstance(value[0], str)):
                 h5.create_dataset(key, data=value, dtype=h5py.string_dtype())

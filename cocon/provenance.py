@@ -34,7 +34,11 @@ def code_revision() -> dict:
         ).stdout.strip()
         status = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
-            cwd=PACKAGE_DIR, capture_output=True, text=True, check=True, timeout=10,
+            cwd=PACKAGE_DIR,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
         ).stdout
         dirty = bool(status.strip())
     except (OSError, subprocess.SubprocessError):

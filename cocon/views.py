@@ -14,8 +14,8 @@ channel (:meth:`ViewKind.normaliser`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -23,9 +23,25 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # COCO keypoint order (mmpose): nose, left/right eye, ear, shoulder, elbow, wrist, hip, knee, ankle.
-COCO_KEYPOINTS = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
-                  "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
-                  "right_knee", "left_ankle", "right_ankle")
+COCO_KEYPOINTS = (
+    "nose",
+    "left_eye",
+    "right_eye",
+    "left_ear",
+    "right_ear",
+    "left_shoulder",
+    "right_shoulder",
+    "left_elbow",
+    "right_elbow",
+    "left_wrist",
+    "right_wrist",
+    "left_hip",
+    "right_hip",
+    "left_knee",
+    "right_knee",
+    "left_ankle",
+    "right_ankle",
+)
 
 
 def mirror_pairs(names) -> tuple[int, ...]:
@@ -111,7 +127,7 @@ class ViewKind:
 
     def missing(self, view: str) -> str:
         """What to change in the config so that `view` is computed."""
-        return self.requirement.format(view=view, variant=view[len(self.name) + 1:])
+        return self.requirement.format(view=view, variant=view[len(self.name) + 1 :])
 
     def all_views(self) -> tuple[str, ...]:
         return self.possible or (self.name,)
@@ -191,25 +207,63 @@ def _flow_gpus(cfg: dict, view: str) -> int:
     return 0
 
 
-register(ViewKind(
-    name="rgb", channels=3, default_size=128, mean=IMAGENET_MEAN, std=IMAGENET_STD, rule="frames", section="frames",
-    colour_jitter=True, ensemble_weight=2.0,
-))
-register(ViewKind(
-    name="flow", channels=2, default_size=128, mean=(0.5,), std=(0.5,), rule="flow", section="flow",
-    flip=Flip(negate=(0,)), flip_in_training=False,
-    variants=lambda cfg: [f"flow_{m}" for m in cfg["flow"]["methods"]],
-    possible=tuple(f"flow_{m}" for m in FLOW_METHODS),
-    job_gpus=_flow_gpus, requirement="add '{variant}' to flow.methods", ensemble_weight=2.0,
-))
-register(ViewKind(
-    name="pose", channels=len(COCO_KEYPOINTS), default_size=64, mean=(0.0,), std=(1.0,), rule="pose", section="pose",
-    flip=Flip(permute=mirror_pairs(COCO_KEYPOINTS)),
-    job_gpus=lambda cfg, view: cfg["pose"]["gpus"], computed_when=lambda cfg: cfg["pose"]["enabled"],
-    requirement="set pose.enabled: true",
-))
-register(ViewKind(
-    name="seg", channels=1, default_size=64, mean=(0.0,), std=(1.0,), rule="seg", section="seg",
-    job_gpus=lambda cfg, view: cfg["seg"]["gpus"], computed_when=lambda cfg: cfg["seg"]["enabled"],
-    requirement="set seg.enabled: true",
-))
+register(
+    ViewKind(
+        name="rgb",
+        channels=3,
+        default_size=128,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        rule="frames",
+        section="frames",
+        colour_jitter=True,
+        ensemble_weight=2.0,
+    )
+)
+register(
+    ViewKind(
+        name="flow",
+        channels=2,
+        default_size=128,
+        mean=(0.5,),
+        std=(0.5,),
+        rule="flow",
+        section="flow",
+        flip=Flip(negate=(0,)),
+        flip_in_training=False,
+        variants=lambda cfg: [f"flow_{m}" for m in cfg["flow"]["methods"]],
+        possible=tuple(f"flow_{m}" for m in FLOW_METHODS),
+        job_gpus=_flow_gpus,
+        requirement="add '{variant}' to flow.methods",
+        ensemble_weight=2.0,
+    )
+)
+register(
+    ViewKind(
+        name="pose",
+        channels=len(COCO_KEYPOINTS),
+        default_size=64,
+        mean=(0.0,),
+        std=(1.0,),
+        rule="pose",
+        section="pose",
+        flip=Flip(permute=mirror_pairs(COCO_KEYPOINTS)),
+        job_gpus=lambda cfg, view: cfg["pose"]["gpus"],
+        computed_when=lambda cfg: cfg["pose"]["enabled"],
+        requirement="set pose.enabled: true",
+    )
+)
+register(
+    ViewKind(
+        name="seg",
+        channels=1,
+        default_size=64,
+        mean=(0.0,),
+        std=(1.0,),
+        rule="seg",
+        section="seg",
+        job_gpus=lambda cfg, view: cfg["seg"]["gpus"],
+        computed_when=lambda cfg: cfg["seg"]["enabled"],
+        requirement="set seg.enabled: true",
+    )
+)

@@ -59,9 +59,29 @@ def prepare_data(cfg: dict, out: Path) -> None:
     with open(out / "config.yaml", "w") as fh:
         yaml.safe_dump(cfg, fh)
     t0 = time.time()
-    subprocess.run([sys.executable, "-m", "snakemake", str(done), "-s", str(ROOT / "Snakefile"),
-                    "-d", str(out), "--cores", "2", "--configfile", str(out / "config.yaml")], check=True, env={**os.environ, "PYTHONPATH": str(ROOT), "PATH": str(Path(sys.executable).parent) + ":" + os.environ["PATH"]},
-                   cwd=out)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            str(done),
+            "-s",
+            str(ROOT / "Snakefile"),
+            "-d",
+            str(out),
+            "--cores",
+            "2",
+            "--configfile",
+            str(out / "config.yaml"),
+        ],
+        check=True,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "PATH": str(Path(sys.executable).parent) + ":" + os.environ["PATH"],
+        },
+        cwd=out,
+    )
     (out / "data_seconds.txt").write_text(f"{time.time() - t0:.1f}\n")
 
 
@@ -73,10 +93,19 @@ def _dense(cfg, view, role):
     from cocon.data.clips import DenseClips, discover
 
     tc = cfg["train"]
-    return DenseClips(discover(cfg["output_dir"], [view]), views=[view], split=1, role=role,
-                      holdout_fraction=tc["val_fraction"], holdout_seed=cfg["seed"],
-                      num_blocks=tc["num_blocks"], block_len=tc["block_len"], stride=tc["stride"],
-                      sizes={view: V.input_size(view, tc["input_size"])}, seed=cfg["seed"])
+    return DenseClips(
+        discover(cfg["output_dir"], [view]),
+        views=[view],
+        split=1,
+        role=role,
+        holdout_fraction=tc["val_fraction"],
+        holdout_seed=cfg["seed"],
+        num_blocks=tc["num_blocks"],
+        block_len=tc["block_len"],
+        stride=tc["stride"],
+        sizes={view: V.input_size(view, tc["input_size"])},
+        seed=cfg["seed"],
+    )
 
 
 def _features(cfg, view, net, role, blocks=False):
@@ -95,6 +124,7 @@ def _features(cfg, view, net, role, blocks=False):
             labels.append(int(item["label"]))
             if blocks:
                 from cocon.models.losses import pool_blocks
+
                 z = net.encode(x[:1])  # (1, N, D, S, S) first window
                 bl.append(pool_blocks(z)[0].numpy())
     return np.array(feats), np.array(labels), (np.concatenate(bl) if blocks else None)
@@ -119,9 +149,14 @@ def probes(cfg, view, net) -> dict:
     b = blocks / (np.linalg.norm(blocks, axis=1, keepdims=True) + 1e-12)
     cos = b @ b.T
     n = len(b)
-    return {"knn": float((nn1 == ql).mean()), "linear": float((prob.argmax(1) == ql).mean()),
-            "linear_probs": prob.tolist(), "labels": ql.tolist(), "classes": lr.classes_.tolist(),
-            "block_cos": float((cos.sum() - n) / (n * (n - 1)))}
+    return {
+        "knn": float((nn1 == ql).mean()),
+        "linear": float((prob.argmax(1) == ql).mean()),
+        "linear_probs": prob.tolist(),
+        "labels": ql.tolist(),
+        "classes": lr.classes_.tolist(),
+        "block_cos": float((cos.sum() - n) / (n * (n - 1))),
+    }
 
 
 def dense_eval(cfg, view, model_path) -> dict:
@@ -185,7 +220,9 @@ def run_seed(args) -> dict:
 
         with open(d / "metrics.csv") as fh:
             rows = list(csv.DictReader(fh))
-        res[f"curve_lam{lam:g}"] = {k: [float(r[k]) for r in rows] for k in rows[0] if k.startswith("val/") or k == "lr"}
+        res[f"curve_lam{lam:g}"] = {
+            k: [float(r[k]) for r in rows] for k in rows[0] if k.startswith("val/") or k == "lr"
+        }
     t = time.time()
     res["probe"] = {}
     for name, paths in inits.items():
@@ -203,8 +240,12 @@ def run_seed(args) -> dict:
                 ep = cfg["finetune"]["epochs"]
                 last = d / "checkpoints" / f"epoch_{ep - 1:04d}.pt"
                 if not (d / "model.pt").exists():
-                    Engine(Finetune(cfg, [v], {} if paths is None else {v: paths[v]},
-                                    "random" if paths is None else "cpc"), d).fit()
+                    Engine(
+                        Finetune(
+                            cfg, [v], {} if paths is None else {v: paths[v]}, "random" if paths is None else "cpc"
+                        ),
+                        d,
+                    ).fit()
                 r = dense_eval(cfg, v, last)
                 # keep the last epoch's model (no selection): checkpoints hold class_names too
                 res["finetune"][f"{name}/{v}"] = r
@@ -251,10 +292,18 @@ def summarize(results: list[dict], views: list[str]) -> str:
         key = f"curve_{lam}"
         if key in results[0]:
             c = results[0][key]
-            lines.append(f"## {lam} seed{results[0]['seed']} val curves: " + "; ".join(
-                f"{k}: {c[k][0]:.3f}->{c[k][-1]:.3f}" for k in c if k.split('/')[-1] in ('total', 'cpc', 'coop') or 'sync' in k or 'sim' in k or 'top1' in k))
-    lines.append("times: " + json.dumps({k: round(float(np.mean([r['times'][k] for r in results])), 1)
-                                         for k in results[0]["times"]}))
+            lines.append(
+                f"## {lam} seed{results[0]['seed']} val curves: "
+                + "; ".join(
+                    f"{k}: {c[k][0]:.3f}->{c[k][-1]:.3f}"
+                    for k in c
+                    if k.split("/")[-1] in ("total", "cpc", "coop") or "sync" in k or "sim" in k or "top1" in k
+                )
+            )
+    lines.append(
+        "times: "
+        + json.dumps({k: round(float(np.mean([r["times"][k] for r in results])), 1) for k in results[0]["times"]})
+    )
     return "\n".join(lines)
 
 

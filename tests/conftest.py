@@ -41,8 +41,9 @@ def texture(height: int, width: int, seed: int, sigma: float = 1.5) -> np.ndarra
     return np.rint((noise - lo) / (hi - lo) * 255).astype(np.uint8)
 
 
-def translated_frames(width: int, height: int, n: int, shift: tuple[int, int], seed: int,
-                      sigma: float = 1.5, noise: int = 0) -> np.ndarray:
+def translated_frames(
+    width: int, height: int, n: int, shift: tuple[int, int], seed: int, sigma: float = 1.5, noise: int = 0
+) -> np.ndarray:
     """n BGR frames (n, H, W, 3): a fixed texture seen through a window that moves by -shift per frame,
     so the content moves by +shift (dx, dy) px per frame. `noise` adds per-frame uniform noise."""
     dx, dy = shift
@@ -151,10 +152,16 @@ def make_records(pairs, label_of=None) -> list[VideoRecord]:
     out = []
     for i, (vid, path) in enumerate(pairs):
         label = vid.split("/")[0]
-        out.append(VideoRecord(
-            video_id=vid, path=str(path), label=label, label_index=labels.index(label),
-            group=f"{label}_g{i:02d}", splits={"1": "train" if i % 2 == 0 else "test", "2": "unused" if i % 3 == 0 else "train"},
-        ))  # fmt: skip
+        out.append(
+            VideoRecord(
+                video_id=vid,
+                path=str(path),
+                label=label,
+                label_index=labels.index(label),
+                group=f"{label}_g{i:02d}",
+                splits={"1": "train" if i % 2 == 0 else "test", "2": "unused" if i % 3 == 0 else "train"},
+            )
+        )
     return out
 
 
@@ -195,8 +202,9 @@ def gloo_process(rank: int, port: int, world_size: int = 2):
 
     from cocon.train import distributed as D
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world_size), RANK=str(rank),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world_size), RANK=str(rank), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     return D.setup("cpu")
 

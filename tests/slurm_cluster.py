@@ -65,7 +65,7 @@ class LocalSlurm:
         return subprocess.run(cmd, env=self.env(), capture_output=True, text=True, check=check, timeout=timeout)
 
     # -- start / stop
-    def start(self, timeout: float = 90) -> "LocalSlurm":
+    def start(self, timeout: float = 90) -> LocalSlurm:
         for sub in ("state", "spool", "munge", "log"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(self.root / "munge", 0o700)
@@ -75,9 +75,15 @@ class LocalSlurm:
         self._write_conf(sock)
         self._write_shims()
         try:
-            self._daemon("munged", "--force", f"--socket={sock}", f"--key-file={key}",
-                         f"--pid-file={self.pids['munged']}", f"--log-file={self.root / 'log' / 'munged.log'}",
-                         f"--seed-file={self.root / 'munge' / 'munge.seed'}")
+            self._daemon(
+                "munged",
+                "--force",
+                f"--socket={sock}",
+                f"--key-file={key}",
+                f"--pid-file={self.pids['munged']}",
+                f"--log-file={self.root / 'log' / 'munged.log'}",
+                f"--seed-file={self.root / 'munge' / 'munge.seed'}",
+            )
             self._daemon("slurmctld", "-i", "-f", str(self.conf))
             self._daemon("slurmd", "-N", self.node, "-f", str(self.conf))
             self._wait_idle(timeout)
@@ -103,7 +109,7 @@ class LocalSlurm:
                 os.kill(pid, signal.SIGKILL)
         self.started.clear()
 
-    def __enter__(self) -> "LocalSlurm":
+    def __enter__(self) -> LocalSlurm:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -168,8 +174,10 @@ class LocalSlurm:
             "InactiveLimit=0",
             *(["GresTypes=gpu"] if self.gpus else []),
             f"NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.mem_mb}{gres} State=UNKNOWN",
-            *(f"PartitionName={p} Nodes={self.node} Default={'YES' if i == 0 else 'NO'} MaxTime=INFINITE State=UP"
-              for i, p in enumerate(PARTITIONS)),
+            *(
+                f"PartitionName={p} Nodes={self.node} Default={'YES' if i == 0 else 'NO'} MaxTime=INFINITE State=UP"
+                for i, p in enumerate(PARTITIONS)
+            ),
         ]
         self.conf.write_text("\n".join(lines) + "\n")
         # GPUs as plain files: slurmd counts and allocates them (it logs that they are not devices)

@@ -96,9 +96,7 @@ def test_cosine_pairs_matches_double_loop():
     expected_same, expected_different = [], []
     for i in range(9):
         for j in range(i + 1, 9):
-            (expected_same if labels[i] == labels[j] else expected_different).append(
-                _cosine(features[i], features[j])
-            )
+            (expected_same if labels[i] == labels[j] else expected_different).append(_cosine(features[i], features[j]))
     assert same.dtype == different.dtype == np.float64
     np.testing.assert_allclose(same, expected_same, atol=1e-12)
     np.testing.assert_allclose(different, expected_different, atol=1e-12)

@@ -165,8 +165,9 @@ def test_finish_equals_the_reference_implementation(shards):
 def test_without_colour_the_finished_float_is_the_old_normalisation_exactly(shards):
     """No colour change and a crop the size of the output (no resampling): the finished float is exactly
     uint8 * scale + offset of the crop (the loader's normalisation before the uint8 path), flipped."""
-    still = Augmentation(crop_scale=(1, 1), crop_ratio=(1, 1), jitter=(0, 0, 0, 0), p_gray=0, p_flip=1.0,
-                         flip_all_views=True)
+    still = Augmentation(
+        crop_scale=(1, 1), crop_ratio=(1, 1), jitter=(0, 0, 0, 0), p_gray=0, p_flip=1.0, flip_all_views=True
+    )
     ds = dataset(shards, augmentation=still, sizes={"rgb": 40, "flow": 40})
     for i in range(len(ds)):
         s = ds.sample(i)
@@ -259,9 +260,23 @@ def test_engine_device_path_gives_the_cpu_batches(shards, tmp_path):
     from cocon.train.methods import get_method
 
     root = shards["rgb"][0].parents[2]
-    train = {"views": VIEWS, "input_size": {"rgb": 32, "flow": 32}, "num_blocks": 4, "block_len": 2, "stride": 1,
-             "pred_steps": 2, "batch_size": 2, "workers": 0, "val_fraction": 0.2, "cpc_epochs": 1, "cocon_epochs": 1,
-             "max_steps_per_epoch": 1, "gpus": 0, "device": "cpu", "width": 4}
+    train = {
+        "views": VIEWS,
+        "input_size": {"rgb": 32, "flow": 32},
+        "num_blocks": 4,
+        "block_len": 2,
+        "stride": 1,
+        "pred_steps": 2,
+        "batch_size": 2,
+        "workers": 0,
+        "val_fraction": 0.2,
+        "cpc_epochs": 1,
+        "cocon_epochs": 1,
+        "max_steps_per_epoch": 1,
+        "gpus": 0,
+        "device": "cpu",
+        "width": 4,
+    }
     cfg = load_config(overrides={"output_dir": str(root), "train": train})
     batches = {}
     for dev in (False, True):

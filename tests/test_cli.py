@@ -17,8 +17,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def cocon(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cocon", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, **env})
+    return subprocess.run(
+        [sys.executable, "-m", "cocon", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+    )
 
 
 def test_help_lists_every_command():
@@ -51,12 +57,20 @@ def test_a_part_past_its_limit_is_stopped_with_its_children(tmp_path):
     """A part that outlasts its limit: status timeout, and its whole process group (here a child that
     ignores SIGTERM) is gone afterwards; its output is in the log."""
     pid_file = tmp_path / "child.pid"
-    code = ("import os, signal, subprocess, sys, time; print('started', flush=True); "
-            "c = subprocess.Popen([sys.executable, '-c', 'import signal, time; signal.signal(signal.SIGTERM, "
-            "signal.SIG_IGN); time.sleep(600)']); "
-            f"open({str(pid_file)!r}, 'w').write(str(c.pid)); time.sleep(600)")
-    part = {"name": "slow", "what": "sleeps", "cmd": [sys.executable, "-c", code], "env": {},
-            "json": str(tmp_path / "slow.json"), "stdout_json": False}
+    code = (
+        "import os, signal, subprocess, sys, time; print('started', flush=True); "
+        "c = subprocess.Popen([sys.executable, '-c', 'import signal, time; signal.signal(signal.SIGTERM, "
+        "signal.SIG_IGN); time.sleep(600)']); "
+        f"open({str(pid_file)!r}, 'w').write(str(c.pid)); time.sleep(600)"
+    )
+    part = {
+        "name": "slow",
+        "what": "sleeps",
+        "cmd": [sys.executable, "-c", code],
+        "env": {},
+        "json": str(tmp_path / "slow.json"),
+        "stdout_json": False,
+    }
     log = tmp_path / "log.txt"
     t0 = time.monotonic()
     res = gpu_check.run_part(part, 3.0, log, dict(os.environ))
@@ -74,32 +88,78 @@ def test_report_puts_every_figure_beside_its_goal(tmp_path):
     the per-test events of a tier stopped during its third test -> figures with goals and met flags, and a
     markdown report that shows them."""
     results = {
-        "tvl1": {"threads": 16, "agreement": {"size": "320x240", "epe_torch_vs_opencv_px": {"mean": 0.02},
-                                              "goal_epe_px": 0.5},
-                 "speed": [{"size": "320x240", "opencv_pairs_s": 10.0, "goal_cuda_pairs_s": 1000, "torch_cuda": [
-                     {"batch": 256, "compile": "on", "pairs_s": 1250.0, "peak_mem_mib": 900.0},
-                     {"batch": 256, "compile": "off", "pairs_s": 400.0, "peak_mem_mib": 800.0},
-                     {"batch": 1, "compile": "on", "error": "RuntimeError: boom"}]},
-                           {"size": "171x128", "opencv_pairs_s": 30.0, "torch_cuda": [
-                               {"batch": 256, "compile": "on", "pairs_s": 3000.0, "peak_mem_mib": 300.0}]}]},
-        "train_step": {"goal": {"ratio_vs_baseline": 2.0}, "best": {"variant": "bf16", "ratio_vs_baseline": 1.6,
-                                                                     "goal_met": False},
-                       "variants": {"fp32_eager": {"clips_per_s": 10.0, "peak_mem_mib": 5000.0},
-                                    "bf16": {"clips_per_s": 16.0, "peak_mem_mib": 3000.0, "ratio_vs_baseline": 1.6,
-                                             "loss_equal": True, "loss_max_rel_diff": 0.01, "loss_tolerance": 0.05},
-                                    "bf16+compile": {"error": "first step not finished within the cap", "capped": True}}},
-        "pose_seg": {"runs": [{"models": "default", "view": "seg", "config": "segformer", "api_fps": 20.0,
-                               "stage_fps_b1": 18.0, "stage_fps_b32": 60.0}]},
+        "tvl1": {
+            "threads": 16,
+            "agreement": {"size": "320x240", "epe_torch_vs_opencv_px": {"mean": 0.02}, "goal_epe_px": 0.5},
+            "speed": [
+                {
+                    "size": "320x240",
+                    "opencv_pairs_s": 10.0,
+                    "goal_cuda_pairs_s": 1000,
+                    "torch_cuda": [
+                        {"batch": 256, "compile": "on", "pairs_s": 1250.0, "peak_mem_mib": 900.0},
+                        {"batch": 256, "compile": "off", "pairs_s": 400.0, "peak_mem_mib": 800.0},
+                        {"batch": 1, "compile": "on", "error": "RuntimeError: boom"},
+                    ],
+                },
+                {
+                    "size": "171x128",
+                    "opencv_pairs_s": 30.0,
+                    "torch_cuda": [{"batch": 256, "compile": "on", "pairs_s": 3000.0, "peak_mem_mib": 300.0}],
+                },
+            ],
+        },
+        "train_step": {
+            "goal": {"ratio_vs_baseline": 2.0},
+            "best": {"variant": "bf16", "ratio_vs_baseline": 1.6, "goal_met": False},
+            "variants": {
+                "fp32_eager": {"clips_per_s": 10.0, "peak_mem_mib": 5000.0},
+                "bf16": {
+                    "clips_per_s": 16.0,
+                    "peak_mem_mib": 3000.0,
+                    "ratio_vs_baseline": 1.6,
+                    "loss_equal": True,
+                    "loss_max_rel_diff": 0.01,
+                    "loss_tolerance": 0.05,
+                },
+                "bf16+compile": {"error": "first step not finished within the cap", "capped": True},
+            },
+        },
+        "pose_seg": {
+            "runs": [
+                {
+                    "models": "default",
+                    "view": "seg",
+                    "config": "segformer",
+                    "api_fps": 20.0,
+                    "stage_fps_b1": 18.0,
+                    "stage_fps_b32": 60.0,
+                }
+            ]
+        },
     }
     events = tmp_path / "events.jsonl"
-    lines = [{"event": "start", "test": "t.py::a"}, {"event": "setup", "test": "t.py::a", "outcome": "passed", "seconds": 0.1},
-             {"event": "call", "test": "t.py::a", "outcome": "passed", "seconds": 2.0},
-             {"event": "start", "test": "t.py::b"},
-             {"event": "setup", "test": "t.py::b", "outcome": "skipped", "seconds": 0.0, "message": "no mm"},
-             {"event": "start", "test": "t.py::c"}, {"event": "setup", "test": "t.py::c", "outcome": "passed", "seconds": 0.2}]
+    lines = [
+        {"event": "start", "test": "t.py::a"},
+        {"event": "setup", "test": "t.py::a", "outcome": "passed", "seconds": 0.1},
+        {"event": "call", "test": "t.py::a", "outcome": "passed", "seconds": 2.0},
+        {"event": "start", "test": "t.py::b"},
+        {"event": "setup", "test": "t.py::b", "outcome": "skipped", "seconds": 0.0, "message": "no mm"},
+        {"event": "start", "test": "t.py::c"},
+        {"event": "setup", "test": "t.py::c", "outcome": "passed", "seconds": 0.2},
+    ]
     events.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    report = {"status": "failed", "started": "now", "timeout_s": 480.0, "wall_s": 100.0, "environment": {},
-              "parts": [], "tests": None, "benchmarks": {}, "figures": []}
+    report = {
+        "status": "failed",
+        "started": "now",
+        "timeout_s": 480.0,
+        "wall_s": 100.0,
+        "environment": {},
+        "parts": [],
+        "tests": None,
+        "benchmarks": {},
+        "figures": [],
+    }
     for name, result in results.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(result))
         entry = {"name": name, "what": name, "status": "ok", "rc": 0, "wall_s": 1.0, "limit_s": 9.0, "skip": None}
@@ -107,7 +167,9 @@ def test_report_puts_every_figure_beside_its_goal(tmp_path):
         gpu_check.collect(report, {"name": name, "json": str(tmp_path / f"{name}.json")}, entry, tmp_path, time.time())
     tier = {"name": "tests", "what": "tier", "status": "timeout", "rc": -9, "wall_s": 9.0, "limit_s": 9.0, "skip": None}
     report["parts"].insert(0, tier)
-    gpu_check.collect(report, {"name": "tests", "env": {gpu_check.EVENTS_ENV: str(events)}}, tier, tmp_path, time.time())
+    gpu_check.collect(
+        report, {"name": "tests", "env": {gpu_check.EVENTS_ENV: str(events)}}, tier, tmp_path, time.time()
+    )
 
     t = report["tests"]
     assert (t["passed"], t["skipped"], t["running"], t["failed"]) == (1, 1, 1, 0) and "events" in t["source"]
@@ -123,6 +185,9 @@ def test_report_puts_every_figure_beside_its_goal(tmp_path):
     assert seg["value"] == 60.0 and seg["met"] is True and "batch 32" in seg["name"]
 
     md = gpu_check.markdown(report)
-    assert "| TVL1 torch CUDA pairs/s at 320x240 (best: batch 256, compile on) | 1,250 pairs/s | >= 1000 pairs/s | yes |" in md
+    assert (
+        "| TVL1 torch CUDA pairs/s at 320x240 (best: batch 256, compile on) | 1,250 pairs/s | >= 1000 pairs/s | yes |"
+        in md
+    )
     assert "| training step clips/s, best setting (bf16) / fp32 eager | 1.6 x | >= 2.0x | no |" in md
     assert "| t.py::c | running |" in md and "RuntimeError: boom" in md

@@ -32,7 +32,7 @@ from cocon.data.clips import (
     make_loader,
     video_table,
     view_frame_indices,
-)  # fmt: skip
+)
 from cocon.data.shards import ShardReader, ShardWriter, encode_frames
 from cocon.preprocess.flow import dequantize
 from cocon.sources.records import VideoRecord
@@ -495,7 +495,9 @@ def test_grey_and_jitter_per_frame(shards):
 def test_crops_independent_per_view_unless_shared(shards, monkeypatch):
     boxes = []
     real = clips._crop  # the worker's crop copy: one call per view and sample
-    monkeypatch.setattr(clips, "_crop", lambda images, inverse, box, out: boxes.append(box) or real(images, inverse, box, out))
+    monkeypatch.setattr(
+        clips, "_crop", lambda images, inverse, box, out: boxes.append(box) or real(images, inverse, box, out)
+    )
     kw = dict(views=VIEWS, split=1, role="train", holdout_fraction=0, **SMALL)
     for shared in (False, True):
         boxes.clear()
@@ -550,8 +552,9 @@ def test_dense_windows_count_overlap_and_coverage():
 
 
 def test_dense_clips_score_every_video_with_the_right_frames(shards):
-    kw = dict(views=VIEWS, split=2, holdout_fraction=0.0, num_blocks=2, block_len=3, stride=2,
-              sizes={"rgb": 32, "flow": 24})  # window = 2 blocks x 3 frames at stride 2 (11 frames)
+    kw = dict(
+        views=VIEWS, split=2, holdout_fraction=0.0, num_blocks=2, block_len=3, stride=2, sizes={"rgb": 32, "flow": 24}
+    )  # window = 2 blocks x 3 frames at stride 2 (11 frames)
     test = DenseClips(shards, role="test", window_stride=1, extra_blocks=5, **kw)
     # split 2's test role: A/v0 (36 frames) and C/v6 (25 frames); none dropped
     assert ids(test) == ["A/v0", "C/v6"]
@@ -560,7 +563,14 @@ def test_dense_clips_score_every_video_with_the_right_frames(shards):
         n = test.videos[i].n_frames
         want = dense_windows(n, 2, 3, 2, window_stride=1)
         assert int(item["windows"]) == len(want)
-        assert item["rgb"].shape == (len(want), 2, 3, 3, 32, 32) and item["flow_tvl1"].shape == (len(want), 2, 2, 3, 24, 24)
+        assert item["rgb"].shape == (len(want), 2, 3, 3, 32, 32) and item["flow_tvl1"].shape == (
+            len(want),
+            2,
+            2,
+            3,
+            24,
+            24,
+        )
         for k in range(len(want)):
             assert np.array_equal(rgb_k(item["rgb"][k], vid), want[k])
             assert np.array_equal(flow_k(item["flow_tvl1"][k]), want[k])

@@ -18,8 +18,15 @@ import yaml
 from cocon.config import ConfigError, load_config
 from cocon.sources import demo
 
-SMALL = {"classes": 3, "groups_per_class": 3, "clips_per_group": 2, "test_groups": 1,
-         "frames": 12, "width": 48, "height": 32}  # fmt: skip
+SMALL = {
+    "classes": 3,
+    "groups_per_class": 3,
+    "clips_per_group": 2,
+    "test_groups": 1,
+    "frames": 12,
+    "width": 48,
+    "height": 32,
+}
 
 
 def small_cfg(out: Path, seed: int = 0, **demo_overrides) -> dict:
@@ -277,8 +284,12 @@ def test_cli(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
         [sys.executable, "-m", "cocon.sources.demo", "--config", str(config)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.strip().splitlines()) == 1
     assert "12 videos" in proc.stdout

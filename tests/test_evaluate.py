@@ -25,15 +25,27 @@ from cocon.train.engine import Engine
 from cocon.train.methods import Finetune
 from cocon.train.methods.finetune import milestones
 
+from test_clips import write_view
+
 
 def FinetuneTrainer(view, init_kind, init_path, cfg, out) -> Engine:
     """The engine fine-tuning `view` (the tests' shorthand)."""
     return Engine(Finetune(cfg, [view], {view: init_path} if init_path else {}, init_kind), out)
-from test_clips import write_view
 
-TRAIN = {"views": ["rgb", "flow_tvl1"], "num_blocks": 2, "block_len": 3, "stride": 2, "pred_steps": 1,
-         "input_size": {"rgb": 32, "flow": 32}, "batch_size": 2, "workers": 0, "val_fraction": 0.3,
-         "device": "cpu", "gpus": 0}
+
+TRAIN = {
+    "views": ["rgb", "flow_tvl1"],
+    "num_blocks": 2,
+    "block_len": 3,
+    "stride": 2,
+    "pred_steps": 1,
+    "input_size": {"rgb": 32, "flow": 32},
+    "batch_size": 2,
+    "workers": 0,
+    "val_fraction": 0.3,
+    "device": "cpu",
+    "gpus": 0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +53,22 @@ def cfg(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
     for view in ("rgb", "flow_tvl1"):
         write_view(root, view)
-    return load_config(overrides={
-        "output_dir": str(root), "seed": 1, "train": TRAIN,
-        "finetune": {"epochs": 3, "batch_size": 2, "max_steps_per_epoch": 2, "lr_steps": [0.5]},
-        "evaluate": {"window_stride": 1, "batch_size": 3, "consistency_top": 1, "consistency_min": 1,
-                     "alignment_blocks": 4, "retrieval_ks": [1, 2, 50]},
-    })
+    return load_config(
+        overrides={
+            "output_dir": str(root),
+            "seed": 1,
+            "train": TRAIN,
+            "finetune": {"epochs": 3, "batch_size": 2, "max_steps_per_epoch": 2, "lr_steps": [0.5]},
+            "evaluate": {
+                "window_stride": 1,
+                "batch_size": 3,
+                "consistency_top": 1,
+                "consistency_min": 1,
+                "alignment_blocks": 4,
+                "retrieval_ks": [1, 2, 50],
+            },
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -125,9 +147,20 @@ def test_dense_evaluation_scores_every_test_video(cfg, finetuned, tmp_path):
     assert result["accuracy"] == pytest.approx(float((probs.argmax(1) == labels).mean()))
     assert result["n_unscored"] == 0
     # videos failed in the shards are listed as unscored, never silently dropped
-    assert unscored_videos(cfg, "flow_tvl1", "train", set()) == ["A/v0", "A/v1", "A/v2", "B/v4", "B/v5", "C/v6",
-                                                                  "C/v7", "C/v9"]
-    assert unscored_videos(cfg, "flow_tvl1", "train", {"A/v0", "A/v1", "B/v4", "C/v6", "C/v7", "C/v9"}) == ["A/v2", "B/v5"]
+    assert unscored_videos(cfg, "flow_tvl1", "train", set()) == [
+        "A/v0",
+        "A/v1",
+        "A/v2",
+        "B/v4",
+        "B/v5",
+        "C/v6",
+        "C/v7",
+        "C/v9",
+    ]
+    assert unscored_videos(cfg, "flow_tvl1", "train", {"A/v0", "A/v1", "B/v4", "C/v6", "C/v7", "C/v9"}) == [
+        "A/v2",
+        "B/v5",
+    ]
 
 
 def test_features_random_init_is_reproducible(cfg, tmp_path):
@@ -143,10 +176,23 @@ def test_features_random_init_is_reproducible(cfg, tmp_path):
 
 
 def write_scores(path, ids, labels, probs, acc=None):
-    write_h5(path, {"video_id": ids, "label": np.array(labels), "windows": np.ones(len(ids), np.int64),
-                   "probs": np.array(probs, np.float32), "unscored": []},
-            {"accuracy": float(np.mean(np.argmax(probs, 1) == labels)) if acc is None else acc,
-             "n_videos": len(ids), "n_unscored": 0, "class_names": ["A", "B", "C"], "model_selected_epoch": 0})
+    write_h5(
+        path,
+        {
+            "video_id": ids,
+            "label": np.array(labels),
+            "windows": np.ones(len(ids), np.int64),
+            "probs": np.array(probs, np.float32),
+            "unscored": [],
+        },
+        {
+            "accuracy": float(np.mean(np.argmax(probs, 1) == labels)) if acc is None else acc,
+            "n_videos": len(ids),
+            "n_unscored": 0,
+            "class_names": ["A", "B", "C"],
+            "model_selected_epoch": 0,
+        },
+    )
 
 
 def test_report_ensembles_tables_and_analyses(cfg, tmp_path):
@@ -201,8 +247,11 @@ def test_claim_mean_and_std_over_seeds(cfg, tmp_path):
         assert result["accuracy"]["ensemble"][init]["mean"] == pytest.approx(np.mean(per_seed))
     # an ordering holds when the gap of the means exceeds 2 pooled standard deviations
     pooled = np.sqrt((np.var(acc["random"], ddof=1) + np.var(acc["cpc"], ddof=1)) / 2)
-    assert result["orderings"]["rgb"]["random<cpc"] == {"gap": pytest.approx(0.25), "pooled_std": pytest.approx(pooled),
-                                                        "holds": False}  # 0.25 < 2 x 0.144
+    assert result["orderings"]["rgb"]["random<cpc"] == {
+        "gap": pytest.approx(0.25),
+        "pooled_std": pytest.approx(pooled),
+        "holds": False,
+    }  # 0.25 < 2 x 0.144
     assert result["orderings"]["rgb"]["cpc<cocon"]["holds"]  # 0.417 > 2 x 0.102
     assert "control<cocon" not in result["orderings"]["rgb"]  # no control run in these scores
     assert "± " in (tmp_path / "claim.md").read_text()
@@ -221,13 +270,16 @@ def test_finetune_resume_equals_an_uninterrupted_run(cfg, tmp_path, one_torch_th
     assert all(torch.equal(a["models"]["rgb"][k], v) for k, v in b["models"]["rgb"].items())
 
 
-@pytest.mark.parametrize("overrides, key", [
-    ({"finetune": {"inits": ["random", "cocon"]}, "train": {"views": ["rgb"]}}, "finetune.inits"),
-    ({"evaluate": {"consistency_top": 2, "consistency_min": 3}}, "evaluate.consistency_min"),
-    ({"evaluate": {"window_stride": 9}}, "evaluate.window_stride"),
-    ({"finetune": {"dropout": 1.5}}, "finetune.dropout"),
-    ({"evaluate": {"ensemble_weights": {"depth": 1}}}, "evaluate.ensemble_weights"),
-])
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        ({"finetune": {"inits": ["random", "cocon"]}, "train": {"views": ["rgb"]}}, "finetune.inits"),
+        ({"evaluate": {"consistency_top": 2, "consistency_min": 3}}, "evaluate.consistency_min"),
+        ({"evaluate": {"window_stride": 9}}, "evaluate.window_stride"),
+        ({"finetune": {"dropout": 1.5}}, "finetune.dropout"),
+        ({"evaluate": {"ensemble_weights": {"depth": 1}}}, "evaluate.ensemble_weights"),
+    ],
+)
 def test_bad_evaluation_config_is_rejected_naming_the_key(overrides, key):
     from cocon.config import ConfigError
 

@@ -20,9 +20,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import gloo_process
-from test_train import Trainer, _free_port, shards_dir  # noqa: F401  (shards_dir is a fixture)
-from test_train import tiny_config as _tiny_config
 
 from cocon.models.build import PerViewNetworks, build_dpc
 from cocon.models.losses import cocon_loss
@@ -31,6 +28,10 @@ from cocon.train import distributed as D
 from cocon.train.checkpoints import load_checkpoint, run_hash
 from cocon.train.engine import channels_last_3d
 from cocon.train.methods import CoCon
+
+from conftest import gloo_process
+from test_train import Trainer, _free_port, shards_dir  # noqa: F401  (shards_dir is a fixture)
+from test_train import tiny_config as _tiny_config
 
 VIEWS = ["flow_tvl1", "rgb"]
 WIDTH = 8
@@ -69,14 +70,20 @@ def _assert_same_history(got, want, rel):
 
 def _model(dtype=torch.float32):
     torch.manual_seed(0)
-    return PerViewNetworks({"rgb": DPC(3, num_blocks=4, pred_steps=2, dropout=0.0, width=WIDTH),
-                            "flow_tvl1": DPC(2, num_blocks=4, pred_steps=2, dropout=0.0, width=WIDTH)}).to(dtype)
+    return PerViewNetworks(
+        {
+            "rgb": DPC(3, num_blocks=4, pred_steps=2, dropout=0.0, width=WIDTH),
+            "flow_tvl1": DPC(2, num_blocks=4, pred_steps=2, dropout=0.0, width=WIDTH),
+        }
+    ).to(dtype)
 
 
 def _batch(dtype=torch.float32, B=4):
     g = torch.Generator().manual_seed(0)
-    return {"rgb": torch.randn(B, 4, 3, 2, 32, 32, generator=g, dtype=dtype),
-            "flow_tvl1": torch.randn(B, 4, 2, 2, 32, 32, generator=g, dtype=dtype)}
+    return {
+        "rgb": torch.randn(B, 4, 3, 2, 32, 32, generator=g, dtype=dtype),
+        "flow_tvl1": torch.randn(B, 4, 2, 2, 32, 32, generator=g, dtype=dtype),
+    }
 
 
 def _loss_and_grads(model, x):
@@ -148,8 +155,14 @@ def test_trainer_with_channels_last_completes_and_resumes(shards_dir, tmp_path, 
         assert run_hash(CoCon(switched, VIEWS).identity()) == run_hash(CoCon(default, VIEWS).identity())
 
 
-def test_trainer_compile_wiring_keeps_checkpoints_and_resumes(shards_dir, tmp_path, tiny,  # noqa: F811
-                                                               default_run, monkeypatch, caplog):
+def test_trainer_compile_wiring_keeps_checkpoints_and_resumes(
+    shards_dir,  # noqa: F811
+    tmp_path,
+    tiny,
+    default_run,
+    monkeypatch,
+    caplog,
+):
     """train.compile with TorchDynamo's "eager" backend (graph capture without code generation, seconds
     instead of the minutes inductor's C++ build takes here): compiled in place, the log line, unchanged
     state_dict keys, checkpoints that load with weights_only=True, resume, and the losses of the
@@ -196,22 +209,31 @@ def test_compile_with_inductor_gives_the_loss_and_gradients_of_eager(tmp_path):
     Opt-in: with an empty compile cache this test took 72 s on the 2-core reference VM when idle and
     99 s when busy; only with the kernels cached (under /tmp/torchinductor_<user>) did it take ~11 s."""
     if not COMPILE_TIMEOUT:
-        pytest.skip("inductor's first compile of a tiny DPC pair takes 72-99 s on the 2-core reference VM "
-                    "(measured with an empty cache; ~11 s cached), over this file's 60 s budget; run it with "
-                    "COCON_COMPILE_TEST_TIMEOUT=300 (the Trainer wiring is tested with the 'eager' backend)")
+        pytest.skip(
+            "inductor's first compile of a tiny DPC pair takes 72-99 s on the 2-core reference VM "
+            "(measured with an empty cache; ~11 s cached), over this file's 60 s budget; run it with "
+            "COCON_COMPILE_TEST_TIMEOUT=300 (the Trainer wiring is tested with the 'eager' backend)"
+        )
     script = tmp_path / "inductor_check.py"
     script.write_text(_INDUCTOR_SCRIPT)
     t0 = time.perf_counter()
-    p = subprocess.Popen([sys.executable, str(script), str(Path(__file__).parent)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    p = subprocess.Popen(
+        [sys.executable, str(script), str(Path(__file__).parent)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, err = p.communicate(timeout=COMPILE_TIMEOUT)
     except subprocess.TimeoutExpired:
         os.killpg(p.pid, signal.SIGKILL)  # the process group of this subprocess and its compile workers
         p.communicate()
-        pytest.skip(f"torch.compile (inductor, CPU) of a width-{WIDTH} DPC pair did not finish within "
-                    f"COCON_COMPILE_TEST_TIMEOUT={COMPILE_TIMEOUT:.0f} s (stopped after "
-                    f"{time.perf_counter() - t0:.0f} s)")
+        pytest.skip(
+            f"torch.compile (inductor, CPU) of a width-{WIDTH} DPC pair did not finish within "
+            f"COCON_COMPILE_TEST_TIMEOUT={COMPILE_TIMEOUT:.0f} s (stopped after "
+            f"{time.perf_counter() - t0:.0f} s)"
+        )
     assert p.returncode == 0, err[-3000:]
     r = json.loads(out.strip().splitlines()[-1])
     assert r["keys"]

@@ -12,12 +12,13 @@ import cv2
 import h5py
 import numpy as np
 import pytest
-from conftest import stage_config
 
 from cocon.config import load_config
 from cocon.data.shards import ShardReader
 from cocon.preprocess import flow, frames
 from cocon.provenance import dumps
+
+from conftest import stage_config
 
 DATASET = {"name": "testset", "format": "csv"}
 BOUND = 20
@@ -25,11 +26,23 @@ DEFAULTS = load_config()["flow"]  # the schema's defaults: tvl1, farneback, boun
 # fewer scales / warps / iterations: ~4x faster than the defaults, still an accurate flow on these clips
 FAST_TVL1 = {**DEFAULTS["tvl1"], "scales": 3, "warps": 2, "inner_iterations": 10, "outer_iterations": 3}
 PNG = {"codec": "png", "level": 1}
-RGB_PARAMS = {"short_side": 48, "interpolation": "area", "max_frames": None, "min_frames": 8, "encoding": {"codec": "raw"}}
+RGB_PARAMS = {
+    "short_side": 48,
+    "interpolation": "area",
+    "max_frames": None,
+    "min_frames": 8,
+    "encoding": {"codec": "raw"},
+}
 # stored rgb frames are 64x48 (avi: as encoded; mp4: 96x72 scaled by 2/3; tall: 48x64 as encoded), so the
 # content moves per frame by (dx, dy) px of the stored frames:
 SHIFT = {"walk/avi": (2, 1), "jump/mp4": (-2, 2), "walk/tall": (1, -2)}
-ORDER = [("walk/avi", "avi"), ("walk/zero", "zero"), ("jump/mp4", "mp4"), ("jump/missing", "missing"), ("walk/tall", "tall")]
+ORDER = [
+    ("walk/avi", "avi"),
+    ("walk/zero", "zero"),
+    ("jump/mp4", "mp4"),
+    ("jump/missing", "missing"),
+    ("walk/tall", "tall"),
+]
 
 
 def tvl1_params(p: dict, encoding=PNG, bound=BOUND) -> dict:
@@ -39,9 +52,19 @@ def tvl1_params(p: dict, encoding=PNG, bound=BOUND) -> dict:
 def direct_tvl1(p: dict):
     """The OpenCV object built here, positionally, from the config keys (independently of cocon.preprocess.flow)."""
     return cv2.optflow.DualTVL1OpticalFlow_create(
-        p["tau"], p["lambda"], p["theta"], p["scales"], p["warps"], p["epsilon"], p["inner_iterations"],
-        p["outer_iterations"], p["scale_step"], p["gamma"], p["median_filtering"], False,
-    )  # fmt: skip
+        p["tau"],
+        p["lambda"],
+        p["theta"],
+        p["scales"],
+        p["warps"],
+        p["epsilon"],
+        p["inner_iterations"],
+        p["outer_iterations"],
+        p["scale_step"],
+        p["gamma"],
+        p["median_filtering"],
+        False,
+    )
 
 
 def stored_gray(rgb_path, row: int) -> list[np.ndarray]:
@@ -101,7 +124,9 @@ def test_dequantize_round_trip_error_is_at_most_half_a_step():
         np.testing.assert_allclose(np.diff(d), 2 * bound / 255, rtol=1e-4)
         np.testing.assert_array_equal(flow.quantize(d, bound), q)  # dequantize then quantize is the identity
         # clipped values come back as the bound
-        assert flow.dequantize(flow.quantize(np.array([5 * bound, -5 * bound]), bound), bound).tolist() == pytest.approx([bound, -bound])
+        assert flow.dequantize(
+            flow.quantize(np.array([5 * bound, -5 * bound]), bound), bound
+        ).tolist() == pytest.approx([bound, -bound])
 
 
 def test_quantize_zero_is_128_for_float32_flow_with_any_bound():
@@ -173,11 +198,27 @@ def test_flow_shard_aligned_with_rgb_view(rgb, tvl1_png):
     src, r = ShardReader(rgb), ShardReader(tvl1_png["path"])
     assert len(r.index) == len(src.index)
     for a, b in zip(src.index, r.index):
-        for key in ("video_id", "path", "label", "label_index", "group", "splits", "status", "fps",
-                    "orig_height", "orig_width", "orig_frames"):  # fmt: skip
+        for key in (
+            "video_id",
+            "path",
+            "label",
+            "label_index",
+            "group",
+            "splits",
+            "status",
+            "fps",
+            "orig_height",
+            "orig_width",
+            "orig_frames",
+        ):
             assert a[key] == b[key], key
         if a["status"] == "ok":
-            assert (b["n_frames"], b["height"], b["width"], b["channels"]) == (a["n_frames"], a["height"], a["width"], 2)
+            assert (b["n_frames"], b["height"], b["width"], b["channels"]) == (
+                a["n_frames"],
+                a["height"],
+                a["width"],
+                2,
+            )
     for vid, i in ok_rows(r).items():
         t, h, w = src.index[i]["n_frames"], src.index[i]["height"], src.index[i]["width"]
         f = r.read(i)
@@ -249,8 +290,24 @@ def test_torch_backend_writes_the_same_shard_as_opencv(rgb, tvl1_png, tmp_path):
     a quantisation step almost everywhere, the backend recorded; and the same bytes again on a rerun."""
     p = tvl1_params({**FAST_TVL1, "backend": "torch", "device": "cpu", "batch_size": 8})
     out = tmp_path / "torch" / "00000.h5"
-    cmd = [sys.executable, "-m", "cocon", "flow", "--method", "tvl1", "--rgb", str(rgb), "--shard", "00000",
-           "--out", str(out), "--config-json", stage_config("flow", p, DATASET, "tvl1"), "--threads", "2"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "cocon",
+        "flow",
+        "--method",
+        "tvl1",
+        "--rgb",
+        str(rgb),
+        "--shard",
+        "00000",
+        "--out",
+        str(out),
+        "--config-json",
+        stage_config("flow", p, DATASET, "tvl1"),
+        "--threads",
+        "2",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "tvl1 backend: torch on cpu" in proc.stderr
@@ -283,10 +340,28 @@ def test_farneback_equals_opencv_and_cli(rgb, tmp_path):
     params = {"bound": BOUND, "encoding": PNG, "farneback": fb}
     out = tmp_path / "flow_farneback" / "00000.h5"
     proc = subprocess.run(
-        [sys.executable, "-m", "cocon", "flow", "--method", "farneback", "--rgb", str(rgb), "--shard", "00000",
-         "--out", str(out), "--config-json", stage_config("flow", params, DATASET, "farneback"), "--threads", "2"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "cocon",
+            "flow",
+            "--method",
+            "farneback",
+            "--rgb",
+            str(rgb),
+            "--shard",
+            "00000",
+            "--out",
+            str(out),
+            "--config-json",
+            stage_config("flow", params, DATASET, "farneback"),
+            "--threads",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "flow_farneback shard 00000: 3 ok, 2 failed" in proc.stderr
     assert "FAILED walk/zero [flow_farneback]: failed upstream (rgb): zero-byte file" in proc.stderr
@@ -295,8 +370,18 @@ def test_farneback_equals_opencv_and_cli(rgb, tmp_path):
     assert r.attrs["view"] == "flow_farneback"
 
     def calc(a, b):
-        return cv2.calcOpticalFlowFarneback(a, b, None, fb["pyr_scale"], fb["levels"], fb["winsize"],
-                                            fb["iterations"], fb["poly_n"], fb["poly_sigma"], 0)  # fmt: skip
+        return cv2.calcOpticalFlowFarneback(
+            a,
+            b,
+            None,
+            fb["pyr_scale"],
+            fb["levels"],
+            fb["winsize"],
+            fb["iterations"],
+            fb["poly_n"],
+            fb["poly_sigma"],
+            0,
+        )
 
     for vid, i in ok_rows(r).items():
         got = r.read(i)
@@ -322,8 +407,14 @@ def test_farneback_in_process_threads_and_bound(rgb, tmp_path):
 
 def test_unknown_method_is_rejected(rgb, tmp_path):
     with pytest.raises(ValueError, match="unknown flow method"):
-        flow.run("lucas-kanade", str(rgb), "00000", str(tmp_path / "x.h5"), {"bound": 20, "encoding": PNG,
-                                                                              "lucas-kanade": {}}, DATASET)  # fmt: skip
+        flow.run(
+            "lucas-kanade",
+            str(rgb),
+            "00000",
+            str(tmp_path / "x.h5"),
+            {"bound": 20, "encoding": PNG, "lucas-kanade": {}},
+            DATASET,
+        )
     assert not list(tmp_path.iterdir())
 
 
@@ -331,7 +422,9 @@ def test_video_flow_refuses_a_single_frame():
     """One frame has no pair: a clear BadVideo, never uninitialised memory."""
     from cocon.preprocess.video import BadVideo
 
-    compute = flow.FlowComputer("farneback", {"farneback": {"pyr_scale": 0.5, "levels": 1, "winsize": 5,
-                                                             "iterations": 1, "poly_n": 5, "poly_sigma": 1.1}})
+    compute = flow.FlowComputer(
+        "farneback",
+        {"farneback": {"pyr_scale": 0.5, "levels": 1, "winsize": 5, "iterations": 1, "poly_n": 5, "poly_sigma": 1.1}},
+    )
     with pytest.raises(BadVideo, match="too short for flow"):
         flow.video_flow(np.zeros((1, 8, 8, 3), np.uint8), compute, 20, map)

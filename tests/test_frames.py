@@ -12,7 +12,6 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from conftest import stage_config
 
 from cocon.data.shards import ShardReader
 from cocon.preprocess import frames
@@ -23,6 +22,8 @@ from cocon.sources.records import (
     splits_to_json,
     write_manifest,
 )
+
+from conftest import stage_config
 
 GOOD = ("avi", "mp4", "tall")  # names of the `videos` fixture (tests/conftest.py)
 BAD = ("zero", "garbage", "truncated", "short", "missing")
@@ -82,8 +83,9 @@ def decode_bgr(path: str) -> np.ndarray:
 def expected_rgb(path: str, hw: tuple[int, int], interpolation=cv2.INTER_AREA) -> np.ndarray:
     """What the stage must store: every decoded frame, resized to (H, W), converted BGR -> RGB."""
     h, w = hw
-    return np.stack([cv2.cvtColor(cv2.resize(f, (w, h), interpolation=interpolation), cv2.COLOR_BGR2RGB)
-                     for f in decode_bgr(path)])  # fmt: skip
+    return np.stack(
+        [cv2.cvtColor(cv2.resize(f, (w, h), interpolation=interpolation), cv2.COLOR_BGR2RGB) for f in decode_bgr(path)]
+    )
 
 
 # ------------------------------------------------------------------ good videos
@@ -129,7 +131,13 @@ def test_interpolation_parameter_is_used(tmp_path, videos, make_manifest):
 def test_attributes_record_source_and_provenance(rgb, videos, manifest):
     r = rgb["reader"]
     a = r.attrs
-    assert (a["format"], a["view"], a["shard"], a["stage"], a["complete"]) == ("cocon-shard", "rgb", "00000", "frames", True)
+    assert (a["format"], a["view"], a["shard"], a["stage"], a["complete"]) == (
+        "cocon-shard",
+        "rgb",
+        "00000",
+        "frames",
+        True,
+    )
     assert (a["n_videos"], a["n_ok"], a["n_failed"]) == (len(ORDER), len(GOOD), len(BAD))
     assert a["params"] == dumps(PARAMS) and json.loads(a["params"]) == PARAMS
     assert json.loads(a["dataset"]) == DATASET
@@ -149,7 +157,11 @@ def test_attributes_record_source_and_provenance(rgb, videos, manifest):
         assert (row["label"], row["label_index"], row["group"]) == (rec.label, rec.label_index, rec.group)
         assert json.loads(va["splits"]) == rec.splits and row["splits"] == splits_to_json(rec.splits)
         assert va["fps"] == pytest.approx(25.0) and row["fps"] == pytest.approx(25.0)
-        assert (va["orig_height"], va["orig_width"]) == (clip.height, clip.width) == (row["orig_height"], row["orig_width"])
+        assert (
+            (va["orig_height"], va["orig_width"])
+            == (clip.height, clip.width)
+            == (row["orig_height"], row["orig_width"])
+        )
         assert va["orig_frames"] == clip.frames == row["orig_frames"]
         assert va["n_frames"] == clip.frames and json.loads(va["shape"]) == [clip.frames, *EXPECTED_HW[name], 3]
         assert va["codec"] == "raw"
@@ -262,10 +274,27 @@ def test_cli_with_bad_videos_exits_zero(tmp_path, manifest, videos, rgb):
     out = tmp_path / "rgb" / "00000.h5"
     params = {**PARAMS, "encoding": {"codec": "jpeg", "quality": 90}}
     proc = subprocess.run(
-        [sys.executable, "-m", "cocon", "frames", "--manifest", manifest["path"], "--shard", "00000", "--out", str(out),
-         "--config-json", stage_config("frames", params, DATASET), "--threads", "2"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "cocon",
+            "frames",
+            "--manifest",
+            manifest["path"],
+            "--shard",
+            "00000",
+            "--out",
+            str(out),
+            "--config-json",
+            stage_config("frames", params, DATASET),
+            "--threads",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert out.exists() and not (tmp_path / "rgb" / "00000.h5.partial").exists()
     r = ShardReader(out)
@@ -291,9 +320,23 @@ def test_cli_with_bad_videos_exits_zero(tmp_path, manifest, videos, rgb):
 
 def test_cli_rejects_bad_arguments(tmp_path, manifest):
     proc = subprocess.run(
-        [sys.executable, "-m", "cocon", "frames", "--manifest", manifest["path"], "--shard", "00000",
-         "--out", str(tmp_path / "x.h5"), "--config-json", "{not json"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "cocon",
+            "frames",
+            "--manifest",
+            manifest["path"],
+            "--shard",
+            "00000",
+            "--out",
+            str(tmp_path / "x.h5"),
+            "--config-json",
+            "{not json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0 and "--config-json is not valid JSON" in proc.stderr
     assert not (tmp_path / "x.h5").exists()

@@ -32,8 +32,11 @@ from test_train import Trainer, _batch, _free_port, _grads, _model, shards_dir, 
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: torch sees no CUDA device (the GPU tier "
-                       "runs on a GPU machine: `cocon gpu-check`, BENCHMARKS.md)"),
+    pytest.mark.skipif(
+        not torch.cuda.is_available(),
+        reason="needs CUDA: torch sees no CUDA device (the GPU tier "
+        "runs on a GPU machine: `cocon gpu-check`, BENCHMARKS.md)",
+    ),
 ]
 OPENMMLAB = all(importlib.util.find_spec(m) is not None for m in ("mmcv", "mmengine", "mmpose", "mmseg"))
 NO_OPENMMLAB = "the OpenMMLab stack (mmcv, mmengine, mmpose, mmseg) is not installed (docs/pose_seg.md, Install)"
@@ -69,8 +72,10 @@ def test_tvl1_on_cuda_equals_the_cpu_result(caplog):
     from cocon.preprocess import tvl1
 
     shifts = [(1.3, -0.6), (-2.4, 1.7), (0.4, 0.25)]
-    textures = [moved_pair(smooth_texture(80, 96, s, sigma), translation(*d), (64, 48))
-                for s, (d, sigma) in enumerate(zip(shifts, (2.0, 3.0, 1.5)))]  # fmt: skip
+    textures = [
+        moved_pair(smooth_texture(80, 96, s, sigma), translation(*d), (64, 48))
+        for s, (d, sigma) in enumerate(zip(shifts, (2.0, 3.0, 1.5)))
+    ]
     motions = [cv2.getRotationMatrix2D((160, 107), 2.0, 1.02), cv2.getRotationMatrix2D((160, 107), -1.0, 0.98)]
     motions[0][:, 2] += (3.2, 2.1)
     motions[1][:, 2] += (-2.3, 1.1)
@@ -99,11 +104,17 @@ def _step(device: str, bf16: bool, size: int = 64, batch: int = 4, steps: int = 
     to fp32, L_cocon, backward, Adam step. Returns the losses before each of the `steps` updates and the
     first gradient, flattened, on the CPU."""
     torch.manual_seed(0)
-    models = PerViewNetworks({"rgb": DPC(3, num_blocks=4, pred_steps=2, dropout=0.0),
-                              "flow_tvl1": DPC(2, num_blocks=4, pred_steps=2, dropout=0.0)}).to(device)
+    models = PerViewNetworks(
+        {
+            "rgb": DPC(3, num_blocks=4, pred_steps=2, dropout=0.0),
+            "flow_tvl1": DPC(2, num_blocks=4, pred_steps=2, dropout=0.0),
+        }
+    ).to(device)
     g = torch.Generator().manual_seed(0)
-    x = {"rgb": torch.randn(batch, 4, 3, 2, size, size, generator=g).to(device),
-         "flow_tvl1": torch.randn(batch, 4, 2, 2, size, size, generator=g).to(device)}
+    x = {
+        "rgb": torch.randn(batch, 4, 3, 2, size, size, generator=g).to(device),
+        "flow_tvl1": torch.randn(batch, 4, 2, 2, size, size, generator=g).to(device),
+    }
     opt = torch.optim.Adam(models.parameters(), lr=1e-3, weight_decay=1e-5)
     losses, grad = [], None
     for _ in range(steps):
@@ -175,8 +186,13 @@ def test_resume_on_cuda_equals_an_uninterrupted_run(shards_dir, tmp_path, no_tf3
     straight = Trainer("cocon", views, cfg, tmp_path / "straight", {})
     straight.fit()
     assert straight.device.type == "cuda"
-    Trainer("cocon", views, tiny_config(shards_dir, device="cuda", precision="fp32", cocon_epochs=1),
-            tmp_path / "resumed", {}).fit()
+    Trainer(
+        "cocon",
+        views,
+        tiny_config(shards_dir, device="cuda", precision="fp32", cocon_epochs=1),
+        tmp_path / "resumed",
+        {},
+    ).fit()
     resumed = Trainer("cocon", views, cfg, tmp_path / "resumed", {})
     resumed.fit()
     assert resumed.start_epoch == 1  # it really resumed after the first epoch
@@ -196,8 +212,9 @@ def test_resume_on_cuda_equals_an_uninterrupted_run(shards_dir, tmp_path, no_tf3
 
 
 def _cuda_ddp_worker(rank: int, port: int, backend: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     torch.backends.cudnn.allow_tf32 = False
     if backend == "nccl":
@@ -317,15 +334,33 @@ def gpu_dag(tmp_path_factory):
     from test_workflow import TINY, snakemake
 
     work = tmp_path_factory.mktemp("gpu_dag")
-    cfg = {**TINY, "shards": {"videos_per_shard": 8},
-           "flow": {"methods": ["tvl1"], "tvl1": {**TINY["flow"]["tvl1"], "backend": "torch", "device": "cuda"}},
-           "train": {**TINY["train"], "gpus": 1, "device": "cuda"},
-           "finetune": {**TINY["finetune"], "inits": ["cocon"]}}  # fmt: skip
+    cfg = {
+        **TINY,
+        "shards": {"videos_per_shard": 8},
+        "flow": {"methods": ["tvl1"], "tvl1": {**TINY["flow"]["tvl1"], "backend": "torch", "device": "cuda"}},
+        "train": {**TINY["train"], "gpus": 1, "device": "cuda"},
+        "finetune": {**TINY["finetune"], "inits": ["cocon"]},
+    }
     if OPENMMLAB:
-        cfg["seg"] = {"enabled": True, "config": "segformer_mit-b0_8xb2-160k_ade20k-512x512", "checkpoint": None,
-                      "input_scale": [64, 64], "short_side": 32, "device": "cuda", "gpus": 1}
-        cfg["pose"] = {"enabled": True, "config": "td-hm_mobilenetv2_8xb64-210e_coco-256x192", "checkpoint": None,
-                       "input_size": [48, 64], "boxes": "frame", "short_side": 32, "device": "cuda", "gpus": 1}
+        cfg["seg"] = {
+            "enabled": True,
+            "config": "segformer_mit-b0_8xb2-160k_ade20k-512x512",
+            "checkpoint": None,
+            "input_scale": [64, 64],
+            "short_side": 32,
+            "device": "cuda",
+            "gpus": 1,
+        }
+        cfg["pose"] = {
+            "enabled": True,
+            "config": "td-hm_mobilenetv2_8xb64-210e_coco-256x192",
+            "checkpoint": None,
+            "input_size": [48, 64],
+            "boxes": "frame",
+            "short_side": 32,
+            "device": "cuda",
+            "gpus": 1,
+        }
     cores = str(max(2, min(8, os.cpu_count() or 2)))
     with pytest.MonkeyPatch.context() as mp_env:
         mp_env.setenv("COCON_GPU_LOCK_DIR", str(work / "gpu-locks"))
@@ -350,12 +385,22 @@ def test_demo_dag_runs_its_gpu_jobs_on_cuda(gpu_dag):
     assert (flow.attrs["tvl1_backend"], flow.attrs["tvl1_device"]) == ("torch", "cuda")
     assert len(flow.ok_rows()) == 8
     assert "tvl1 backend: torch on cuda" in (logs / "flow_tvl1" / "00000.log").read_text()
-    for name, method in [("train/cpc_rgb", "cpc"), ("train/cpc_flow_tvl1", "cpc"), ("train/cocon", "cocon"),
-                         ("finetune/cocon_rgb", "finetune"), ("finetune/cocon_flow_tvl1", "finetune")]:
+    for name, method in [
+        ("train/cpc_rgb", "cpc"),
+        ("train/cpc_flow_tvl1", "cpc"),
+        ("train/cocon", "cocon"),
+        ("finetune/cocon_rgb", "finetune"),
+        ("finetune/cocon_flow_tvl1", "finetune"),
+    ]:
         text = (logs / f"{name}.log").read_text(errors="replace")
         assert f"{method} on cuda" in text, f"{name}.log:\n{text[-2000:]}"
-    gpu_logs = [logs / "flow_tvl1" / "00000.log", *logs.glob("train/*.log"), *logs.glob("finetune/*.log"),
-                *logs.glob("eval/*.log"), *logs.glob("features/*.log")]
+    gpu_logs = [
+        logs / "flow_tvl1" / "00000.log",
+        *logs.glob("train/*.log"),
+        *logs.glob("finetune/*.log"),
+        *logs.glob("eval/*.log"),
+        *logs.glob("features/*.log"),
+    ]
     expected = {"00000.log", "cpc_rgb.log", "cpc_flow_tvl1.log", "cocon.log", "cocon_rgb.log", "cocon_flow_tvl1.log"}
     assert expected <= {p.name for p in gpu_logs} and len(gpu_logs) >= 10  # + the dense tests and features
     assert all(_claimed_a_gpu(p) for p in gpu_logs), [str(p) for p in gpu_logs if not _claimed_a_gpu(p)]

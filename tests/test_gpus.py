@@ -16,9 +16,11 @@ from cocon.workflow import gpus
 
 REPO = Path(__file__).resolve().parents[1]
 WRAP = [sys.executable, "-m", "cocon.workflow.gpus"]
-REPORT = ("import json, os, sys, time; t0 = time.time(); time.sleep(float(sys.argv[2])); "
-          "ids = os.environ['CUDA_VISIBLE_DEVICES']; "
-          "json.dump({'ids': ids, 'start': t0, 'end': time.time()}, open(sys.argv[1], 'w'))")
+REPORT = (
+    "import json, os, sys, time; t0 = time.time(); time.sleep(float(sys.argv[2])); "
+    "ids = os.environ['CUDA_VISIBLE_DEVICES']; "
+    "json.dump({'ids': ids, 'start': t0, 'end': time.time()}, open(sys.argv[1], 'w'))"
+)
 
 
 def env(tmp_path: Path, ids: str = "0,1", **extra) -> dict:
@@ -32,7 +34,8 @@ def test_concurrent_snakemake_jobs_get_disjoint_gpus(tmp_path):
     needs = {"a": 1, "b": 2, "c": 1, "d": 1, "e": 2}
     PY = sys.executable  # noqa: N806
     (tmp_path / "report.py").write_text(REPORT)
-    (tmp_path / "Snakefile").write_text(textwrap.dedent(f"""
+    (tmp_path / "Snakefile").write_text(
+        textwrap.dedent(f"""
         NEEDS = {needs!r}
 
         rule all:
@@ -43,17 +46,33 @@ def test_concurrent_snakemake_jobs_get_disjoint_gpus(tmp_path):
             log: "logs/{{job}}.log"
             resources: gpu=lambda w: NEEDS[w.job]
             shell: "{PY} -m cocon.workflow.gpus {{resources.gpu}} -- {PY} report.py {{output}} 1.5 2> {{log}}"
-    """))
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "5", "--resources", "gpu=10", "-d", str(tmp_path),
-           "-s", str(tmp_path / "Snakefile")]
+    """)
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--cores",
+        "5",
+        "--resources",
+        "gpu=10",
+        "-d",
+        str(tmp_path),
+        "-s",
+        str(tmp_path / "Snakefile"),
+    ]
     proc = subprocess.run(cmd, env=env(tmp_path, "0,1,2"), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = {j: json.loads((tmp_path / "out" / f"{j}.json").read_text()) for j in needs}
     for j, r in runs.items():
         ids = r["ids"].split(",")
         assert len(ids) == needs[j] and len(set(ids)) == needs[j] and set(ids) <= {"0", "1", "2"}
-    overlapping = [(a, b) for a in runs for b in runs if a < b
-                   and runs[a]["start"] < runs[b]["end"] and runs[b]["start"] < runs[a]["end"]]
+    overlapping = [
+        (a, b)
+        for a in runs
+        for b in runs
+        if a < b and runs[a]["start"] < runs[b]["end"] and runs[b]["start"] < runs[a]["end"]
+    ]
     assert overlapping, "no two jobs ran at the same time"
     for a, b in overlapping:
         assert not set(runs[a]["ids"].split(",")) & set(runs[b]["ids"].split(",")), (a, b, runs)

@@ -181,8 +181,10 @@ def test_ucf101_all_missing(tmp_path):
 
 def make_hmdb(tmp_path: Path) -> tuple[Path, Path]:
     root, ann = tmp_path / "hmdb51", tmp_path / "testTrainMulti_7030_splits"
-    videos = {"brush_hair": ["a_brush_hair_0.avi", "b_brush_hair_1.avi", "c_brush_hair_2.avi"],
-              "cartwheel": ["a_cartwheel_0.avi", "b_cartwheel_1.avi"]}
+    videos = {
+        "brush_hair": ["a_brush_hair_0.avi", "b_brush_hair_1.avi", "c_brush_hair_2.avi"],
+        "cartwheel": ["a_cartwheel_0.avi", "b_cartwheel_1.avi"],
+    }
     for cls, names in videos.items():
         for n in names:
             touch(root / cls / n)
@@ -255,8 +257,15 @@ K_HEADER = "label,youtube_id,time_start,time_end,split,is_cc"
 
 def make_kinetics(tmp_path: Path) -> tuple[Path, Path]:
     root, ann = tmp_path / "k400", tmp_path / "k400_ann"
-    write(ann / "train.csv", [K_HEADER, "abseiling,--abc_defgh,14,24,train,0",
-                              '"air drumming",xyz12345678,0.0,10.0,train,0', "abseiling,AAAAAAAAAAA,3,13,train,1"])
+    write(
+        ann / "train.csv",
+        [
+            K_HEADER,
+            "abseiling,--abc_defgh,14,24,train,0",
+            '"air drumming",xyz12345678,0.0,10.0,train,0',
+            "abseiling,AAAAAAAAAAA,3,13,train,1",
+        ],
+    )
     # no split column: the role comes from the file name; columns in another order
     write(ann / "validate.csv", ["youtube_id,label,time_end,time_start", "BBBBBBBBBBB,air drumming,110,100"], "\r\n")
     write(ann / "test.csv", [K_HEADER, ",CCCCCCCCCCC,0,10,test,0", "abseiling,DDDDDDDDDDD,5,15,test,0"])
@@ -275,8 +284,13 @@ def test_kinetics_records(tmp_path):
     assert missing == []
     by = {r.video_id: r for r in records}
     assert list(by) == sorted(by)
-    assert set(by) == {"--abc_defgh_000014_000024", "xyz12345678_000000_000010", "AAAAAAAAAAA_000003_000013",
-                       "BBBBBBBBBBB_000100_000110", "DDDDDDDDDDD_000005_000015"}
+    assert set(by) == {
+        "--abc_defgh_000014_000024",
+        "xyz12345678_000000_000010",
+        "AAAAAAAAAAA_000003_000013",
+        "BBBBBBBBBBB_000100_000110",
+        "DDDDDDDDDDD_000005_000015",
+    }
     r = by["xyz12345678_000000_000010"]
     assert r.path == os.path.abspath(root / "train/air drumming/xyz12345678_000000_000010.MKV")
     assert (r.label, r.label_index, r.group, r.splits) == ("air drumming", 1, "xyz12345678", {"1": "train"})
@@ -377,14 +391,18 @@ def make_csv(tmp_path: Path) -> Path:
         touch(data / v)
     outside = tmp_path / "outside" / "z9.mp4"
     touch(outside)
-    return write(data / "list.csv", [
-        "split,video,label,group",
-        "train,clips/a1.mp4,walk,g1",
-        "test,./clips/b1.mp4,run,g2",
-        "",
-        f"unused,{data / 'sub/c1.avi'},walk,",
-        f"train,{outside},run,g3",
-    ], "\r\n")
+    return write(
+        data / "list.csv",
+        [
+            "split,video,label,group",
+            "train,clips/a1.mp4,walk,g1",
+            "test,./clips/b1.mp4,run,g2",
+            "",
+            f"unused,{data / 'sub/c1.avi'},walk,",
+            f"train,{outside},run,g3",
+        ],
+        "\r\n",
+    )
 
 
 def test_csv_records(tmp_path):
@@ -458,9 +476,23 @@ def run_cli(tmp_path: Path, dataset: dict) -> subprocess.CompletedProcess:
     out = tmp_path / "results/manifest"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     return subprocess.run(
-        [sys.executable, "-m", "cocon", "manifest", "--config", str(cfg), "--out", str(out / "manifest.tsv"),
-         "--missing", str(out / "missing.tsv")],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "cocon",
+            "manifest",
+            "--config",
+            str(cfg),
+            "--out",
+            str(out / "manifest.tsv"),
+            "--missing",
+            str(out / "missing.tsv"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
     )
 
 

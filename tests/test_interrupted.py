@@ -9,19 +9,29 @@ import subprocess
 import time
 
 import yaml
-from test_workflow import REPO, SNAKEMAKE, TINY, job_counts, snakemake
 
 from cocon.train.checkpoints import load_checkpoint
 
-CFG = {**TINY, "shards": {"videos_per_shard": 8},
-       "train": {**TINY["train"], "cpc_epochs": 4}}
+from test_workflow import REPO, SNAKEMAKE, TINY, job_counts, snakemake
+
+CFG = {**TINY, "shards": {"videos_per_shard": 8}, "train": {**TINY["train"], "cpc_epochs": 4}}
 TARGET = "results/train/cpc/rgb/model.pt"
 
 
 def test_killed_training_job_leaves_nothing_complete_and_resumes(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(CFG))
-    cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--configfile",
-           str(tmp_path / "config.yaml"), "--cores", "2", TARGET]
+    cmd = [
+        *SNAKEMAKE,
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(tmp_path),
+        "--configfile",
+        str(tmp_path / "config.yaml"),
+        "--cores",
+        "2",
+        TARGET,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     out = tmp_path / "results" / "train" / "cpc" / "rgb"
     deadline = time.monotonic() + 300

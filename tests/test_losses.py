@@ -28,8 +28,6 @@ DT = torch.float64
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-
-
 def _rand(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=DT)
 
@@ -41,6 +39,7 @@ def _unit(v):
 # --------------------------------------------------------------------------------------------------
 # brute-force references (explicit Python loops)
 # --------------------------------------------------------------------------------------------------
+
 
 def _bf_cpc(pred, target, tau, groups=None):
     B, P, D, S, _ = pred.shape
@@ -103,6 +102,7 @@ def _bf_sim(ha, hb, variant, margin=1.0, same_video_negatives=True, groups=None)
 # nce_mask, cpc_loss
 # --------------------------------------------------------------------------------------------------
 
+
 def test_nce_mask_semantics_brute_force():
     B, P, S = 3, 2, 2
     mask = nce_mask(B, P, S)
@@ -141,8 +141,7 @@ def test_cpc_loss_groups_remove_sibling_negatives():
     torch.testing.assert_close(loss, torch.tensor(want, dtype=DT))
     assert top1.item() == pytest.approx(want_top1)
     # all-distinct groups = no masking
-    torch.testing.assert_close(cpc_loss(pred, target, 0.1, groups=torch.arange(4))[0],
-                               cpc_loss(pred, target, 0.1)[0])
+    torch.testing.assert_close(cpc_loss(pred, target, 0.1, groups=torch.arange(4))[0], cpc_loss(pred, target, 0.1)[0])
 
 
 def test_cpc_loss_normalises_and_validates():
@@ -159,13 +158,14 @@ def test_cpc_loss_normalises_and_validates():
 # pooling and cooperative losses
 # --------------------------------------------------------------------------------------------------
 
+
 def test_pool_blocks_rules():
     z = _rand(2, 3, 5, 4, 4, seed=7)
     h = pool_blocks(z, "code")
     want = torch.empty(2, 3, 5, dtype=DT)
     for b, n, d in itertools.product(range(2), range(3), range(5)):
         m = z[b, n, d]
-        quads = [m[y:y + 2, x:x + 2].max() for y in (0, 2) for x in (0, 2)]
+        quads = [m[y : y + 2, x : x + 2].max() for y in (0, 2) for x in (0, 2)]
         want[b, n, d] = sum(quads) / 4
     want = want / want.norm(dim=-1, keepdim=True)
     torch.testing.assert_close(h, want)
@@ -211,13 +211,12 @@ def test_sim_variants_differ_by_half_and_per_instance_inputs():
     ha, hb = _rand(3, 4, 5, seed=15), _rand(3, 4, 5, seed=16)
     torch.testing.assert_close(2 * sim_loss(ha, hb, "code"), sim_loss(ha, hb, "paper"))
     hv_a, hv_b = _rand(6, 5, seed=17), _rand(6, 5, seed=18)
-    torch.testing.assert_close(sim_loss(hv_a, hv_b, "paper"),
-                               torch.tensor(_bf_sim(hv_a, hv_b, "paper"), dtype=DT))
+    torch.testing.assert_close(sim_loss(hv_a, hv_b, "paper"), torch.tensor(_bf_sim(hv_a, hv_b, "paper"), dtype=DT))
     # a single item has no negatives
-    assert sim_loss(hv_a[:1], hv_b[:1], "paper").item() == pytest.approx(
-        1 - float(_unit(hv_a[0]) @ _unit(hv_b[0])))
-    torch.testing.assert_close(coop_loss(ha, hb, alpha=3.0, variant="paper"),
-                               sync_loss(ha, hb, "paper") + 3.0 * sim_loss(ha, hb, "paper"))
+    assert sim_loss(hv_a[:1], hv_b[:1], "paper").item() == pytest.approx(1 - float(_unit(hv_a[0]) @ _unit(hv_b[0])))
+    torch.testing.assert_close(
+        coop_loss(ha, hb, alpha=3.0, variant="paper"), sync_loss(ha, hb, "paper") + 3.0 * sim_loss(ha, hb, "paper")
+    )
     with pytest.raises(ValueError):
         sync_loss(ha, hb, "bogus")
 
@@ -226,13 +225,14 @@ def test_sim_variants_differ_by_half_and_per_instance_inputs():
 # cocon_loss
 # --------------------------------------------------------------------------------------------------
 
+
 def _outputs(B=3, N=4, P=2, D=8, S=2, views=("rgb", "flow", "seg"), seed=20, grad=False):
     outs, leaves = {}, {}
     for k, v in enumerate(views):
         z = _rand(B, N, D, S, S, seed=seed + 3 * k).requires_grad_(grad)
         pred = _rand(B, P, D, S, S, seed=seed + 3 * k + 1).requires_grad_(grad)
         ctx = _rand(B, D, S, S, seed=seed + 3 * k + 2).requires_grad_(grad)
-        outs[v] = DPCOutput(z=z, pred=pred, target=z[:, N - P:], context=ctx)
+        outs[v] = DPCOutput(z=z, pred=pred, target=z[:, N - P :], context=ctx)
         leaves[v] = (z, pred, ctx)
     return outs, leaves
 
@@ -244,9 +244,12 @@ def test_cocon_loss_total_is_weighted_sum_of_terms(variant):
     t = cocon_loss(outs, lam=lam, alpha=alpha, variant=variant, temperature=tau)
     views = ["flow", "rgb", "seg"]
     pairs = [("flow", "rgb"), ("flow", "seg"), ("rgb", "seg")]
-    assert set(t) == ({f"cpc/{v}" for v in views} | {f"top1/{v}" for v in views}
-                      | {f"{k}/{a}-{b}" for k in ("sync", "sim", "coop") for a, b in pairs}
-                      | {"cpc", "coop", "total"})
+    assert set(t) == (
+        {f"cpc/{v}" for v in views}
+        | {f"top1/{v}" for v in views}
+        | {f"{k}/{a}-{b}" for k in ("sync", "sim", "coop") for a, b in pairs}
+        | {"cpc", "coop", "total"}
+    )
     cpc = sum(t[f"cpc/{v}"] for v in views)
     coop = sum(t[f"sync/{a}-{b}"] + alpha * t[f"sim/{a}-{b}"] for a, b in pairs)
     torch.testing.assert_close(t["cpc"], cpc)
@@ -304,11 +307,13 @@ def test_cocon_loss_groups_flag():
         torch.testing.assert_close(faithful[k], plain[k])
     masked = cocon_loss(outs, groups=groups, mask_group_negatives=True, temperature=0.05)
     o = outs["rgb"]
-    torch.testing.assert_close(masked["cpc/rgb"],
-                               torch.tensor(_bf_cpc(o.pred, o.target, 0.05, groups.tolist())[0], dtype=DT))
+    torch.testing.assert_close(
+        masked["cpc/rgb"], torch.tensor(_bf_cpc(o.pred, o.target, 0.05, groups.tolist())[0], dtype=DT)
+    )
     ha, hb = coop_features(outs["flow"], "code"), coop_features(outs["rgb"], "code")
-    torch.testing.assert_close(masked["sim/flow-rgb"],
-                               torch.tensor(_bf_sim(ha, hb, "code", groups=groups.tolist()), dtype=DT))
+    torch.testing.assert_close(
+        masked["sim/flow-rgb"], torch.tensor(_bf_sim(ha, hb, "code", groups=groups.tolist()), dtype=DT)
+    )
     torch.testing.assert_close(masked["sync/flow-rgb"], plain["sync/flow-rgb"])  # no negatives in L_sync
 
 
@@ -353,7 +358,7 @@ def _ddp_worker(rank, world, init_file, out_file):
                 z = o.z[sl].detach().clone().requires_grad_()
                 pred = o.pred[sl].detach().clone().requires_grad_()
                 ctx = o.context[sl].detach().clone().requires_grad_()
-                outs[v] = DPCOutput(z, pred, z[:, -pred.shape[1]:], ctx)
+                outs[v] = DPCOutput(z, pred, z[:, -pred.shape[1] :], ctx)
                 leaves[v] = (z, pred, ctx)
             t = _run_config(outs, GROUPS[sl], cfg)
             t["total"].backward()
@@ -406,8 +411,9 @@ def test_distributed_matches_single_process(tmp_path):
                         assert g_r is None or g_r.abs().sum() == 0
                         continue
                     # local grad / world_size (what DDP's averaging applies) == global gradient slice
-                    torch.testing.assert_close(g_r / WORLD, leaf.grad[r * per:(r + 1) * per],
-                                               msg=f"{name} {v} leaf {idx} rank {r}")
+                    torch.testing.assert_close(
+                        g_r / WORLD, leaf.grad[r * per : (r + 1) * per], msg=f"{name} {v} leaf {idx} rank {r}"
+                    )
     full = _rand(5, 3, seed=99)
     w = _rand(5, 3, seed=98)
     for r, (sl, off) in enumerate(((slice(0, 3), 0), (slice(3, 5), 3))):

@@ -19,22 +19,22 @@ from cocon.models.networks import (
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-
-
-
 def _x(B, N, C, K, px, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(B, N, C, K, px, px, generator=g)
 
 
-@pytest.mark.parametrize("depth,C,px,K", [
-    (18, 3, 128, 5),   # rgb at 128 px: S = 4
-    (18, 2, 64, 5),    # flow at 64 px: S = 2
-    (18, 17, 64, 5),   # pose heatmaps (64 px in CoCon)
-    (18, 1, 64, 3),    # seg mask
-    (34, 3, 64, 5),    # ResNet-34 kept small
-    (34, 1, 32, 5),
-])
+@pytest.mark.parametrize(
+    "depth,C,px,K",
+    [
+        (18, 3, 128, 5),  # rgb at 128 px: S = 4
+        (18, 2, 64, 5),  # flow at 64 px: S = 2
+        (18, 17, 64, 5),  # pose heatmaps (64 px in CoCon)
+        (18, 1, 64, 3),  # seg mask
+        (34, 3, 64, 5),  # ResNet-34 kept small
+        (34, 1, 32, 5),
+    ],
+)
 def test_dpc_output_shapes(depth, C, px, K):
     torch.manual_seed(0)
     B, N, P = 2 if px < 128 else 1, 4, 2
@@ -48,7 +48,7 @@ def test_dpc_output_shapes(depth, C, px, K):
     assert out.pred.shape == (B, P, 256, S, S)
     assert out.target.shape == (B, P, 256, S, S)
     assert out.context.shape == (B, 256, S, S)
-    assert torch.equal(out.target, out.z[:, N - P:])
+    assert torch.equal(out.target, out.z[:, N - P :])
     assert all(torch.isfinite(t).all() for t in out)
 
 

@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+
 from conftest import stage_config
 
 pytest.importorskip("mmcv.ops", reason="the OpenMMLab stack is installed by `make setup`")
@@ -28,8 +29,20 @@ from cocon.preprocess import (
 )
 
 DATASET = {"name": "testset", "format": "csv"}
-RGB_PARAMS = {"short_side": 48, "interpolation": "area", "max_frames": None, "min_frames": 8, "encoding": {"codec": "raw"}}
-ORDER = [("walk/avi", "avi"), ("walk/zero", "zero"), ("jump/mp4", "mp4"), ("jump/missing", "missing"), ("walk/tall", "tall")]
+RGB_PARAMS = {
+    "short_side": 48,
+    "interpolation": "area",
+    "max_frames": None,
+    "min_frames": 8,
+    "encoding": {"codec": "raw"},
+}
+ORDER = [
+    ("walk/avi", "avi"),
+    ("walk/zero", "zero"),
+    ("jump/mp4", "mp4"),
+    ("jump/missing", "missing"),
+    ("walk/tall", "tall"),
+]
 # small models of the packages' own configs, at small input sizes: the tests stay fast on 2 CPU cores
 POSE_CONFIG = "td-hm_mobilenetv2_8xb64-210e_coco-256x192"
 SEG_CONFIG = "segformer_mit-b0_8xb2-160k_ade20k-512x512"
@@ -38,18 +51,45 @@ DEFAULTS = load_config()
 
 
 def seg_params(**kw) -> dict:
-    p = {**DEFAULTS["seg"], "config": SEG_CONFIG, "checkpoint": None, "input_scale": [64, 64], "short_side": 32,
-         "frame_stride": 2, "frame_offset": 1, "batch_size": 4, "device": "cpu", "seed": 0}
+    p = {
+        **DEFAULTS["seg"],
+        "config": SEG_CONFIG,
+        "checkpoint": None,
+        "input_scale": [64, 64],
+        "short_side": 32,
+        "frame_stride": 2,
+        "frame_offset": 1,
+        "batch_size": 4,
+        "device": "cpu",
+        "seed": 0,
+    }
     for k in ("enabled", "gpus"):
         p.pop(k)
     return {**p, **kw}
 
 
 def pose_params(**kw) -> dict:
-    p = {**DEFAULTS["pose"], "config": POSE_CONFIG, "checkpoint": None, "input_size": [48, 64], "short_side": 32,
-         "boxes": "frame", "frame_stride": 2, "frame_offset": 1, "batch_size": 8, "device": "cpu", "seed": 0,
-         "detector": {**DEFAULTS["pose"]["detector"], "config": DET_CONFIG, "checkpoint": None, "input_scale": [64, 64],
-                      "score_threshold": 0.0, "max_people": 2}}  # fmt: skip
+    p = {
+        **DEFAULTS["pose"],
+        "config": POSE_CONFIG,
+        "checkpoint": None,
+        "input_size": [48, 64],
+        "short_side": 32,
+        "boxes": "frame",
+        "frame_stride": 2,
+        "frame_offset": 1,
+        "batch_size": 8,
+        "device": "cpu",
+        "seed": 0,
+        "detector": {
+            **DEFAULTS["pose"]["detector"],
+            "config": DET_CONFIG,
+            "checkpoint": None,
+            "input_scale": [64, 64],
+            "score_threshold": 0.0,
+            "max_people": 2,
+        },
+    }
     for k in ("enabled", "gpus"):
         p.pop(k)
     return {**p, **kw}
@@ -84,7 +124,9 @@ def balance_person(model: seg.PersonProbability, frames_: np.ndarray, factor: fl
         conv.weight *= factor
         conv.bias *= factor
         with mm.scope("seg"):
-            logits = torch.stack([r.seg_logits.data for r in inference_model(model.model, list(frames_[..., ::-1].copy()))])
+            logits = torch.stack(
+                [r.seg_logits.data for r in inference_model(model.model, list(frames_[..., ::-1].copy()))]
+            )
         others = torch.cat([logits[:, : model.person], logits[:, model.person + 1 :]], 1).amax(1)
         conv.bias[model.person] += (others - logits[:, model.person]).median()
 
@@ -96,8 +138,10 @@ def sharp(rgb, tmp_path_factory):
     s = seg.PersonProbability(seg_params(), "cpu", 0)
     balance_person(s, ShardReader(rgb).read(0, [0, 5, 10]), 40.0)
     p = pose.PoseHeatmaps(pose_params(), "cpu", 0)
-    return {"seg": sharpened(s.model, "decode_head.conv_seg", 1.0, d / "seg.pth"),
-            "pose": sharpened(p.model, "head.final_layer", 40.0, d / "pose.pth")}
+    return {
+        "seg": sharpened(s.model, "decode_head.conv_seg", 1.0, d / "seg.pth"),
+        "pose": sharpened(p.model, "head.final_layer", 40.0, d / "pose.pth"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -150,9 +194,17 @@ def centre(maps: np.ndarray) -> np.ndarray:
 def test_loader_maps_rgb_frame_k_to_its_seg_frame(rgb, seg_shard, sharp):
     """Through MultiViewClips: the seg block of rgb frame k is the map computed on rgb frame k when k is
     on the grid (k = 1 + 2j), otherwise the nearest stored one (ties to the later)."""
-    ds = MultiViewClips({"rgb": [str(rgb)], "seg": [str(seg_shard["path"])]}, ["rgb", "seg"], role="train",
-                        holdout_fraction=0.0, num_blocks=2, block_len=3, stride=1, sizes={"rgb": 48, "seg": 32},
-                        augment=False)
+    ds = MultiViewClips(
+        {"rgb": [str(rgb)], "seg": [str(seg_shard["path"])]},
+        ["rgb", "seg"],
+        role="train",
+        holdout_fraction=0.0,
+        num_blocks=2,
+        block_len=3,
+        stride=1,
+        sizes={"rgb": 48, "seg": 32},
+        augment=False,
+    )
     model = seg.PersonProbability(seg_params(checkpoint=sharp["seg"]), "cpu", 0)
     src = ShardReader(rgb)
     r = ShardReader(seg_shard["path"])
@@ -263,21 +315,40 @@ def test_checkpoint_round_trip_gives_identical_outputs(rgb, tmp_path):
     assert not all(torch.equal(x, y) for x, y in zip(pa, pc))
     assert b.info["weights_sha256"] == mm.file_sha256(path)
     p1 = pose.PoseHeatmaps(pose_params(seed=5), "cpu", 5)
-    torch.save({"state_dict": p1.model.state_dict(), "meta": {"dataset_meta": p1.model.dataset_meta}}, tmp_path / "p.pth")
+    torch.save(
+        {"state_dict": p1.model.state_dict(), "meta": {"dataset_meta": p1.model.dataset_meta}}, tmp_path / "p.pth"
+    )
     p2 = pose.PoseHeatmaps(pose_params(checkpoint=str(tmp_path / "p.pth"), seed=6), "cpu", 6)
     box = [np.array([[0, 0, 64, 48, 1.0]], np.float32)] * 2
-    h1, h2 = p1._instances([(f, b[0, :4]) for f, b in zip(frames_, box)]), p2._instances([(f, b[0, :4]) for f, b in zip(frames_, box)])
+    h1, h2 = (
+        p1._instances([(f, b[0, :4]) for f, b in zip(frames_, box)]),
+        p2._instances([(f, b[0, :4]) for f, b in zip(frames_, box)]),
+    )
     assert all(np.array_equal(x[0], y[0]) for x, y in zip(h1, h2))
 
 
 def test_model_that_fails_to_load_names_config_and_checkpoint(rgb, tmp_path):
     wrong = tmp_path / "wrong.pth"
     torch.save({"state_dict": {"backbone.nothing": torch.zeros(1)}}, wrong)
-    with pytest.raises(mm.ModelLoadError, match=re.escape(f"config '{SEG_CONFIG}', checkpoint '{wrong}'") + ".*missing"):
+    with pytest.raises(
+        mm.ModelLoadError, match=re.escape(f"config '{SEG_CONFIG}', checkpoint '{wrong}'") + ".*missing"
+    ):
         seg.PersonProbability(seg_params(checkpoint=str(wrong)), "cpu", 0)
     out = tmp_path / "x.h5"
-    cmd = [sys.executable, "-m", "cocon", "pose", "--rgb", str(rgb), "--shard", "00000", "--out", str(out),
-           "--config-json", stage_config("pose", pose_params(checkpoint=str(tmp_path / "absent.pth")), DATASET)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cocon",
+        "pose",
+        "--rgb",
+        str(rgb),
+        "--shard",
+        "00000",
+        "--out",
+        str(out),
+        "--config-json",
+        stage_config("pose", pose_params(checkpoint=str(tmp_path / "absent.pth")), DATASET),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and not out.exists()
     assert f"config '{POSE_CONFIG}', checkpoint '{tmp_path / 'absent.pth'}'" in proc.stderr
@@ -312,12 +383,30 @@ def test_pose_and_seg_in_one_process_and_byte_identical_rerun(rgb, seg_shard, sh
 def test_snakemake_runs_both_rules_and_the_summary_warns(tmp_path):
     from test_workflow import PREPROCESS, TINY, job_counts, snakemake
 
-    cfg = {**TINY, "flow": {"methods": ["farneback"]},
-           "seg": {"enabled": True, "config": SEG_CONFIG, "checkpoint": None, "input_scale": [64, 64], "short_side": 32,
-                   "device": "cpu", "gpus": 0},
-           "pose": {"enabled": True, "config": POSE_CONFIG, "checkpoint": None, "input_size": [48, 64], "boxes": "seg",
-                    "short_side": 32, "device": "cpu", "gpus": 0},
-           "train": {**TINY["train"], "views": ["rgb", "pose", "seg"]}}  # fmt: skip
+    cfg = {
+        **TINY,
+        "flow": {"methods": ["farneback"]},
+        "seg": {
+            "enabled": True,
+            "config": SEG_CONFIG,
+            "checkpoint": None,
+            "input_scale": [64, 64],
+            "short_side": 32,
+            "device": "cpu",
+            "gpus": 0,
+        },
+        "pose": {
+            "enabled": True,
+            "config": POSE_CONFIG,
+            "checkpoint": None,
+            "input_size": [48, 64],
+            "boxes": "seg",
+            "short_side": 32,
+            "device": "cpu",
+            "gpus": 0,
+        },
+        "train": {**TINY["train"], "views": ["rgb", "pose", "seg"]},
+    }
     proc = snakemake(tmp_path, cfg, "--cores", "2", *PREPROCESS)
     res = tmp_path / "results"
     for view in ("seg", "pose"):
@@ -329,8 +418,17 @@ def test_snakemake_runs_both_rules_and_the_summary_warns(tmp_path):
     assert [w.split(":")[0] for w in summary["warnings"]] == ["pose", "seg"]
     assert "WARNING pose: weights none" in proc.stdout + proc.stderr
     shards = {v: sorted(str(p) for p in (res / "shards" / v).glob("*.h5")) for v in ("rgb", "pose", "seg")}
-    ds = MultiViewClips(shards, ["rgb", "pose", "seg"], role="train", holdout_fraction=0.0, num_blocks=4, block_len=2,
-                        stride=1, sizes={"rgb": 32, "pose": 32, "seg": 32}, augment=True)
+    ds = MultiViewClips(
+        shards,
+        ["rgb", "pose", "seg"],
+        role="train",
+        holdout_fraction=0.0,
+        num_blocks=4,
+        block_len=2,
+        stride=1,
+        sizes={"rgb": 32, "pose": 32, "seg": 32},
+        augment=True,
+    )
     sample = ds[0]
     assert sample["pose"].shape == (4, 17, 2, 32, 32) and sample["seg"].shape == (4, 1, 2, 32, 32)
     assert 0 <= float(sample["pose"].min()) and float(sample["seg"].max()) <= 1

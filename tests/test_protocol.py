@@ -22,6 +22,7 @@ from cocon.train import checkpoints
 from cocon.train.checkpoints import load_checkpoint
 from cocon.train.engine import Engine, padding_weights
 from cocon.train.methods import CPC, Finetune
+
 from conftest import gloo_process
 
 H, W, T = 36, 44, 16
@@ -38,7 +39,9 @@ def data(tmp_path_factory) -> Path:
             label = i % 3
             video = np.repeat(rng.integers(0, 255, (1, H, W, 3), dtype=np.uint8), T, axis=0)
             video[:, :, (4 + 6 * label) % W] = 255  # a class-dependent bright column
-            rec = VideoRecord(f"c{label}/v{i:02d}", f"v{i}.avi", f"c{label}", label, "", {"1": "test" if i >= 10 else "train"})
+            rec = VideoRecord(
+                f"c{label}/v{i:02d}", f"v{i}.avi", f"c{label}", label, "", {"1": "test" if i >= 10 else "train"}
+            )
             if i == 11:
                 w.add_failure(rec, "broken on purpose")  # a test video that cannot be scored
             else:
@@ -47,12 +50,30 @@ def data(tmp_path_factory) -> Path:
 
 
 def config(root: Path, **train) -> dict:
-    t = {"views": ["rgb"], "input_size": {"rgb": 32}, "num_blocks": 4, "block_len": 2, "stride": 1, "pred_steps": 2,
-         "batch_size": 2, "workers": 0, "val_fraction": 0.3, "cpc_epochs": 1, "max_steps_per_epoch": 2, "gpus": 0,
-         "device": "cpu", "width": 4, **train}
-    return load_config(overrides={"output_dir": str(root), "train": t,
-                                  "finetune": {"epochs": 1, "batch_size": 2, "max_steps_per_epoch": 2,
-                                               "inits": ["random", "cpc"]}})
+    t = {
+        "views": ["rgb"],
+        "input_size": {"rgb": 32},
+        "num_blocks": 4,
+        "block_len": 2,
+        "stride": 1,
+        "pred_steps": 2,
+        "batch_size": 2,
+        "workers": 0,
+        "val_fraction": 0.3,
+        "cpc_epochs": 1,
+        "max_steps_per_epoch": 2,
+        "gpus": 0,
+        "device": "cpu",
+        "width": 4,
+        **train,
+    }
+    return load_config(
+        overrides={
+            "output_dir": str(root),
+            "train": t,
+            "finetune": {"epochs": 1, "batch_size": 2, "max_steps_per_epoch": 2, "inits": ["random", "cpc"]},
+        }
+    )
 
 
 def test_validation_metrics_are_means_over_clips_not_over_batches(data, tmp_path, one_torch_thread):

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from cocon.config import ConfigError, load_config
+
 from test_ingest import make_hmdb, make_kinetics, make_ucf
 from test_workflow import job_counts
 
@@ -24,16 +25,27 @@ def recipe(name: str) -> dict:
 
 
 def test_every_recipe_validates_and_states_the_paper_setting():
-    assert {p.name for p in RECIPES} >= {"ucf101_split1.yaml", "ucf101_split1_4views.yaml", "hmdb51_split1.yaml",
-                                         "kinetics400_pretrain.yaml", "kinetics400_to_ucf101.yaml",
-                                         "kinetics400_to_hmdb51.yaml"}
+    assert {p.name for p in RECIPES} >= {
+        "ucf101_split1.yaml",
+        "ucf101_split1_4views.yaml",
+        "hmdb51_split1.yaml",
+        "kinetics400_pretrain.yaml",
+        "kinetics400_to_ucf101.yaml",
+        "kinetics400_to_hmdb51.yaml",
+    }
     for path in RECIPES:
         cfg = yaml.safe_load(path.read_text())
         cfg["train"].pop("pretrained_run", None)  # checked against real files below
         cfg = load_config(overrides=cfg)
         t = cfg["train"]
         assert (t["depth"], t["width"], t["input_size"]["rgb"], t["num_blocks"], t["block_len"], t["pred_steps"]) == (
-            18, 64, 128, 8, 5, 3), path.name
+            18,
+            64,
+            128,
+            8,
+            5,
+            3,
+        ), path.name
         assert t["batch_size"] == 64 and t["lr"] == 1e-3 and t["weight_decay"] == 1e-5, path.name
         if path.name.startswith("kinetics400_pretrain"):
             assert (t["cpc_epochs"], t["cocon_epochs"]) == (80, 40)
@@ -46,8 +58,21 @@ def test_every_recipe_validates_and_states_the_paper_setting():
 def _dry_run(tmp_path: Path, cfg: dict, *targets: str) -> dict[str, int]:
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    cmd = [sys.executable, "-m", "snakemake", *targets, "-n", "--cores", "4", "-s", str(REPO / "Snakefile"), "-d",
-           str(tmp_path), "--configfile", str(path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        *targets,
+        "-n",
+        "--cores",
+        "4",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(tmp_path),
+        "--configfile",
+        str(path),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return job_counts(proc.stdout)
@@ -86,7 +111,24 @@ def test_kinetics_pretraining_then_fine_tuning_on_another_dataset(tmp_path):
     jobs = _dry_run(tmp_path / "ucf", ucf)
     assert not {"cpc", "cocon", "control"} & set(jobs)  # pretrained on Kinetics, not here
     assert jobs["finetune"] == jobs["evaluate"] == 8 and jobs["flow"] == 1
-    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--cores", "4", "-s", str(REPO / "Snakefile"),
-                          "-d", str(tmp_path / "ucf"), "--configfile", str(tmp_path / "ucf" / "recipe.yaml")],
-                         capture_output=True, text=True, timeout=300).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "-p",
+            "--cores",
+            "4",
+            "-s",
+            str(REPO / "Snakefile"),
+            "-d",
+            str(tmp_path / "ucf"),
+            "--configfile",
+            str(tmp_path / "ucf" / "recipe.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
     assert f"--init rgb={k400['output_dir']}/train/cocon/model.pt" in out

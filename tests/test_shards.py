@@ -50,8 +50,14 @@ def smooth_frames(t: int, h: int, w: int, c: int, seed: int = 0, noise: int = 3)
 
 
 def record(i: int, **kw) -> VideoRecord:
-    base = dict(video_id=f"class{i % 2}/v{i:03d}", path=f"/data/class{i % 2}/v{i:03d}.avi", label=f"class{i % 2}",
-                label_index=i % 2, group=f"class{i % 2}_g{i // 2:02d}", splits={"1": "train", "2": "test"})  # fmt: skip
+    base = dict(
+        video_id=f"class{i % 2}/v{i:03d}",
+        path=f"/data/class{i % 2}/v{i:03d}.avi",
+        label=f"class{i % 2}",
+        label_index=i % 2,
+        group=f"class{i % 2}_g{i // 2:02d}",
+        splits={"1": "train", "2": "test"},
+    )
     base.update(kw)
     return VideoRecord(**base)
 
@@ -208,13 +214,26 @@ def test_index_table_attributes_and_failures(tmp_path):
     assert [row["reason"] for row in r.index] == ["", "", "zero-byte file", "too short: 3 frames"]
     for i, row in enumerate(r.index):
         rec = record(i)
-        assert (row["path"], row["label"], row["label_index"], row["group"]) == (rec.path, rec.label, rec.label_index, rec.group)
+        assert (row["path"], row["label"], row["label_index"], row["group"]) == (
+            rec.path,
+            rec.label,
+            rec.label_index,
+            rec.group,
+        )
         assert row["splits"] == splits_to_json(rec.splits) and json.loads(row["splits"]) == rec.splits
         m = meta(i)
         assert (row["fps"], row["orig_height"], row["orig_width"], row["orig_frames"]) == (
-            m["fps"], m["orig_height"], m["orig_width"], m["orig_frames"])  # fmt: skip
+            m["fps"],
+            m["orig_height"],
+            m["orig_width"],
+            m["orig_frames"],
+        )
     assert [(row["n_frames"], row["height"], row["width"], row["channels"]) for row in r.index] == [
-        (4, 12, 16, 3), (6, 8, 10, 3), (0, 0, 0, 0), (0, 0, 0, 0)]  # fmt: skip
+        (4, 12, 16, 3),
+        (6, 8, 10, 3),
+        (0, 0, 0, 0),
+        (0, 0, 0, 0),
+    ]
     assert r.failures() == [(record(2).video_id, "zero-byte file"), (record(3).video_id, "too short: 3 frames")]
 
     va = r.video_attrs(1)
@@ -227,8 +246,25 @@ def test_index_table_attributes_and_failures(tmp_path):
 
     with h5py.File(path, "r") as h5:  # the stored tables themselves
         assert sorted(h5["index"]) == sorted(
-            ["video_id", "path", "label", "label_index", "group", "splits", "status", "reason", "n_frames",
-             "height", "width", "channels", "fps", "orig_height", "orig_width", "orig_frames"])  # fmt: skip
+            [
+                "video_id",
+                "path",
+                "label",
+                "label_index",
+                "group",
+                "splits",
+                "status",
+                "reason",
+                "n_frames",
+                "height",
+                "width",
+                "channels",
+                "fps",
+                "orig_height",
+                "orig_width",
+                "orig_frames",
+            ]
+        )
         assert h5["index/n_frames"].dtype == np.int64 and h5["index/fps"].dtype == np.float64
         assert [s.decode() for s in h5["failures/video_id"][()]] == [record(2).video_id, record(3).video_id]
         assert [s.decode() for s in h5["failures/reason"][()]] == ["zero-byte file", "too short: 3 frames"]

@@ -17,6 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
 from slurm_cluster import LocalSlurm, missing_binaries
 from test_workflow import REPO, TINY, artefacts, snakemake
 
@@ -24,16 +25,31 @@ from test_workflow import REPO, TINY, artefacts, snakemake
 # jobs (+ 3 local rules). train.gpus: 2, so every training job asks SLURM for 2 GPUs and every test or
 # feature job for 1 (the test node's 8 GPUs are bookkeeping only: everything computes on the CPU, as
 # in the local run).
-SMALL = {**TINY, "shards": {"videos_per_shard": 8}, "flow": {**TINY["flow"], "methods": ["tvl1"]},
-         "train": {**TINY["train"], "gpus": 2}, "finetune": {**TINY["finetune"], "inits": ["cocon"]}}
+SMALL = {
+    **TINY,
+    "shards": {"videos_per_shard": 8},
+    "flow": {**TINY["flow"], "methods": ["tvl1"]},
+    "train": {**TINY["train"], "gpus": 2},
+    "finetune": {**TINY["finetune"], "inits": ["cocon"]},
+}
 JOBS = {"frames": 1, "flow": 1, "cpc": 2, "cocon": 1, "finetune": 2, "evaluate": 2, "features": 2, "report": 1}
 GPUS = {"cpc": 2, "cocon": 2, "finetune": 2, "evaluate": 1, "features": 1}
 # The profile as users run it, with the partition chosen on the command line (as README says; not the
 # cluster's default one), plus what this one-node test cluster needs: no job accounting (squeue for
 # status), 2 real cores (every job gets at most 2 threads, as in the local run with --cores 2, so that
 # both runs do the same arithmetic), and quick status polls.
-PROFILE = ["--profile", str(REPO / "profiles" / "slurm"), "--default-resources", "slurm_partition=long",
-           "--max-threads", "2", "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2"]
+PROFILE = [
+    "--profile",
+    str(REPO / "profiles" / "slurm"),
+    "--default-resources",
+    "slurm_partition=long",
+    "--max-threads",
+    "2",
+    "--slurm-status-command",
+    "squeue",
+    "--slurm-init-seconds-before-status-checks",
+    "2",
+]
 TRAINING = ("rule_cpc", "rule_cocon", "rule_finetune")
 
 

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import gloo_process
 
 from cocon.config import load_config
 from cocon.data.shards import ShardWriter, encode_frames
@@ -23,10 +22,13 @@ from cocon.train.checkpoints import load_checkpoint
 from cocon.train.engine import Engine
 from cocon.train.methods import get_method
 
+from conftest import gloo_process
+
 
 def Trainer(method: str, views: list[str], cfg: dict, out: Path, init: dict) -> Engine:
     """The engine running `method` (the tests' shorthand)."""
     return Engine(get_method(method)(cfg, views, init), out)
+
 
 H, W, T = 36, 44, 16
 
@@ -53,8 +55,16 @@ def shards_dir(tmp_path_factory) -> Path:
     recs, vids = [], []
     for i in range(10):
         label = i % 2
-        recs.append(VideoRecord(f"c{label}/v{i:02d}", f"v{i}.avi", f"c{label}", label, f"g{i // 2}",
-                                {"1": "test" if i >= 8 else "train"}))
+        recs.append(
+            VideoRecord(
+                f"c{label}/v{i:02d}",
+                f"v{i}.avi",
+                f"c{label}",
+                label,
+                f"g{i // 2}",
+                {"1": "test" if i >= 8 else "train"},
+            )
+        )
         vids.append(_video(rng))
     rgb_enc, flow_enc = {"codec": "jpeg", "quality": 90}, {"codec": "raw"}
     meta = {"fps": 25.0, "orig_height": H, "orig_width": W, "orig_frames": T}
@@ -69,9 +79,23 @@ def shards_dir(tmp_path_factory) -> Path:
 
 
 def tiny_config(output_dir: Path, **train) -> dict:
-    t = {"views": ["rgb", "flow_tvl1"], "input_size": {"rgb": 32, "flow": 32}, "num_blocks": 4, "block_len": 2,
-         "stride": 1, "pred_steps": 2, "batch_size": 2, "workers": 0, "val_fraction": 0.2, "cpc_epochs": 2,
-         "cocon_epochs": 2, "max_steps_per_epoch": 2, "gpus": 0, "device": "cpu", **train}
+    t = {
+        "views": ["rgb", "flow_tvl1"],
+        "input_size": {"rgb": 32, "flow": 32},
+        "num_blocks": 4,
+        "block_len": 2,
+        "stride": 1,
+        "pred_steps": 2,
+        "batch_size": 2,
+        "workers": 0,
+        "val_fraction": 0.2,
+        "cpc_epochs": 2,
+        "cocon_epochs": 2,
+        "max_steps_per_epoch": 2,
+        "gpus": 0,
+        "device": "cpu",
+        **train,
+    }
     return load_config(overrides={"output_dir": str(output_dir), "train": t})
 
 
@@ -103,16 +127,31 @@ def test_outputs_and_checkpoint_contents(shards_dir, tmp_path):
     out = tmp_path / "cpc"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_0000.pt", "inputs.txt", "last.pt"]
     last = load_checkpoint(out / "checkpoints" / "last.pt")
-    assert {"models", "optimizer", "scheduler", "rng", "epoch", "history", "config", "code_revision",
-            "library_versions", "run_hash"} <= set(last)
+    assert {
+        "models",
+        "optimizer",
+        "scheduler",
+        "rng",
+        "epoch",
+        "history",
+        "config",
+        "code_revision",
+        "library_versions",
+        "run_hash",
+    } <= set(last)
     final = load_checkpoint(out / "model.pt")
     assert "optimizer" not in final and set(final["models"]) == {"rgb"}
     header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"epoch", "lr", "train/cpc/rgb", "train/top1/rgb", "val/total"} <= set(header)
     assert any(p.name.startswith("events.out.tfevents") for p in (out / "tb").iterdir())
     # stage 2 starts from the stage-1 weights of each view
-    t = Trainer("cocon", ["rgb", "flow_tvl1"], tiny_config(shards_dir, cocon_epochs=1), tmp_path / "cocon",
-                {"rgb": str(out / "model.pt")})
+    t = Trainer(
+        "cocon",
+        ["rgb", "flow_tvl1"],
+        tiny_config(shards_dir, cocon_epochs=1),
+        tmp_path / "cocon",
+        {"rgb": str(out / "model.pt")},
+    )
     t.setup()
     for k, v in final["models"]["rgb"].items():
         torch.testing.assert_close(t.models["rgb"].state_dict()[k], v)
@@ -142,14 +181,20 @@ def _free_port() -> int:
 # up to ~6 %; in float64 the distributed and single-process gradients agree to ~1e-12.
 def _batch(seed=0, B=4):
     g = torch.Generator().manual_seed(seed)
-    return {"rgb": torch.randn(B, 4, 3, 2, 32, 32, generator=g, dtype=torch.float64),
-            "flow_tvl1": torch.randn(B, 4, 2, 2, 32, 32, generator=g, dtype=torch.float64)}
+    return {
+        "rgb": torch.randn(B, 4, 3, 2, 32, 32, generator=g, dtype=torch.float64),
+        "flow_tvl1": torch.randn(B, 4, 2, 2, 32, 32, generator=g, dtype=torch.float64),
+    }
 
 
 def _model():
     torch.manual_seed(0)
-    return PerViewNetworks({"rgb": DPC(3, num_blocks=4, pred_steps=2, dropout=0.0),
-                            "flow_tvl1": DPC(2, num_blocks=4, pred_steps=2, dropout=0.0)}).double()
+    return PerViewNetworks(
+        {
+            "rgb": DPC(3, num_blocks=4, pred_steps=2, dropout=0.0),
+            "flow_tvl1": DPC(2, num_blocks=4, pred_steps=2, dropout=0.0),
+        }
+    ).double()
 
 
 def _grads(model) -> dict[str, torch.Tensor]:

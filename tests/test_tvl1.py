@@ -41,8 +41,13 @@ def moved_pair(img: np.ndarray, matrix: np.ndarray, size: tuple[int, int]) -> tu
     moved = cv2.warpAffine(img, matrix, (w, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
     (cw, ch), x0, y0 = size, (w - size[0]) // 2, (h - size[1]) // 2
     ys, xs = np.mgrid[y0 : y0 + ch, x0 : x0 + cw].astype(np.float32)
-    true = np.stack([matrix[0, 0] * xs + matrix[0, 1] * ys + matrix[0, 2] - xs,
-                     matrix[1, 0] * xs + matrix[1, 1] * ys + matrix[1, 2] - ys], axis=-1)  # fmt: skip
+    true = np.stack(
+        [
+            matrix[0, 0] * xs + matrix[0, 1] * ys + matrix[0, 2] - xs,
+            matrix[1, 0] * xs + matrix[1, 1] * ys + matrix[1, 2] - ys,
+        ],
+        axis=-1,
+    )
     crop = lambda a: np.clip(np.rint(a[y0 : y0 + ch, x0 : x0 + cw]), 0, 255).astype(np.uint8)  # noqa: E731
     return crop(img), crop(moved), true
 
@@ -95,7 +100,10 @@ def test_selection_network_is_a_median_for_any_input():
                     wires[i], wires[j] = wires[j], None
                 else:
                     a, b = wires[i], wires[j]
-                    wires[i], wires[j] = (torch.minimum(a, b) if keep_min else None), (torch.maximum(a, b) if keep_max else None)
+                    wires[i], wires[j] = (
+                        (torch.minimum(a, b) if keep_min else None),
+                        (torch.maximum(a, b) if keep_max else None),
+                    )
             np.testing.assert_array_equal(wires[k * k // 2].numpy(), np.median(data, axis=1))
 
 
@@ -126,8 +134,10 @@ def test_known_subpixel_translations_are_recovered():
     """Smooth textures moved by sub-pixel amounts: default parameters, one batch; the interior of every
     pair within 0.05 px of the truth (OpenCV's error on the same pairs is the same to 1e-3 px)."""
     shifts = [(1.3, -0.6), (-2.4, 1.7), (0.4, 0.25)]
-    pairs = [moved_pair(smooth_texture(80, 96, s, sigma), translation(*d), (64, 48))
-             for s, (d, sigma) in enumerate(zip(shifts, (2.0, 3.0, 1.5)))]  # fmt: skip
+    pairs = [
+        moved_pair(smooth_texture(80, 96, s, sigma), translation(*d), (64, 48))
+        for s, (d, sigma) in enumerate(zip(shifts, (2.0, 3.0, 1.5)))
+    ]
     i0, i1, true = (np.stack(x) for x in zip(*pairs))
     got = tvl1.TVL1(DEFAULT)(i0, i1).numpy()
     ref = opencv_flow(DEFAULT, i0, i1)
@@ -183,8 +193,11 @@ def test_compiled_path_traces_and_gives_the_eager_result(caplog):
     assert "torch.compile of tvl1_iteration failed" in caplog.text
 
 
-@pytest.mark.skipif(not os.environ.get("COCON_COMPILE_TEST_TIMEOUT"), reason="opt-in: inductor's C++ "
-                    "compile of the iteration and the median takes minutes on a 2-core VM; set COCON_COMPILE_TEST_TIMEOUT")
+@pytest.mark.skipif(
+    not os.environ.get("COCON_COMPILE_TEST_TIMEOUT"),
+    reason="opt-in: inductor's C++ "
+    "compile of the iteration and the median takes minutes on a 2-core VM; set COCON_COMPILE_TEST_TIMEOUT",
+)
 def test_inductor_compiled_flow_matches_eager():
     pairs = [moved_pair(smooth_texture(50, 60, s, 2.0), translation(0.5 * s, -0.3), (40, 30)) for s in range(2)]
     i0, i1, _ = (np.stack(x) for x in zip(*pairs))
@@ -235,10 +248,14 @@ def test_backend_resolution_without_a_gpu():
 
 @pytest.mark.parametrize(
     "tvl1_cfg, key",
-    [({"backend": "torch", "gamma": 0.2}, "flow.tvl1.gamma"), ({"backend": "gpu"}, "flow.tvl1.backend"),
-     ({"device": "cuda0"}, "flow.tvl1.device"), ({"batch_size": 0}, "flow.tvl1.batch_size"),
-     ({"median_filtering": 7}, "flow.tvl1.median_filtering")],
-)  # fmt: skip
+    [
+        ({"backend": "torch", "gamma": 0.2}, "flow.tvl1.gamma"),
+        ({"backend": "gpu"}, "flow.tvl1.backend"),
+        ({"device": "cuda0"}, "flow.tvl1.device"),
+        ({"batch_size": 0}, "flow.tvl1.batch_size"),
+        ({"median_filtering": 7}, "flow.tvl1.median_filtering"),
+    ],
+)
 def test_bad_backend_config_is_rejected_naming_the_key(tvl1_cfg, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(overrides={"flow": {"tvl1": tvl1_cfg}})

@@ -55,8 +55,9 @@ def test_flip_rules_of_the_kinds():
 
 
 def _record(i: int) -> VideoRecord:
-    return VideoRecord(f"c{i % 2}/v{i:02d}", f"v{i}.avi", f"c{i % 2}", i % 2, f"g{i // 2}",
-                       {"1": "test" if i >= 8 else "train"})
+    return VideoRecord(
+        f"c{i % 2}/v{i:02d}", f"v{i}.avi", f"c{i % 2}", i % 2, f"g{i // 2}", {"1": "test" if i >= 8 else "train"}
+    )
 
 
 def _rgb_shard(root: Path, n: int = 10) -> Path:
@@ -72,7 +73,7 @@ def _rgb_shard(root: Path, n: int = 10) -> Path:
             video = np.repeat(bg[None], T, axis=0)
             for k in range(T):
                 y, x = (5 + vy * k) % (H - 10), (5 + vx * k) % (W - 10)
-                video[k, y:y + 10, x:x + 10] = sq
+                video[k, y : y + 10, x : x + 10] = sq
             w.add_video(_record(i), encode_frames(video, enc), {"fps": 25.0})
     return path
 
@@ -89,8 +90,16 @@ def test_pose_view_flips_left_and_right_keypoints(tmp_path):
             for i in range(4):
                 w.add_video(_record(i), encode_frames(maps, enc), {"fps": 25.0})
     still = Augmentation(crop_scale=(1, 1), crop_ratio=(1, 1), p_flip=1.0)
-    ds = MultiViewClips(discover(tmp_path, ["pose"]), views=["pose"], holdout_fraction=0, num_blocks=2, block_len=2,
-                        stride=1, sizes={"pose": 32}, augmentation=still)
+    ds = MultiViewClips(
+        discover(tmp_path, ["pose"]),
+        views=["pose"],
+        holdout_fraction=0,
+        num_blocks=2,
+        block_len=2,
+        stride=1,
+        sizes={"pose": 32},
+        augmentation=still,
+    )
     x = ds[0]["pose"]  # (N, 17, K, 32, 32), values q / 255
     assert float(x[:, left].max()) == 0.0
     assert float(x[:, right, :, :, 16:].min()) == 1.0 and float(x[:, right, :, :, :16].max()) == 0.0
@@ -108,8 +117,9 @@ def _edges(row: int, idx: np.ndarray, frames: np.ndarray) -> np.ndarray:
 
 @pytest.fixture
 def edges_kind():
-    kind = V.register(V.ViewKind(name="edges", channels=1, default_size=32, mean=(0.0,), std=(1.0,), rule="edges",
-                                 section="edges"))
+    kind = V.register(
+        V.ViewKind(name="edges", channels=1, default_size=32, mean=(0.0,), std=(1.0,), rule="edges", section="edges")
+    )
     yield kind
     V.unregister("edges")
 
@@ -117,17 +127,44 @@ def edges_kind():
 def test_a_registered_view_is_computed_loaded_and_trained(tmp_path, edges_kind, one_torch_thread):
     rgb = _rgb_shard(tmp_path)
     out = tmp_path / "shards" / "edges" / "00000.h5"
-    failures = stage.derive_view("edges", str(rgb), "00000", str(out), {"encoding": {"codec": "png", "level": 1}},
-                                 {"name": "t", "format": "csv"}, {}, _edges)
+    failures = stage.derive_view(
+        "edges",
+        str(rgb),
+        "00000",
+        str(out),
+        {"encoding": {"codec": "png", "level": 1}},
+        {"name": "t", "format": "csv"},
+        {},
+        _edges,
+    )
     assert failures == []
     r = ShardReader(out)
     assert r.attrs["view"] == "edges" and r.read(0).shape == (T, H, W, 1)
 
-    train = {"views": ["rgb", "edges"], "input_size": {"rgb": 32, "edges": 32}, "num_blocks": 4, "block_len": 2,
-             "stride": 1, "pred_steps": 2, "batch_size": 2, "workers": 0, "val_fraction": 0.2, "cpc_epochs": 1,
-             "cocon_epochs": 1, "max_steps_per_epoch": 2, "gpus": 0, "device": "cpu", "width": 4}
-    cfg = load_config(overrides={"output_dir": str(tmp_path), "train": train,
-                                 "finetune": {"epochs": 1, "batch_size": 2, "max_steps_per_epoch": 2}})
+    train = {
+        "views": ["rgb", "edges"],
+        "input_size": {"rgb": 32, "edges": 32},
+        "num_blocks": 4,
+        "block_len": 2,
+        "stride": 1,
+        "pred_steps": 2,
+        "batch_size": 2,
+        "workers": 0,
+        "val_fraction": 0.2,
+        "cpc_epochs": 1,
+        "cocon_epochs": 1,
+        "max_steps_per_epoch": 2,
+        "gpus": 0,
+        "device": "cpu",
+        "width": 4,
+    }
+    cfg = load_config(
+        overrides={
+            "output_dir": str(tmp_path),
+            "train": train,
+            "finetune": {"epochs": 1, "batch_size": 2, "max_steps_per_epoch": 2},
+        }
+    )
     assert cfg["evaluate"]["ensemble_weights"]["edges"] == 1.0  # the kind's default, from the registry
     stage1 = {}
     for view in ("rgb", "edges"):

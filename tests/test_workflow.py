@@ -16,10 +16,11 @@ import cv2
 import numpy as np
 import pytest
 import yaml
-from conftest import stage_config
 
 from cocon.data.shards import ShardReader
 from cocon.sources.records import VideoRecord, assign_shards, write_manifest
+
+from conftest import stage_config
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -27,23 +28,56 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 TINY = {
     "output_dir": "results",
     "seed": 3,
-    "demo": {"classes": 2, "groups_per_class": 2, "clips_per_group": 2, "test_groups": 1, "frames": 12,
-             "width": 64, "height": 48},
+    "demo": {
+        "classes": 2,
+        "groups_per_class": 2,
+        "clips_per_group": 2,
+        "test_groups": 1,
+        "frames": 12,
+        "width": 64,
+        "height": 48,
+    },
     "shards": {"videos_per_shard": 3},
     "frames": {"short_side": 32, "min_frames": 8},
     "flow": {"tvl1": {"scales": 2, "warps": 2}},
-    "train": {"views": ["rgb", "flow_tvl1"], "input_size": {"rgb": 32, "flow": 32}, "num_blocks": 4, "block_len": 2,
-              "stride": 1, "pred_steps": 2, "batch_size": 2, "workers": 0, "val_fraction": 0.3, "cpc_epochs": 1,
-              "cocon_epochs": 1, "max_steps_per_epoch": 1, "gpus": 0, "device": "cpu"},
+    "train": {
+        "views": ["rgb", "flow_tvl1"],
+        "input_size": {"rgb": 32, "flow": 32},
+        "num_blocks": 4,
+        "block_len": 2,
+        "stride": 1,
+        "pred_steps": 2,
+        "batch_size": 2,
+        "workers": 0,
+        "val_fraction": 0.3,
+        "cpc_epochs": 1,
+        "cocon_epochs": 1,
+        "max_steps_per_epoch": 1,
+        "gpus": 0,
+        "device": "cpu",
+    },
     "finetune": {"epochs": 2, "batch_size": 2, "max_steps_per_epoch": 1},
     "evaluate": {"consistency_top": 1, "consistency_min": 1, "alignment_blocks": 4, "batch_size": 4},
 }
 # The demo DAG with every view: pose and seg by the demo's small randomly initialised models (config.yaml).
-ALL_VIEWS = {**TINY,
-             "seg": {"enabled": True, "config": "segformer_mit-b0_8xb2-160k_ade20k-512x512", "checkpoint": None,
-                     "input_scale": [64, 32], "gpus": 0},
-             "pose": {"enabled": True, "config": "td-hm_mobilenetv2_8xb64-210e_coco-256x192", "checkpoint": None,
-                      "input_size": [48, 64], "boxes": "frame", "gpus": 0}}
+ALL_VIEWS = {
+    **TINY,
+    "seg": {
+        "enabled": True,
+        "config": "segformer_mit-b0_8xb2-160k_ade20k-512x512",
+        "checkpoint": None,
+        "input_scale": [64, 32],
+        "gpus": 0,
+    },
+    "pose": {
+        "enabled": True,
+        "config": "td-hm_mobilenetv2_8xb64-210e_coco-256x192",
+        "checkpoint": None,
+        "input_size": [48, 64],
+        "boxes": "frame",
+        "gpus": 0,
+    },
+}
 # Preprocessing-only configs (datasets of a few videos) train nothing: their target is the summary.
 PREPROCESS = ["--until", "preprocess_summary"]
 
@@ -62,8 +96,11 @@ def snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -> su
 
 def job_counts(dry_run_output: str) -> dict[str, int]:
     """The job-stats table of a dry run: {rule: count, "total": n} (empty when nothing is to be done)."""
-    return {line.split()[0]: int(line.split()[1]) for line in dry_run_output.splitlines()
-            if len(line.split()) == 2 and line.split()[1].isdigit()}
+    return {
+        line.split()[0]: int(line.split()[1])
+        for line in dry_run_output.splitlines()
+        if len(line.split()) == 2 and line.split()[1].isdigit()
+    }
 
 
 def artefacts(workdir: Path) -> dict[str, bytes]:
@@ -100,7 +137,12 @@ def test_demo_dag_produces_every_shard_and_a_summary(demo_run):
     summary = json.loads((res / "reports" / "preprocess_summary.json").read_text())
     assert summary["videos"] == n_videos
     assert {v: (s["ok"], s["failed"]) for v, s in summary["views"].items()} == {
-        "rgb": (8, 0), "flow_tvl1": (8, 0), "flow_farneback": (8, 0), "pose": (8, 0), "seg": (8, 0)}
+        "rgb": (8, 0),
+        "flow_tvl1": (8, 0),
+        "flow_farneback": (8, 0),
+        "pose": (8, 0),
+        "seg": (8, 0),
+    }
     # every job wrote its log and the heavy ones their benchmark
     assert (demo_run / "logs" / "frames" / "00002.log").stat().st_size > 0
     assert (demo_run / "benchmarks" / "flow_tvl1" / "00000.tsv").exists()
@@ -128,8 +170,12 @@ def test_demo_dag_finetunes_tests_and_reports(demo_run):
     for init in ("random", "cpc", "cocon"):
         for view in ("rgb", "flow_tvl1"):
             ck = load_checkpoint(res / "finetune" / init / view / "model.pt")
-            assert ck["method"] == "finetune" and ck["init_kind"] == init and ck["class_names"] == ["Wave", "JumpingJack"]
-            assert (res / "eval" / init / view / "scores.h5").exists() and (res / "features" / init / f"{view}.h5").exists()
+            assert (
+                ck["method"] == "finetune" and ck["init_kind"] == init and ck["class_names"] == ["Wave", "JumpingJack"]
+            )
+            assert (res / "eval" / init / view / "scores.h5").exists() and (
+                res / "features" / init / f"{view}.h5"
+            ).exists()
     metrics = json.loads((res / "reports" / "metrics.json").read_text())
     for init in ("random", "cpc", "cocon"):
         per = metrics["classification"][init]
@@ -139,8 +185,13 @@ def test_demo_dag_finetunes_tests_and_reports(demo_run):
         assert set(metrics["analyses"]["per_view"][init]["rgb"]["retrieval"]) == {"R@1", "R@5", "R@10", "R@20", "R@50"}
         assert metrics["analyses"]["consistency"][init]["classes"] == 2
     figures = {p.name for p in (res / "reports" / "figures").iterdir()}
-    assert {"tsne_cocon_rgb.png", "cosine_cpc_flow_tvl1.png", "confusion_random_rgb.png",
-            "alignment_cocon_flow_tvl1_0.png", "alignment_cocon_flow_tvl1_1.png"} <= figures
+    assert {
+        "tsne_cocon_rgb.png",
+        "cosine_cpc_flow_tvl1.png",
+        "confusion_random_rgb.png",
+        "alignment_cocon_flow_tvl1_0.png",
+        "alignment_cocon_flow_tvl1_1.png",
+    } <= figures
     assert "Table 1" in (res / "reports" / "tables.html").read_text()
     assert (demo_run / "benchmarks" / "finetune" / "cocon_rgb.tsv").exists()
 
@@ -176,9 +227,11 @@ def test_four_views_train_end_to_end(demo_run, tmp_path):
     work = tmp_path / "four"
     shutil.copytree(demo_run, work, symlinks=True)
     views = ["rgb", "flow_tvl1", "pose", "seg"]
-    cfg = {**ALL_VIEWS, "train": {**TINY["train"], "views": views,
-                                  "input_size": {"rgb": 32, "flow": 32, "pose": 32, "seg": 32}},
-           "finetune": {**TINY["finetune"], "inits": ["random", "cocon"]}}
+    cfg = {
+        **ALL_VIEWS,
+        "train": {**TINY["train"], "views": views, "input_size": {"rgb": 32, "flow": 32, "pose": 32, "seg": 32}},
+        "finetune": {**TINY["finetune"], "inits": ["random", "cocon"]},
+    }
     dry = job_counts(snakemake(work, cfg, "--cores", "2", "-n").stdout)
     assert not {"frames", "flow", "seg", "pose"} & set(dry)  # the shards are reused
     assert (dry["cpc"], dry["cocon"], dry["finetune"], dry["evaluate"]) == (4, 1, 8, 8)
@@ -197,7 +250,13 @@ def test_claim_target_runs_every_seed_on_the_same_shards(demo_run):
     dry = job_counts(snakemake(demo_run, cfg, "--cores", "2", "-n", "claim").stdout)
     rules = ("claim_cpc", "claim_cocon", "claim_control", "claim_finetune", "claim_evaluate", "claim")
     assert {k: dry.get(k) for k in rules} == {  # 2 seeds; inits random, cpc, cocon, control; 2 views
-        "claim_cpc": 4, "claim_cocon": 2, "claim_control": 2, "claim_finetune": 16, "claim_evaluate": 16, "claim": 1}
+        "claim_cpc": 4,
+        "claim_cocon": 2,
+        "claim_control": 2,
+        "claim_finetune": 16,
+        "claim_evaluate": 16,
+        "claim": 1,
+    }
     assert "frames" not in dry and "flow" not in dry  # the shards are reused
     one = {**ALL_VIEWS, "claim": {"seeds": [4]}, "finetune": {**TINY["finetune"], "inits": ["random", "cocon"]}}
     snakemake(demo_run, one, "--cores", "2", "claim")
@@ -224,8 +283,12 @@ def test_bad_value_is_rejected_naming_the_key(tmp_path):
 
 
 def test_lint_is_clean():
-    proc = subprocess.run([*SNAKEMAKE, "--lint", "-s", str(REPO / "Snakefile"), "-d", str(REPO)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [*SNAKEMAKE, "--lint", "-s", str(REPO / "Snakefile"), "-d", str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Congratulations" in proc.stdout + proc.stderr
 
@@ -258,9 +321,13 @@ def csv_dataset(tmp_path) -> Path:
 
 
 def test_corrupt_videos_are_reported_and_the_rest_completes(tmp_path, csv_dataset):
-    cfg = {**TINY, "dataset": {"format": "csv", "name": "mini", "manifest": str(csv_dataset / "videos.csv")},
-           "shards": {"videos_per_shard": 6}, "flow": {"methods": ["farneback"]},
-           "train": {**TINY["train"], "views": ["rgb", "flow_farneback"]}}
+    cfg = {
+        **TINY,
+        "dataset": {"format": "csv", "name": "mini", "manifest": str(csv_dataset / "videos.csv")},
+        "shards": {"videos_per_shard": 6},
+        "flow": {"methods": ["farneback"]},
+        "train": {**TINY["train"], "views": ["rgb", "flow_farneback"]},
+    }
     proc = snakemake(tmp_path / "run", cfg, "--cores", "2", *PREPROCESS)
     out = proc.stdout + proc.stderr
     assert "FAILED run/broken" in out and "FAILED walk/empty" in out  # the end-of-run summary
@@ -297,12 +364,30 @@ def test_killed_stage_leaves_no_complete_looking_output(tmp_path):
     manifest = tmp_path / "m.tsv"
     write_manifest(manifest, assign_shards(videos, 40))
     out = tmp_path / "rgb" / "00000.h5"
-    params = {"short_side": 48, "interpolation": "area", "max_frames": None, "min_frames": 8,
-              "encoding": {"codec": "png", "level": 9}}
+    params = {
+        "short_side": 48,
+        "interpolation": "area",
+        "max_frames": None,
+        "min_frames": 8,
+        "encoding": {"codec": "png", "level": 9},
+    }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cocon", "frames", "--manifest", str(manifest), "--shard", "00000", "--out", str(out),
-         "--config-json", stage_config("frames", params, {"name": "t", "format": "csv"})],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "cocon",
+            "frames",
+            "--manifest",
+            str(manifest),
+            "--shard",
+            "00000",
+            "--out",
+            str(out),
+            "--config-json",
+            stage_config("frames", params, {"name": "t", "format": "csv"}),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     partial = out.with_name(out.name + ".partial")
     deadline = time.monotonic() + 60
@@ -315,9 +400,22 @@ def test_killed_stage_leaves_no_complete_looking_output(tmp_path):
     assert not out.exists() and partial.exists()
     # re-running the job replaces the stale partial with a complete shard
     subprocess.run(
-        [sys.executable, "-m", "cocon", "frames", "--manifest", str(manifest), "--shard", "00000", "--out", str(out),
-         "--config-json", stage_config("frames", params, {"name": "t", "format": "csv"})],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "cocon",
+            "frames",
+            "--manifest",
+            str(manifest),
+            "--shard",
+            "00000",
+            "--out",
+            str(out),
+            "--config-json",
+            stage_config("frames", params, {"name": "t", "format": "csv"}),
+        ],
+        check=True,
+        capture_output=True,
     )
     assert out.exists() and not partial.exists() and len(ShardReader(out).ok_rows()) == 40
 
@@ -333,7 +431,9 @@ def test_dry_run_shards_are_fixed_at_parse_time(tmp_path):
     shutil.rmtree(tmp_path / ".snakemake", ignore_errors=True)
 
 
-@pytest.mark.parametrize("backend, visible, tvl1_gpus", [("torch", "", 1), ("opencv", "0", 0), ("auto", "", 0), ("auto", "0", 1)])
+@pytest.mark.parametrize(
+    "backend, visible, tvl1_gpus", [("torch", "", 1), ("opencv", "0", 0), ("auto", "", 0), ("auto", "0", 1)]
+)
 def test_tvl1_jobs_ask_for_a_gpu_only_when_they_will_use_it(tmp_path, monkeypatch, backend, visible, tvl1_gpus):
     """backend torch: one GPU per TVL1 job; auto: one when the machine running Snakemake has a GPU
     (here: COCON_GPU_IDS); opencv: none. Farneback jobs never; every flow job runs under `cocon gpus`."""
@@ -349,9 +449,13 @@ def test_tvl1_jobs_ask_for_a_gpu_only_when_they_will_use_it(tmp_path, monkeypatc
 
 
 def test_replaced_video_reruns_only_its_shard(tmp_path, csv_dataset):
-    cfg = {**TINY, "dataset": {"format": "csv", "name": "mini", "manifest": str(csv_dataset / "videos.csv")},
-           "shards": {"videos_per_shard": 3}, "flow": {"methods": ["farneback"]},
-           "train": {**TINY["train"], "views": ["rgb", "flow_farneback"]}}
+    cfg = {
+        **TINY,
+        "dataset": {"format": "csv", "name": "mini", "manifest": str(csv_dataset / "videos.csv")},
+        "shards": {"videos_per_shard": 3},
+        "flow": {"methods": ["farneback"]},
+        "train": {**TINY["train"], "views": ["rgb", "flow_farneback"]},
+    }
     work = tmp_path / "run"
     snakemake(work, cfg, "--cores", "2", *PREPROCESS)
     assert job_counts(snakemake(work, cfg, "-n", "--cores", "1", *PREPROCESS).stdout).get("total", 0) == 0

@@ -23,8 +23,18 @@ import cv2
 import numpy as np
 import torch
 
-__all__ = ["Augmentation", "FINETUNE_AUGMENTATION", "Finish", "ViewSpec", "draw_colour", "resample_axis",
-           "geometry", "identity_geometry", "GREY_WEIGHTS", "aug_key"]  # fmt: skip
+__all__ = [
+    "Augmentation",
+    "FINETUNE_AUGMENTATION",
+    "Finish",
+    "ViewSpec",
+    "draw_colour",
+    "resample_axis",
+    "geometry",
+    "identity_geometry",
+    "GREY_WEIGHTS",
+    "aug_key",
+]
 
 # ITU-R 601 luma (OpenCV's RGB2GRAY), for "luma" grey, contrast and saturation
 GREY_WEIGHTS = (0.299, 0.587, 0.114)
@@ -274,8 +284,9 @@ def resample(u8: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, impl: 
         a = u8[k].index_select(1, index[k, 0]).float()
         b = u8[k].index_select(1, index[k, 1]).float()
         rows = torch.lerp(a, b, weight[k, 0].view(1, S, 1, 1)).permute(0, 3, 2, 1).contiguous()  # (T, C, Wc, S)
-        cols = torch.lerp(rows.index_select(2, index[k, 2]), rows.index_select(2, index[k, 3]),
-                          weight[k, 1].view(1, 1, S, 1))  # (T, C, S columns, S rows)
+        cols = torch.lerp(
+            rows.index_select(2, index[k, 2]), rows.index_select(2, index[k, 3]), weight[k, 1].view(1, 1, S, 1)
+        )  # (T, C, S columns, S rows)
         out[k] = cols.transpose(2, 3)
     return out
 
@@ -308,8 +319,10 @@ class Finish:
         if key not in self._consts:
             s = self.specs[view]
             shape = (1, 1, len(s.scale), 1, 1, 1)
-            self._consts[key] = (torch.tensor(s.scale, dtype=torch.float32, device=device).view(shape),
-                                 torch.tensor(s.offset, dtype=torch.float32, device=device).view(shape))
+            self._consts[key] = (
+                torch.tensor(s.scale, dtype=torch.float32, device=device).view(shape),
+                torch.tensor(s.offset, dtype=torch.float32, device=device).view(shape),
+            )
         return self._consts[key]
 
     def __getstate__(self):
@@ -323,11 +336,16 @@ class Finish:
         spec = self.specs[v]
         u8 = batch[v].to(device, non_blocking=True)
         if u8.dtype != torch.uint8 or u8.dim() != 5:
-            raise TypeError(f"view {v}: Finish takes the uint8 (B, T, H, W, C) clips of MultiViewClips(output='uint8'), "
-                            f"got {u8.dtype} {tuple(u8.shape)}")
+            raise TypeError(
+                f"view {v}: Finish takes the uint8 (B, T, H, W, C) clips of MultiViewClips(output='uint8'), "
+                f"got {u8.dtype} {tuple(u8.shape)}"
+            )
         B, T, _, _, C = u8.shape
-        x = resample(u8, batch[aug_key(v, "index")].to(device, non_blocking=True),
-                     batch[aug_key(v, "weight")].to(device, non_blocking=True))  # (B, T, C, S, S)
+        x = resample(
+            u8,
+            batch[aug_key(v, "index")].to(device, non_blocking=True),
+            batch[aug_key(v, "weight")].to(device, non_blocking=True),
+        )  # (B, T, C, S, S)
         S = x.shape[-1]
         flip = batch.get(aug_key(v, "flip"))
         if flip is not None and (spec.negate or spec.permute):
@@ -340,9 +358,13 @@ class Finish:
                     y[:, :, c] = 255.0 - y[:, :, c]
                 x.index_copy_(0, sel, y)
         if aug_key(v, "grey") in batch:
-            self.colour(x.view(B * T, C, S, S), batch[aug_key(v, "grey")].reshape(B * T),
-                        batch[aug_key(v, "jitter")].reshape(B * T, 4), batch[aug_key(v, "order")].reshape(B * T, 4),
-                        device)  # fmt: skip
+            self.colour(
+                x.view(B * T, C, S, S),
+                batch[aug_key(v, "grey")].reshape(B * T),
+                batch[aug_key(v, "jitter")].reshape(B * T, 4),
+                batch[aug_key(v, "order")].reshape(B * T, 4),
+                device,
+            )
         n, k = spec.num_blocks, spec.block_len
         if contiguous:
             out = torch.empty((B, n, C, k, S, S), dtype=torch.float32, device=device)

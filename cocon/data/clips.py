@@ -60,10 +60,24 @@ from cocon.data.shards import ShardFormatError, ShardReader
 from cocon.sources.records import VideoRecord
 
 __all__ = [
-    "ClipsError", "Video", "Augmentation", "FINETUNE_AUGMENTATION", "Finish", "MultiViewClips", "DenseClips", "ClipLoader", "dense_windows",
-    "discover", "video_table", "holdout", "group_id", "clip_indices", "frame_map", "view_frame_indices",
+    "ClipsError",
+    "Video",
+    "Augmentation",
+    "FINETUNE_AUGMENTATION",
+    "Finish",
+    "MultiViewClips",
+    "DenseClips",
+    "ClipLoader",
+    "dense_windows",
+    "discover",
+    "video_table",
+    "holdout",
+    "group_id",
+    "clip_indices",
+    "frame_map",
+    "view_frame_indices",
     "make_loader",
-]  # fmt: skip
+]
 
 ROLES = ("train", "val", "test")
 
@@ -161,8 +175,9 @@ class _SlimIndex:
 
     def __getitem__(self, row: int) -> dict:
         out = {k: int(v[row]) for k, v in self.cols.items()}
-        out.update(status="ok" if self.ok[row] else "failed", reason="" if self.ok[row] else "failed",
-                   video_id=f"row {row}")  # fmt: skip
+        out.update(
+            status="ok" if self.ok[row] else "failed", reason="" if self.ok[row] else "failed", video_id=f"row {row}"
+        )
         return out
 
     def __iter__(self):
@@ -269,8 +284,16 @@ def _open(shards: dict[str, Sequence[str | Path]], views: Sequence[str]):
                 raise ClipsError(f"shard {name}: {first} has {n} rows, {v} has {len(index[v])}")
         for row in range(n):
             ref = index[first][row]
-            rows.append(VideoRecord(ref["video_id"], ref["path"], ref["label"], int(ref["label_index"]), ref["group"],
-                                    json.loads(ref["splits"])))
+            rows.append(
+                VideoRecord(
+                    ref["video_id"],
+                    ref["path"],
+                    ref["label"],
+                    int(ref["label_index"]),
+                    ref["group"],
+                    json.loads(ref["splits"]),
+                )
+            )
             for v in views[1:]:
                 if index[v][row]["video_id"] != ref["video_id"]:
                     raise ClipsError(
@@ -280,11 +303,19 @@ def _open(shards: dict[str, Sequence[str | Path]], views: Sequence[str]):
             if any(index[v][row]["status"] != "ok" for v in views):
                 continue
             length = min(_rgb_length(index[v][row]["n_frames"], *maps[v]) for v in views)
-            videos.append(Video(
-                video_id=ref["video_id"], label=ref["label"], label_index=int(ref["label_index"]),
-                group=ref["group"], splits=json.loads(ref["splits"]), shard=s, shard_name=name, row=row,
-                n_frames=int(length),
-            ))  # fmt: skip
+            videos.append(
+                Video(
+                    video_id=ref["video_id"],
+                    label=ref["label"],
+                    label_index=int(ref["label_index"]),
+                    group=ref["group"],
+                    splits=json.loads(ref["splits"]),
+                    shard=s,
+                    shard_name=name,
+                    row=row,
+                    n_frames=int(length),
+                )
+            )
     return readers, videos, names[first], maps, rows
 
 
@@ -346,8 +377,9 @@ def holdout(videos: Sequence, fraction: float, seed: int = 0) -> tuple[list, lis
 # ------------------------------------------------------------------ temporal sampling
 
 
-def clip_indices(n_frames: int, num_blocks: int = 8, block_len: int = 5, stride: int = 3,
-                 rng: np.random.Generator | None = None) -> np.ndarray:
+def clip_indices(
+    n_frames: int, num_blocks: int = 8, block_len: int = 5, stride: int = 3, rng: np.random.Generator | None = None
+) -> np.ndarray:
     """The N*K rgb frame indices of one clip: N contiguous, non-overlapping blocks of K frames, one frame
     every `stride` frames, from a start drawn uniformly over every start that fits (`rng`), or the centre
     start when `rng` is None.
@@ -367,8 +399,9 @@ def clip_indices(n_frames: int, num_blocks: int = 8, block_len: int = 5, stride:
     return (np.arange(m, dtype=np.int64) * n_frames) // m
 
 
-def dense_windows(n_frames: int, num_blocks: int = 8, block_len: int = 5, stride: int = 3,
-                  window_stride: int | None = None) -> np.ndarray:
+def dense_windows(
+    n_frames: int, num_blocks: int = 8, block_len: int = 5, stride: int = 3, window_stride: int | None = None
+) -> np.ndarray:
     """The test windows of a video (dense evaluation), as rgb frame indices, int64 (W, N*K).
 
     Frames 0, stride, 2*stride, ... are cut into consecutive non-overlapping blocks of K frames (an
@@ -487,8 +520,10 @@ class MultiViewClips(Dataset):
         if role != "test":
             # drawn over every training-role row of the shards, failed ones included, so that the
             # validation subset does not depend on which views are loaded nor on failures
-            held = {r.video_id for r in holdout([r for r in rows if r.role(self.split) == "train"],
-                                                holdout_fraction, holdout_seed)[1]}
+            held = {
+                r.video_id
+                for r in holdout([r for r in rows if r.role(self.split) == "train"], holdout_fraction, holdout_seed)[1]
+            }
             pool = [v for v in pool if (v.video_id in held) == (role == "val")]
         self._videos = pool
         self._readers = {v: [_ClipReader(r) for r in readers[v]] for v in self.views}
@@ -570,8 +605,15 @@ class MultiViewClips(Dataset):
         for v in self.views:
             scale, offset = self._norm[v]
             rule = self._aug_rules[v][2]
-            specs[v] = ViewSpec(self.num_blocks, self.block_len, self.sizes[v], tuple(float(x) for x in scale),
-                                tuple(float(x) for x in offset), tuple(rule.negate), tuple(rule.permute))
+            specs[v] = ViewSpec(
+                self.num_blocks,
+                self.block_len,
+                self.sizes[v],
+                tuple(float(x) for x in scale),
+                tuple(float(x) for x in offset),
+                tuple(rule.negate),
+                tuple(rule.permute),
+            )
         return Finish(specs)
 
     @property
@@ -682,7 +724,9 @@ class MultiViewClips(Dataset):
                 canvas[:, :size, :size] = self._resized(images, inverse, box, size, c)
                 bh = bw = size
             if colour:
-                out.update({aug_key(view, k): torch.from_numpy(a) for k, a in draw_colour(rng, len(inverse), aug).items()})
+                out.update(
+                    {aug_key(view, k): torch.from_numpy(a) for k, a in draw_colour(rng, len(inverse), aug).items()}
+                )
             flip = bool(flip and (flips or aug.flip_all_views))
         canvas[:, bh:] = 0  # the rest of the canvas is never read; zeroed so that samples compare equal
         canvas[:, :bh, bw:] = 0
@@ -741,7 +785,7 @@ class DenseClips(MultiViewClips):
             frames = self._resized(images, np.arange(len(images)), _centre_box(h, w), self.sizes[v], c)
             start = 0
             for prefix, idx in wanted.items():
-                sel = frames[inverse[start:start + len(idx)]]
+                sel = frames[inverse[start : start + len(idx)]]
                 start += len(idx)
                 nblocks = len(idx) // self.block_len
                 t = _to_tensor(sel, nblocks, self.block_len, *self._norm[v])
@@ -786,9 +830,17 @@ def _worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-def make_loader(dataset: MultiViewClips, batch_size: int, workers: int = 0, shuffle: bool = True, seed: int = 0,
-                epoch: int = 0, distributed: bool = False, drop_last: bool = False,
-                pin_memory: bool = False) -> ClipLoader:
+def make_loader(
+    dataset: MultiViewClips,
+    batch_size: int,
+    workers: int = 0,
+    shuffle: bool = True,
+    seed: int = 0,
+    epoch: int = 0,
+    distributed: bool = False,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+) -> ClipLoader:
     """DataLoader over `dataset` with the default collate ({view: (B, N, C, K, H, W), label, index, group}, or
     the uint8 canvases and "aug/..." parameters stacked for output="uint8"; pin_memory for a CUDA device).
 
@@ -800,11 +852,17 @@ def make_loader(dataset: MultiViewClips, batch_size: int, workers: int = 0, shuf
     else:
         sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=shuffle, seed=seed, drop_last=drop_last)
     loader = ClipLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
-        pin_memory=pin_memory, worker_init_fn=_worker_init if workers > 0 else None, persistent_workers=False,
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        worker_init_fn=_worker_init if workers > 0 else None,
+        persistent_workers=False,
         # workers come from a clean forkserver, never forked from a process with live threads (OpenCV,
         # torch, thread pools), which can deadlock the child; the dataset pickles light
         multiprocessing_context=_worker_context() if workers > 0 else None,
-    )  # fmt: skip
+    )
     loader.set_epoch(epoch)
     return loader

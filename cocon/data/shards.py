@@ -155,13 +155,21 @@ class ShardWriter:
         else:
             offsets = np.zeros(t + 1, np.int64)
             np.cumsum([len(b) for b in enc.data], out=offsets[1:])
-            ds = self.videos.create_dataset(name, data=np.concatenate(enc.data), chunks=(min(int(offsets[-1]), 1 << 16),))
+            ds = self.videos.create_dataset(
+                name, data=np.concatenate(enc.data), chunks=(min(int(offsets[-1]), 1 << 16),)
+            )
             self.h5.require_group("offsets").create_dataset(name, data=offsets)
         row = _row(rec, "ok", "", meta, n_frames=t, height=h, width=w, channels=c)
         attrs = {
-            "video_id": rec.video_id, "source_path": rec.path, "label": rec.label,
-            "label_index": rec.label_index, "group": rec.group, "splits": splits_to_json(rec.splits),
-            "shape": [t, h, w, c], "codec": enc.codec, "n_frames": t,
+            "video_id": rec.video_id,
+            "source_path": rec.path,
+            "label": rec.label,
+            "label_index": rec.label_index,
+            "group": rec.group,
+            "splits": splits_to_json(rec.splits),
+            "shape": [t, h, w, c],
+            "codec": enc.codec,
+            "n_frames": t,
             **{k: v for k, v in meta.items()},
         }
         for key in sorted(attrs):
@@ -215,11 +223,22 @@ def _attr(value):
 
 def _row(rec: VideoRecord, status: str, reason: str, meta: dict, **sizes) -> dict:
     row = {
-        "video_id": rec.video_id, "path": rec.path, "label": rec.label, "label_index": rec.label_index,
-        "group": rec.group, "splits": splits_to_json(rec.splits), "status": status, "reason": reason,
-        "n_frames": 0, "height": 0, "width": 0, "channels": 0,
-        "fps": float(meta.get("fps", 0.0)), "orig_height": int(meta.get("orig_height", 0)),
-        "orig_width": int(meta.get("orig_width", 0)), "orig_frames": int(meta.get("orig_frames", 0)),
+        "video_id": rec.video_id,
+        "path": rec.path,
+        "label": rec.label,
+        "label_index": rec.label_index,
+        "group": rec.group,
+        "splits": splits_to_json(rec.splits),
+        "status": status,
+        "reason": reason,
+        "n_frames": 0,
+        "height": 0,
+        "width": 0,
+        "channels": 0,
+        "fps": float(meta.get("fps", 0.0)),
+        "orig_height": int(meta.get("orig_height", 0)),
+        "orig_width": int(meta.get("orig_width", 0)),
+        "orig_frames": int(meta.get("orig_frames", 0)),
     }
     row.update(sizes)
     return row
@@ -254,8 +273,14 @@ class ShardReader:
         self.index = [{k: _plain(cols[k][i]) for k in cols} for i in range(n)]
 
     def __getstate__(self):
-        return {"path": self.path, "attrs": self.attrs, "index": self.index, "_h5": None, "_pid": None,
-                "_offset_cache": {}}
+        return {
+            "path": self.path,
+            "attrs": self.attrs,
+            "index": self.index,
+            "_h5": None,
+            "_pid": None,
+            "_offset_cache": {},
+        }
 
     def _file(self) -> h5py.File:
         """The HDF5 handle of this process: a handle inherited through fork is never reused."""

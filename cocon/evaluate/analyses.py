@@ -166,17 +166,13 @@ def nearest_classes(similarity: np.ndarray, top: int) -> np.ndarray:
         row = similarity[cls]
         candidates = np.flatnonzero(~np.isnan(row) & (np.arange(num_classes) != cls))
         if candidates.size < top:
-            raise ValueError(
-                f"class {cls} has only {candidates.size} valid other classes, fewer than top={top}"
-            )
+            raise ValueError(f"class {cls} has only {candidates.size} valid other classes, fewer than top={top}")
         order = np.lexsort((candidates, -row[candidates]))  # primary: descending similarity
         nearest[cls] = candidates[order[:top]]
     return nearest
 
 
-def cross_view_consistency(
-    similarities: Mapping[str, np.ndarray], top: int = 5, min_common: int = 4
-) -> dict:
+def cross_view_consistency(similarities: Mapping[str, np.ndarray], top: int = 5, min_common: int = 4) -> dict:
     """Agreement of the nearest classes across views, from class similarities {view: (C, C)}.
 
     A class is evaluated when it is present in every view (finite diagonal entry everywhere); the
@@ -198,9 +194,7 @@ def cross_view_consistency(
     shape = matrices[views[0]].shape
     for view, matrix in matrices.items():
         if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape != shape:
-            raise ValueError(
-                f"view {view!r}: similarity shape {matrix.shape} differs from {shape} or is not square"
-            )
+            raise ValueError(f"view {view!r}: similarity shape {matrix.shape} differs from {shape} or is not square")
     num_classes = shape[0]
 
     evaluated = np.ones(num_classes, dtype=bool)
@@ -459,9 +453,7 @@ def plot_tsne(
     _save_png(figure, path)
 
 
-def plot_cosine_histograms(
-    same: np.ndarray, different: np.ndarray, path: str | os.PathLike, title: str
-) -> None:
+def plot_cosine_histograms(same: np.ndarray, different: np.ndarray, path: str | os.PathLike, title: str) -> None:
     """Overlaid density histograms of same-class (blue) and different-class (orange) cosines (1-D each)."""
     bins = np.linspace(-1.0, 1.0, 41)
     figure = _new_figure(6.0, 4.0)
@@ -485,9 +477,7 @@ def plot_cosine_histograms(
     _save_png(figure, path)
 
 
-def plot_alignment(
-    matrix: np.ndarray, path: str | os.PathLike, title: str, xlabel: str, ylabel: str
-) -> None:
+def plot_alignment(matrix: np.ndarray, path: str | os.PathLike, title: str, xlabel: str, ylabel: str) -> None:
     """Heatmap of an alignment matrix (Ta, Tb): rows down the y axis (origin upper), with a colorbar."""
     matrix = np.asarray(matrix, dtype=np.float64)
     if matrix.ndim != 2:
@@ -503,9 +493,7 @@ def plot_alignment(
     _save_png(figure, path)
 
 
-def plot_confusion(
-    matrix: np.ndarray, class_names: Sequence[str], path: str | os.PathLike, title: str
-) -> None:
+def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: str | os.PathLike, title: str) -> None:
     """Row-normalised heatmap of a confusion matrix of counts (C, C), rows = true class.
 
     Rows without any video stay all zero. Class names label the axes when there are at most 40 classes.

@@ -49,7 +49,9 @@ def claim(cfg: dict, scores: dict[tuple[int, str, str], Path], out: Path) -> dic
     for (seed, init, view), path in sorted(scores.items()):
         arr, attrs = read_h5(path)
         per.setdefault(init, {}).setdefault(view, {})[seed] = (
-            float(attrs["accuracy"]), float(attrs.get("accuracy_all", attrs["accuracy"])))
+            float(attrs["accuracy"]),
+            float(attrs.get("accuracy_all", attrs["accuracy"])),
+        )
         probs.setdefault(init, {}).setdefault(seed, {})[view] = (arr["video_id"], arr["probs"], arr["label"])
         totals[(seed, init)] = max(totals.get((seed, init), 0), int(attrs["n_videos"]) + int(attrs["n_unscored"]))
     weights = cfg["evaluate"]["ensemble_weights"]
@@ -65,27 +67,53 @@ def claim(cfg: dict, scores: dict[tuple[int, str, str], Path], out: Path) -> dic
             vals = np.array([by_seed[s][0] for s in seeds])
             every = np.array([by_seed[s][1] for s in seeds])
             summary.setdefault(view, {})[init] = {
-                "mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
+                "mean": float(vals.mean()),
+                "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
                 "per_seed": {str(s): by_seed[s][0] for s in seeds},
-                "all_test_videos": {"mean": float(every.mean()),
-                                    "std": float(every.std(ddof=1)) if len(every) > 1 else 0.0}}
-    orderings = {view: {f"{low}<{high}": ordering(d, low, high) for low, high in ORDERINGS if ordering(d, low, high)}
-                 for view, d in summary.items()}
+                "all_test_videos": {
+                    "mean": float(every.mean()),
+                    "std": float(every.std(ddof=1)) if len(every) > 1 else 0.0,
+                },
+            }
+    orderings = {
+        view: {f"{low}<{high}": ordering(d, low, high) for low, high in ORDERINGS if ordering(d, low, high)}
+        for view, d in summary.items()
+    }
     seeds = sorted({s for s, _, _ in scores})
-    result = {"seeds": seeds, "accuracy": summary, "orderings": orderings, "config": cfg,
-              "code_revision": code_revision(), "library_versions": library_versions()}
+    result = {
+        "seeds": seeds,
+        "accuracy": summary,
+        "orderings": orderings,
+        "config": cfg,
+        "code_revision": code_revision(),
+        "library_versions": library_versions(),
+    }
     inits = [i for i in INIT_ORDER if any(i in d for d in summary.values())]
-    lines = ["| view | " + " | ".join(INIT_TITLE[i] for i in inits) + " | " + " | ".join(
-        f"{low} < {high}" for low, high in ORDERINGS) + " |", "|---" * (1 + len(inits) + len(ORDERINGS)) + "|"]
+    lines = [
+        "| view | "
+        + " | ".join(INIT_TITLE[i] for i in inits)
+        + " | "
+        + " | ".join(f"{low} < {high}" for low, high in ORDERINGS)
+        + " |",
+        "|---" * (1 + len(inits) + len(ORDERINGS)) + "|",
+    ]
     for view in sorted(summary, key=lambda v: (v == "ensemble", v != "rgb", v)):
-        cells = [f"{100 * summary[view][i]['mean']:.1f} ± {100 * summary[view][i]['std']:.1f}" if i in summary[view]
-                 else "–" for i in inits]
+        cells = [
+            f"{100 * summary[view][i]['mean']:.1f} ± {100 * summary[view][i]['std']:.1f}" if i in summary[view] else "–"
+            for i in inits
+        ]
         for low, high in ORDERINGS:
             o = orderings[view].get(f"{low}<{high}")
-            cells.append("–" if o is None else f"{'yes' if o['holds'] else 'no'} ({100 * o['gap']:+.1f} vs 2σ {200 * o['pooled_std']:.1f})")
+            cells.append(
+                "–"
+                if o is None
+                else f"{'yes' if o['holds'] else 'no'} ({100 * o['gap']:+.1f} vs 2σ {200 * o['pooled_std']:.1f})"
+            )
         lines.append(f"| {view} | " + " | ".join(cells) + " |")
-    text = (f"Test top-1 (%), mean ± std over seeds {seeds}; an ordering holds when the gap exceeds 2 pooled "
-            f"standard deviations.\n\n" + "\n".join(lines) + "\n")
+    text = (
+        f"Test top-1 (%), mean ± std over seeds {seeds}; an ordering holds when the gap exceeds 2 pooled "
+        f"standard deviations.\n\n" + "\n".join(lines) + "\n"
+    )
     write_text(out / "claim.md", text)
     write_json(out / "claim.json", result)
     log.info("claim:\n%s", text)

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -41,10 +41,20 @@ log = logging.getLogger("cocon.evaluate.dense")
 def dense_dataset(cfg: dict, view: str, role: str, extra_blocks: int = 0) -> DenseClips:
     """Every video of `role` ("test", or "train" = the whole training role, val subset included)."""
     tc = cfg["train"]
-    return DenseClips(discover(cfg["output_dir"], [view]), views=[view], split=cfg["dataset"]["split"], role=role,
-                      holdout_fraction=0.0, num_blocks=tc["num_blocks"], block_len=tc["block_len"],
-                      stride=tc["stride"], sizes={view: V.input_size(view, tc["input_size"])}, seed=cfg["seed"],
-                      window_stride=cfg["evaluate"]["window_stride"], extra_blocks=extra_blocks)
+    return DenseClips(
+        discover(cfg["output_dir"], [view]),
+        views=[view],
+        split=cfg["dataset"]["split"],
+        role=role,
+        holdout_fraction=0.0,
+        num_blocks=tc["num_blocks"],
+        block_len=tc["block_len"],
+        stride=tc["stride"],
+        sizes={view: V.input_size(view, tc["input_size"])},
+        seed=cfg["seed"],
+        window_stride=cfg["evaluate"]["window_stride"],
+        extra_blocks=extra_blocks,
+    )
 
 
 def iterate_videos(dataset: DenseClips, workers: int):
@@ -53,12 +63,13 @@ def iterate_videos(dataset: DenseClips, workers: int):
 
 
 @torch.no_grad()
-def run_in_chunks(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch: int, device: torch.device,
-                  precision: str) -> torch.Tensor:
+def run_in_chunks(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch: int, device: torch.device, precision: str
+) -> torch.Tensor:
     """fn over x (W, ...) in chunks of `batch` rows on `device` (bf16 autocast when asked) -> float32 CPU."""
     outs = []
     for start in range(0, len(x), batch):
-        chunk = x[start:start + batch].to(device, non_blocking=True)
+        chunk = x[start : start + batch].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             outs.append(fn(chunk).float().cpu())
     return torch.cat(outs)
@@ -80,8 +91,13 @@ def unscored_videos(cfg: dict, view: str, role: str, scored: set[str]) -> list[s
 
 def provenance(command: str, cfg: dict, **extra) -> dict:
     """Attributes of a result file: the command that wrote it, its config, code revision and versions."""
-    return {"command": command, "config": cfg, "code_revision": code_revision(), "library_versions": library_versions(),
-            **extra}
+    return {
+        "command": command,
+        "config": cfg,
+        "code_revision": code_revision(),
+        "library_versions": library_versions(),
+        **extra,
+    }
 
 
 def evaluate(cfg: dict, view: str, model_path: str | Path, out: Path) -> dict:
@@ -101,7 +117,9 @@ def evaluate(cfg: dict, view: str, model_path: str | Path, out: Path) -> dict:
     model.to(device).eval()
     data = dense_dataset(cfg, view, "test")
     if data.class_names and data.class_names != class_names[: len(data.class_names)]:
-        raise ValueError(f"{model_path}: its classes differ from the shards' ({class_names[:3]}... vs {data.class_names[:3]}...)")
+        raise ValueError(
+            f"{model_path}: its classes differ from the shards' ({class_names[:3]}... vs {data.class_names[:3]}...)"
+        )
     video_ids = [v.video_id for v in data.videos]
     probs = np.zeros((len(data), len(class_names)), np.float32)
     windows = np.zeros(len(data), np.int64)
@@ -115,13 +133,33 @@ def evaluate(cfg: dict, view: str, model_path: str | Path, out: Path) -> dict:
     unscored = unscored_videos(cfg, view, "test", set(video_ids))
     total = len(video_ids) + len(unscored)
     accuracy_all = float((probs.argmax(axis=1) == labels).sum() / total) if total else float("nan")
-    write_h5(out, {"video_id": video_ids, "label": labels, "windows": windows, "probs": probs, "unscored": unscored},
-            provenance("evaluate", cfg, view=view, init_kind=ck.get("init_kind", ""), class_names=class_names,
-                       accuracy=accuracy, accuracy_all=accuracy_all, n_videos=len(video_ids),
-                       n_unscored=len(unscored),
-                       model_selected_epoch=int(ck.get("selected_epoch", -1))))
-    log.info("%s (%s): top-1 %.4f over %d scored test videos (%d windows), %.4f over all %d; %d unscored", view,
-             ck.get("init_kind"), accuracy, len(video_ids), int(windows.sum()), accuracy_all, total, len(unscored))
+    write_h5(
+        out,
+        {"video_id": video_ids, "label": labels, "windows": windows, "probs": probs, "unscored": unscored},
+        provenance(
+            "evaluate",
+            cfg,
+            view=view,
+            init_kind=ck.get("init_kind", ""),
+            class_names=class_names,
+            accuracy=accuracy,
+            accuracy_all=accuracy_all,
+            n_videos=len(video_ids),
+            n_unscored=len(unscored),
+            model_selected_epoch=int(ck.get("selected_epoch", -1)),
+        ),
+    )
+    log.info(
+        "%s (%s): top-1 %.4f over %d scored test videos (%d windows), %.4f over all %d; %d unscored",
+        view,
+        ck.get("init_kind"),
+        accuracy,
+        len(video_ids),
+        int(windows.sum()),
+        accuracy_all,
+        total,
+        len(unscored),
+    )
     return {"accuracy": accuracy, "accuracy_all": accuracy_all, "n_videos": len(video_ids), "n_unscored": len(unscored)}
 
 

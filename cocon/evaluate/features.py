@@ -84,8 +84,9 @@ def extract(cfg: dict, view: str, init_kind: str, model_path: str | None, out: P
             f = run_in_chunks(lambda x: context_feature(net, x), item[view], batch, device, precision)
             feats[i] = f.double().mean(dim=0).numpy()
             if extra:
-                blocks[i] = run_in_chunks(lambda x: block_features(net, x), item[f"blocks/{view}"][None], 1, device,
-                                          precision)[0].numpy()
+                blocks[i] = run_in_chunks(
+                    lambda x: block_features(net, x), item[f"blocks/{view}"][None], 1, device, precision
+                )[0].numpy()
         arrays[f"{role}/video_id"] = [v.video_id for v in data.videos]
         arrays[f"{role}/label"] = np.array([v.label_index for v in data.videos], np.int64)
         arrays[f"{role}/feature"] = feats

@@ -81,15 +81,24 @@ def classification(scores: dict, weights: dict, figures: Path) -> dict:
         arr, attrs = read_h5(path)
         probs, labels = arr["probs"], arr["label"]
         names = attrs["class_names"]
-        entry = {"accuracy": float(attrs["accuracy"]), "accuracy_all": float(attrs.get("accuracy_all", attrs["accuracy"])),
-                 "n_videos": int(attrs["n_videos"]),
-                 "n_unscored": int(attrs["n_unscored"]), "unscored": list(arr.get("unscored", [])),
-                 "windows": int(np.sum(arr["windows"])), "selected_epoch": int(attrs.get("model_selected_epoch", -1))}
+        entry = {
+            "accuracy": float(attrs["accuracy"]),
+            "accuracy_all": float(attrs.get("accuracy_all", attrs["accuracy"])),
+            "n_videos": int(attrs["n_videos"]),
+            "n_unscored": int(attrs["n_unscored"]),
+            "unscored": list(arr.get("unscored", [])),
+            "windows": int(np.sum(arr["windows"])),
+            "selected_epoch": int(attrs.get("model_selected_epoch", -1)),
+        }
         if len(labels):
             cm = A.confusion_matrix(probs.argmax(axis=1), labels, len(names))
             entry["top5"] = A.top_k_accuracy(probs, labels, 5)
-            A.plot_confusion(cm, names, figures / f"confusion_{init}_{view}.png",
-                             f"{INIT_TITLE.get(init, init)} {view}: top-1 {pct(entry['accuracy'])}%")
+            A.plot_confusion(
+                cm,
+                names,
+                figures / f"confusion_{init}_{view}.png",
+                f"{INIT_TITLE.get(init, init)} {view}: top-1 {pct(entry['accuracy'])}%",
+            )
         out.setdefault(init, {})[view] = entry
         by_init.setdefault(init, {})[view] = (arr["video_id"], probs, labels)
     for init, views in by_init.items():
@@ -97,8 +106,12 @@ def classification(scores: dict, weights: dict, figures: Path) -> dict:
             continue
         acc, n = ensemble_accuracy(views, weights)
         total = max(out[init][v]["n_videos"] + out[init][v]["n_unscored"] for v in views)
-        out[init]["ensemble"] = {"accuracy": acc, "accuracy_all": acc * n / total if total else float("nan"),
-                                 "n_videos": n, "weights": {v: float(weights[v]) for v in views}}
+        out[init]["ensemble"] = {
+            "accuracy": acc,
+            "accuracy_all": acc * n / total if total else float("nan"),
+            "n_videos": n,
+            "weights": {v: float(weights[v]) for v in views},
+        }
     return out
 
 
@@ -123,11 +136,15 @@ def feature_analyses(features: dict, ev: dict, seed: int, figures: Path) -> dict
             entry["retrieval"] = {f"R@{k}": r for k, r in recall.items()}
         if len(ql) >= 2:
             same, diff = A.cosine_pairs(te, ql)
-            entry["cosine"] = {"same_class_mean": float(same.mean()) if len(same) else None,
-                               "other_class_mean": float(diff.mean()) if len(diff) else None}
+            entry["cosine"] = {
+                "same_class_mean": float(same.mean()) if len(same) else None,
+                "other_class_mean": float(diff.mean()) if len(diff) else None,
+            }
             if len(same) and len(diff):
                 entry["cosine"]["gap"] = entry["cosine"]["same_class_mean"] - entry["cosine"]["other_class_mean"]
-            A.plot_cosine_histograms(same, diff, figures / f"cosine_{init}_{view}.png", f"{title}: test cosine similarities")
+            A.plot_cosine_histograms(
+                same, diff, figures / f"cosine_{init}_{view}.png", f"{title}: test cosine similarities"
+            )
         if len(ql) >= 3:
             xy = A.tsne_embedding(te, seed=seed, perplexity=ev["tsne_perplexity"])
             A.plot_tsne(xy, ql, names, figures / f"tsne_{init}_{view}.png", f"{title}: t-SNE of test videos")
@@ -165,8 +182,13 @@ def alignments(arr: dict, ev: dict, init: str, view: str, title: str, figures: P
         m = A.soft_alignment(blocks[a], blocks[b], ev["alignment_sigma"])
         name = f"alignment_{init}_{view}_{k}.png"
         A.plot_alignment(m, figures / name, f"{title}: soft alignment", f"{ids[b]} (block)", f"{ids[a]} (block)")
-        done.append({"figure": name, "videos": [ids[a], ids[b]],
-                     "diagonal_mean": float(np.mean(np.diag(m))) if m.shape[0] == m.shape[1] else None})
+        done.append(
+            {
+                "figure": name,
+                "videos": [ids[a], ids[b]],
+                "diagonal_mean": float(np.mean(np.diag(m))) if m.shape[0] == m.shape[1] else None,
+            }
+        )
     return done
 
 
@@ -184,37 +206,85 @@ def tables(metrics: dict, views: list[str], ks: list[int]) -> tuple[str, str]:
     for i in INIT_ORDER:  # the paper's numbers for this setting (configs/*.yaml), beside ours
         if i in paper:
             rows.append([f"paper: {INIT_TITLE[i]}", *(f"{paper[i][c]:.1f}" if c in paper[i] else "–" for c in cols)])
-    sections.append(("Table 1. Test top-1 accuracy (%), dense evaluation, per view and initialisation, over the "
-                     "scored test videos", ["init", *cols], rows))
+    sections.append(
+        (
+            "Table 1. Test top-1 accuracy (%), dense evaluation, per view and initialisation, over the "
+            "scored test videos",
+            ["init", *cols],
+            rows,
+        )
+    )
     rows = [[INIT_TITLE[i], *(pct(acc.get(i, {}).get(c, {}).get("accuracy_all")) for c in cols)] for i in inits]
-    sections.append(("Table 1b. The same over all test videos of the split (videos that failed preprocessing "
-                     "counted wrong; the paper's denominator)", ["init", *cols], rows))
+    sections.append(
+        (
+            "Table 1b. The same over all test videos of the split (videos that failed preprocessing "
+            "counted wrong; the paper's denominator)",
+            ["init", *cols],
+            rows,
+        )
+    )
     rows = []
     for i in inits:
         for v in views:
             r = feats.get(i, {}).get(v, {}).get("retrieval")
             if r:
                 rows.append([INIT_TITLE[i], v, *(pct(r.get(f"R@{k}")) for k in ks)])
-    sections.append(("Table 2. Nearest-neighbour retrieval, test queries vs training gallery (R@k, %)",
-                     ["init", "view", *(f"R@{k}" for k in ks)], rows))
+    sections.append(
+        (
+            "Table 2. Nearest-neighbour retrieval, test queries vs training gallery (R@k, %)",
+            ["init", "view", *(f"R@{k}" for k in ks)],
+            rows,
+        )
+    )
     rows = []
     for i in inits:
         for v in views:
             c = feats.get(i, {}).get(v, {}).get("cosine")
             if c:
-                rows.append([INIT_TITLE[i], v, *(f"{c.get(k):.3f}" if c.get(k) is not None else "–"
-                                                  for k in ("same_class_mean", "other_class_mean", "gap"))])
-    sections.append(("Table 3. Cosine similarity of test video features (same class vs other classes)",
-                     ["init", "view", "same class", "other classes", "gap"], rows))
-    rows = [[INIT_TITLE[i], cons[i].get("consistent_classes", "–"), cons[i].get("classes", "–"),
-             cons[i].get("top", "–"), cons[i].get("min_common", "–"), cons[i].get("error", "")] for i in inits if i in cons]
-    sections.append(("Table 4. Cross-view nearest-class consistency (classes whose top nearest classes agree in every view)",
-                     ["init", "consistent classes", "classes", "top", "min. common", "note"], rows))
+                rows.append(
+                    [
+                        INIT_TITLE[i],
+                        v,
+                        *(
+                            f"{c.get(k):.3f}" if c.get(k) is not None else "–"
+                            for k in ("same_class_mean", "other_class_mean", "gap")
+                        ),
+                    ]
+                )
+    sections.append(
+        (
+            "Table 3. Cosine similarity of test video features (same class vs other classes)",
+            ["init", "view", "same class", "other classes", "gap"],
+            rows,
+        )
+    )
+    rows = [
+        [
+            INIT_TITLE[i],
+            cons[i].get("consistent_classes", "–"),
+            cons[i].get("classes", "–"),
+            cons[i].get("top", "–"),
+            cons[i].get("min_common", "–"),
+            cons[i].get("error", ""),
+        ]
+        for i in inits
+        if i in cons
+    ]
+    sections.append(
+        (
+            "Table 4. Cross-view nearest-class consistency (classes whose top nearest classes agree in every view)",
+            ["init", "consistent classes", "classes", "top", "min. common", "note"],
+            rows,
+        )
+    )
     h = ["<html><head><meta charset='utf-8'><title>cocon-pipeline results</title></head><body>"]
     md = []
     for title, header, body in sections:
-        h.append(f"<h3>{html.escape(title)}</h3><table border='1' cellpadding='4'><tr>"
-                 + "".join(f"<th>{html.escape(str(c))}</th>" for c in header) + "</tr>")
+        h.append(
+            f"<h3>{html.escape(title)}</h3><table border='1' cellpadding='4'><tr>"
+            + "".join(f"<th>{html.escape(str(c))}</th>" for c in header)
+            + "</tr>"
+        )
         h.extend("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in body)
         h.append("</table>")
         md.append(f"**{title}**\n\n| " + " | ".join(map(str, header)) + " |\n|" + "---|" * len(header))
@@ -230,10 +300,14 @@ def report(cfg: dict, scores: dict, features: dict, out: Path) -> dict:
     ev = cfg["evaluate"]
     views = sorted({v for _, v in [*scores, *features]}, key=lambda v: (v != "rgb", v))
     metrics = {
-        "dataset": cfg["dataset"], "seed": cfg["seed"], "views": views,
+        "dataset": cfg["dataset"],
+        "seed": cfg["seed"],
+        "views": views,
         "classification": classification(scores, ev["ensemble_weights"], figures),
         "analyses": feature_analyses(features, ev, cfg["seed"], figures),
-        "config": cfg, "code_revision": code_revision(), "library_versions": library_versions(),
+        "config": cfg,
+        "code_revision": code_revision(),
+        "library_versions": library_versions(),
     }
     page, md = tables(metrics, views, ev["retrieval_ks"])
     write_text(out / "tables.html", page)

@@ -1,8 +1,8 @@
 """Building a view's network from the config: the one place that knows which network a view gets.
 
-    build_dpc(view, cfg)                    DPC network (encoder f, ConvGRU g, predictor phi) of a view
-    build_classifier(view, classes, cfg)    ActionClassifier of a view (fine-tuning, dense test)
-    load_view_weights(path, view)           the view's state_dict from a model.pt / checkpoint
+build_dpc(view, cfg)                    DPC network (encoder f, ConvGRU g, predictor phi) of a view
+build_classifier(view, classes, cfg)    ActionClassifier of a view (fine-tuning, dense test)
+load_view_weights(path, view)           the view's state_dict from a model.pt / checkpoint
 """
 
 from __future__ import annotations
@@ -34,8 +34,14 @@ def build_dpc(view: str, cfg: dict) -> DPC:
     """The DPC network of `view` with the `train` section's depth, width, blocks and prediction
     variant (train.cpc_variant: "cocon" = CoCon's L2-normalised rollout, "dpc" = DPC's original)."""
     tc = cfg["train"]
-    return DPC(V.channels(view), depth=tc["depth"], num_blocks=tc["num_blocks"], pred_steps=tc["pred_steps"],
-               width=tc["width"], l2_norm=tc["cpc_variant"] == "cocon")
+    return DPC(
+        V.channels(view),
+        depth=tc["depth"],
+        num_blocks=tc["num_blocks"],
+        pred_steps=tc["pred_steps"],
+        width=tc["width"],
+        l2_norm=tc["cpc_variant"] == "cocon",
+    )
 
 
 def protocol_settings(cfg: dict) -> dict:
@@ -50,8 +56,14 @@ def protocol_settings(cfg: dict) -> dict:
 def build_classifier(view: str, num_classes: int, cfg: dict) -> ActionClassifier:
     """The ActionClassifier of `view` for finetune.protocol (see PROTOCOLS)."""
     s = protocol_settings(cfg)
-    model = ActionClassifier(V.channels(view), num_classes, depth=cfg["train"]["depth"], dropout=s["dropout"],
-                             width=cfg["train"]["width"], l2_norm=s["l2_norm"])
+    model = ActionClassifier(
+        V.channels(view),
+        num_classes,
+        depth=cfg["train"]["depth"],
+        dropout=s["dropout"],
+        width=cfg["train"]["width"],
+        l2_norm=s["l2_norm"],
+    )
     if s["freeze_gru"]:
         model.gru.requires_grad_(False)
     return model

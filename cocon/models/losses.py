@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.distributed as dist
@@ -95,6 +95,7 @@ def _check_variant(variant: str) -> None:
 # distributed gather
 # --------------------------------------------------------------------------------------------------
 
+
 def distributed_active(distributed: bool = True) -> bool:
     """True when ``distributed`` and a torch.distributed process group with > 1 rank is initialised."""
     return bool(distributed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1)
@@ -134,6 +135,7 @@ def gather_batch(x: torch.Tensor, distributed: bool = True) -> tuple[torch.Tenso
 # L_cpc
 # --------------------------------------------------------------------------------------------------
 
+
 def nce_mask(B: int, P: int, S: int, device: torch.device | str | None = None) -> torch.Tensor:
     """DPC's mask over the dense NCE score matrix, int8 (B*P*S*S, B*P*S*S).
 
@@ -166,9 +168,14 @@ def _dense_rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(B, P, D, -1).permute(0, 1, 3, 2).reshape(-1, D)
 
 
-def cpc_loss(pred: torch.Tensor, target: torch.Tensor, temperature: float = DEFAULT_TEMPERATURE,
-             distributed: bool = True, groups: torch.Tensor | None = None,
-             normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def cpc_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    temperature: float = DEFAULT_TEMPERATURE,
+    distributed: bool = True,
+    groups: torch.Tensor | None = None,
+    normalize: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense predictive NCE (paper Eq. 1, mean instead of sum).
 
     Args:
@@ -189,7 +196,9 @@ def cpc_loss(pred: torch.Tensor, target: torch.Tensor, temperature: float = DEFA
     R = B*P*S*S local rows. Returns (loss, top1): scalar mean CE and the (detached) fraction of rows
     whose highest logit is their positive."""
     if pred.shape != target.shape or pred.dim() != 5:
-        raise ValueError(f"pred and target must both be (B, P, D, S, S); got {tuple(pred.shape)}, {tuple(target.shape)}")
+        raise ValueError(
+            f"pred and target must both be (B, P, D, S, S); got {tuple(pred.shape)}, {tuple(target.shape)}"
+        )
     B, P, D, Hs, Ws = pred.shape
     L = P * Hs * Ws
     tgt_g, off = gather_batch(target, distributed)
@@ -214,6 +223,7 @@ def cpc_loss(pred: torch.Tensor, target: torch.Tensor, temperature: float = DEFA
 # --------------------------------------------------------------------------------------------------
 # features for the cooperative losses
 # --------------------------------------------------------------------------------------------------
+
 
 def pool_blocks(z: torch.Tensor, mode: str = "code") -> torch.Tensor:
     """Pool each block's S x S map to one vector: (B, N, D, S, S) -> h (B, N, D), L2-normalised.
@@ -281,8 +291,10 @@ def _check_pair(ha: torch.Tensor, hb: torch.Tensor) -> None:
 # L_sync, L_sim
 # --------------------------------------------------------------------------------------------------
 
-def sync_loss(ha: torch.Tensor, hb: torch.Tensor, variant: str = DEFAULT_VARIANT,
-              distributed: bool = True) -> torch.Tensor:
+
+def sync_loss(
+    ha: torch.Tensor, hb: torch.Tensor, variant: str = DEFAULT_VARIANT, distributed: bool = True
+) -> torch.Tensor:
     """L_sync for one pair of views (a, b): agreement of the within-view similarity structures.
 
     ha, hb: (B, N, D) per-block or (B, D) per-instance features of the same clips in views a and b
@@ -301,9 +313,15 @@ def sync_loss(ha: torch.Tensor, hb: torch.Tensor, variant: str = DEFAULT_VARIANT
     return diff.abs().mean() if variant == "code" else diff.pow(2).mean()
 
 
-def sim_loss(ha: torch.Tensor, hb: torch.Tensor, variant: str = DEFAULT_VARIANT, margin: float = 1.0,
-             same_video_negatives: bool = True, groups: torch.Tensor | None = None,
-             distributed: bool = True) -> torch.Tensor:
+def sim_loss(
+    ha: torch.Tensor,
+    hb: torch.Tensor,
+    variant: str = DEFAULT_VARIANT,
+    margin: float = 1.0,
+    same_video_negatives: bool = True,
+    groups: torch.Tensor | None = None,
+    distributed: bool = True,
+) -> torch.Tensor:
     """L_sim for one pair of views: same item close across views, other items at least ``margin`` apart.
 
     ha, hb: (B, N, D) or (B, D) as in :func:`sync_loss`. X(i, j) = cos(h_a^i, h_b^j) over the M x M
@@ -341,8 +359,9 @@ def sim_loss(ha: torch.Tensor, hb: torch.Tensor, variant: str = DEFAULT_VARIANT,
     return 0.5 * total if variant == "code" else total
 
 
-def coop_loss(ha: torch.Tensor, hb: torch.Tensor, alpha: float = 1.0, variant: str = DEFAULT_VARIANT,
-              **sim_kwargs) -> torch.Tensor:
+def coop_loss(
+    ha: torch.Tensor, hb: torch.Tensor, alpha: float = 1.0, variant: str = DEFAULT_VARIANT, **sim_kwargs
+) -> torch.Tensor:
     """L_coop = L_sync + alpha * L_sim for one pair of views (scalar). ``sim_kwargs`` go to
     :func:`sim_loss` (margin, same_video_negatives, groups, distributed; distributed also to sync)."""
     distributed = sim_kwargs.get("distributed", True)
@@ -353,11 +372,22 @@ def coop_loss(ha: torch.Tensor, hb: torch.Tensor, alpha: float = 1.0, variant: s
 # total
 # --------------------------------------------------------------------------------------------------
 
-def cocon_loss(outputs: Mapping[str, DPCOutput], lam: float = 10.0, alpha: float = 1.0,
-               variant: str = DEFAULT_VARIANT, temperature: float = DEFAULT_TEMPERATURE, *,
-               instance: str = "block", same_video_negatives: bool = True, margin: float = 1.0,
-               groups: torch.Tensor | None = None, mask_group_negatives: bool = False,
-               distributed: bool = True, normalize: bool = True) -> dict[str, torch.Tensor]:
+
+def cocon_loss(
+    outputs: Mapping[str, DPCOutput],
+    lam: float = 10.0,
+    alpha: float = 1.0,
+    variant: str = DEFAULT_VARIANT,
+    temperature: float = DEFAULT_TEMPERATURE,
+    *,
+    instance: str = "block",
+    same_video_negatives: bool = True,
+    margin: float = 1.0,
+    groups: torch.Tensor | None = None,
+    mask_group_negatives: bool = False,
+    distributed: bool = True,
+    normalize: bool = True,
+) -> dict[str, torch.Tensor]:
     """L_cocon = sum_v L_cpc^v + lam * sum_{(a,b)} (L_sync^{ab} + alpha * L_sim^{ab}).
 
     Args:
@@ -440,16 +470,24 @@ class CoopLoss(torch.nn.Module):
     forward(ha, hb, groups=None) -> (L_sync, L_sim), scalars; ha, hb (B, N, D) block features.
     """
 
-    def __init__(self, alpha: float = 1.0, variant: str = DEFAULT_VARIANT, margin: float = 1.0,
-                 same_video_negatives: bool = True, distributed: bool = True):
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        variant: str = DEFAULT_VARIANT,
+        margin: float = 1.0,
+        same_video_negatives: bool = True,
+        distributed: bool = True,
+    ):
         super().__init__()
         _check_variant(variant)
         self.alpha, self.variant, self.margin = alpha, variant, margin
         self.same_video_negatives, self.distributed = same_video_negatives, distributed
 
     def forward(self, ha, hb, groups=None):
-        return (sync_loss(ha, hb, self.variant, self.distributed),
-                sim_loss(ha, hb, self.variant, self.margin, self.same_video_negatives, groups, self.distributed))
+        return (
+            sync_loss(ha, hb, self.variant, self.distributed),
+            sim_loss(ha, hb, self.variant, self.margin, self.same_video_negatives, groups, self.distributed),
+        )
 
 
 class CoconLoss(torch.nn.Module):
@@ -466,15 +504,33 @@ class CoconLoss(torch.nn.Module):
         >>> terms["total"].backward()
     """
 
-    def __init__(self, lam: float = 10.0, alpha: float = 1.0, variant: str = DEFAULT_VARIANT,
-                 temperature: float = DEFAULT_TEMPERATURE, instance: str = "block", same_video_negatives: bool = True,
-                 margin: float = 1.0, mask_group_negatives: bool = False, normalize: bool = True,
-                 distributed: bool = True):
+    def __init__(
+        self,
+        lam: float = 10.0,
+        alpha: float = 1.0,
+        variant: str = DEFAULT_VARIANT,
+        temperature: float = DEFAULT_TEMPERATURE,
+        instance: str = "block",
+        same_video_negatives: bool = True,
+        margin: float = 1.0,
+        mask_group_negatives: bool = False,
+        normalize: bool = True,
+        distributed: bool = True,
+    ):
         super().__init__()
         _check_variant(variant)
-        self.kwargs = dict(lam=lam, alpha=alpha, variant=variant, temperature=temperature, instance=instance,
-                           same_video_negatives=same_video_negatives, margin=margin,
-                           mask_group_negatives=mask_group_negatives, normalize=normalize, distributed=distributed)
+        self.kwargs = dict(
+            lam=lam,
+            alpha=alpha,
+            variant=variant,
+            temperature=temperature,
+            instance=instance,
+            same_video_negatives=same_video_negatives,
+            margin=margin,
+            mask_group_negatives=mask_group_negatives,
+            normalize=normalize,
+            distributed=distributed,
+        )
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.kwargs.items())

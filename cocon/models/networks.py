@@ -93,8 +93,16 @@ class _Block(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int, kernel: tuple[int, int, int],
-                 stride3: tuple[int, int, int], final_relu: bool, track_running_stats: bool):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        stride: int,
+        kernel: tuple[int, int, int],
+        stride3: tuple[int, int, int],
+        final_relu: bool,
+        track_running_stats: bool,
+    ):
         super().__init__()
         pad = tuple(k // 2 for k in kernel)
         self.conv1 = nn.Conv3d(in_ch, out_ch, kernel, stride=stride3, padding=pad, bias=False)
@@ -122,19 +130,19 @@ class _Block(nn.Module):
 class BasicBlock2d(_Block):
     """2D residual block on video: two 1x3x3 convs, spatial stride only, i.e. stride (1, s, s)."""
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, final_relu: bool = True,
-                 track_running_stats: bool = True):
-        super().__init__(in_ch, out_ch, stride, (1, 3, 3), (1, stride, stride), final_relu,
-                         track_running_stats)
+    def __init__(
+        self, in_ch: int, out_ch: int, stride: int = 1, final_relu: bool = True, track_running_stats: bool = True
+    ):
+        super().__init__(in_ch, out_ch, stride, (1, 3, 3), (1, stride, stride), final_relu, track_running_stats)
 
 
 class BasicBlock3d(_Block):
     """3D residual block: two 3x3x3 convs, stride (s, s, s) in T, H and W."""
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, final_relu: bool = True,
-                 track_running_stats: bool = True):
-        super().__init__(in_ch, out_ch, stride, (3, 3, 3), (stride, stride, stride), final_relu,
-                         track_running_stats)
+    def __init__(
+        self, in_ch: int, out_ch: int, stride: int = 1, final_relu: bool = True, track_running_stats: bool = True
+    ):
+        super().__init__(in_ch, out_ch, stride, (3, 3, 3), (stride, stride, stride), final_relu, track_running_stats)
 
 
 class ResNet2d3d(nn.Module):
@@ -157,8 +165,7 @@ class ResNet2d3d(nn.Module):
     T' = ceil(ceil(K/2)/2) (K = 5 -> 2). Use :func:`temporal_pool` to reduce T' to one map.
     """
 
-    def __init__(self, in_channels: int = 3, depth: int = 18, track_running_stats: bool = True,
-                 width: int = 64):
+    def __init__(self, in_channels: int = 3, depth: int = 18, track_running_stats: bool = True, width: int = 64):
         super().__init__()
         if depth not in _LAYERS:
             raise ValueError(f"depth must be one of {sorted(_LAYERS)}, got {depth}")
@@ -241,8 +248,13 @@ class ConvGRU(nn.Module):
         -> (outputs (B, T, hidden_size, S, S), h_last (B, hidden_size, S, S))
     """
 
-    def __init__(self, input_size: int = FEATURE_SIZE, hidden_size: int = FEATURE_SIZE,
-                 kernel_size: int = 1, dropout: float = 0.1):
+    def __init__(
+        self,
+        input_size: int = FEATURE_SIZE,
+        hidden_size: int = FEATURE_SIZE,
+        kernel_size: int = 1,
+        dropout: float = 0.1,
+    ):
         super().__init__()
         self.input_size, self.hidden_size = input_size, hidden_size
         self.cell = ConvGRUCell(input_size, hidden_size, kernel_size)
@@ -296,9 +308,17 @@ class DPC(nn.Module):
     forward(x (B, N, C, K, H, W)) -> DPCOutput(z, pred, target, context).
     """
 
-    def __init__(self, in_channels: int, depth: int = 18, num_blocks: int = 8, pred_steps: int = 3,
-                 dropout: float = 0.1, l2_norm: bool = True, track_running_stats: bool = True,
-                 width: int = 64):
+    def __init__(
+        self,
+        in_channels: int,
+        depth: int = 18,
+        num_blocks: int = 8,
+        pred_steps: int = 3,
+        dropout: float = 0.1,
+        l2_norm: bool = True,
+        track_running_stats: bool = True,
+        width: int = 64,
+    ):
         super().__init__()
         if not 0 < pred_steps < num_blocks:
             raise ValueError(f"need 0 < pred_steps < num_blocks, got {pred_steps}, {num_blocks}")
@@ -311,7 +331,8 @@ class DPC(nn.Module):
         self.feature_size = D
         self.gru = ConvGRU(D, D, kernel_size=1, dropout=dropout)
         self.predictor = nn.Sequential(
-            nn.Conv2d(D, D, kernel_size=1), nn.ReLU(inplace=True), nn.Conv2d(D, D, kernel_size=1))
+            nn.Conv2d(D, D, kernel_size=1), nn.ReLU(inplace=True), nn.Conv2d(D, D, kernel_size=1)
+        )
         for m in self.predictor:
             if isinstance(m, nn.Conv2d):
                 nn.init.orthogonal_(m.weight)
@@ -346,7 +367,7 @@ class DPC(nn.Module):
                 if norm:
                     h = l2_normalize(h, dim=1)
         pred = torch.stack(preds, dim=1)
-        return DPCOutput(z=z, pred=pred, target=z[:, N - P:], context=context)
+        return DPCOutput(z=z, pred=pred, target=z[:, N - P :], context=context)
 
 
 class ActionClassifier(nn.Module):
@@ -365,8 +386,16 @@ class ActionClassifier(nn.Module):
     features(x) -> (B, D) the pooled last hidden state (the video representation before the head).
     """
 
-    def __init__(self, in_channels: int, num_classes: int, depth: int = 18, dropout: float = 0.7,
-                 gru_dropout: float = 0.1, l2_norm: bool = True, width: int = 64):
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        depth: int = 18,
+        dropout: float = 0.7,
+        gru_dropout: float = 0.1,
+        l2_norm: bool = True,
+        width: int = 64,
+    ):
         super().__init__()
         self.l2_norm = l2_norm
         self.encoder = ResNet2d3d(in_channels, depth, width=width)
@@ -384,8 +413,10 @@ class ActionClassifier(nn.Module):
         unexpected = [k for k in keep if k not in own]
         wrong = [k for k in keep if k in own and keep[k].shape != own[k].shape]
         if missing or unexpected or wrong:
-            raise ValueError(f"pretrained weights do not fit this classifier (another view, depth or width?): "
-                             f"missing {missing[:3]}, unexpected {unexpected[:3]}, other shape {wrong[:3]}")
+            raise ValueError(
+                f"pretrained weights do not fit this classifier (another view, depth or width?): "
+                f"missing {missing[:3]}, unexpected {unexpected[:3]}, other shape {wrong[:3]}"
+            )
         self.load_state_dict(keep, strict=False)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

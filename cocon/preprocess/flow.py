@@ -59,9 +59,18 @@ def dequantize(q: np.ndarray, bound: float) -> np.ndarray:
 def make_tvl1(p: dict):
     """cv2.optflow.DualTVL1OpticalFlow with parameters from the config's flow.tvl1 section."""
     return cv2.optflow.DualTVL1OpticalFlow_create(
-        tau=p["tau"], lambda_=p["lambda"], theta=p["theta"], nscales=p["scales"], warps=p["warps"],
-        epsilon=p["epsilon"], innnerIterations=p["inner_iterations"], outerIterations=p["outer_iterations"],
-        scaleStep=p["scale_step"], gamma=p["gamma"], medianFiltering=p["median_filtering"], useInitialFlow=False,
+        tau=p["tau"],
+        lambda_=p["lambda"],
+        theta=p["theta"],
+        nscales=p["scales"],
+        warps=p["warps"],
+        epsilon=p["epsilon"],
+        innnerIterations=p["inner_iterations"],
+        outerIterations=p["outer_iterations"],
+        scaleStep=p["scale_step"],
+        gamma=p["gamma"],
+        medianFiltering=p["median_filtering"],
+        useInitialFlow=False,
     )
 
 
@@ -107,8 +116,16 @@ class FlowComputer:
             return algo.calc(prev_gray, next_gray, None)
         p = self.params
         return cv2.calcOpticalFlowFarneback(
-            prev_gray, next_gray, None, p["pyr_scale"], p["levels"], p["winsize"], p["iterations"],
-            p["poly_n"], p["poly_sigma"], 0,
+            prev_gray,
+            next_gray,
+            None,
+            p["pyr_scale"],
+            p["levels"],
+            p["winsize"],
+            p["iterations"],
+            p["poly_n"],
+            p["poly_sigma"],
+            0,
         )
 
 
@@ -125,7 +142,7 @@ def video_flow(frames: np.ndarray, compute: FlowComputer, bound: float, pool_map
         for s in range(0, t - 1, compute.batch_size):
             e = min(s + compute.batch_size, t - 1)
             try:
-                flow = compute.batch(gray[s:e], gray[s + 1:e + 1])
+                flow = compute.batch(gray[s:e], gray[s + 1 : e + 1])
             except ValueError as exc:  # e.g. frames too small for TV-L1: this video fails, not the shard
                 raise BadVideo(f"tvl1 (torch): {exc}") from exc
             out[s:e] = quantize(flow, bound)
@@ -151,9 +168,17 @@ def run(method: str, rgb: str, shard: str, out: str, params: dict, dataset: dict
         log.info("tvl1 backend: %s on %s", compute.backend, compute.device)
     with ThreadPoolExecutor(max_workers=threads) as pool:
         pool_map = map if threads == 1 else pool.map
-        return stage.derive_view(view, rgb, shard, out, params, dataset, attrs,
-                                 lambda row, idx, frames: video_flow(frames, compute, params["bound"], pool_map),
-                                 video_meta=meta)
+        return stage.derive_view(
+            view,
+            rgb,
+            shard,
+            out,
+            params,
+            dataset,
+            attrs,
+            lambda row, idx, frames: video_flow(frames, compute, params["bound"], pool_map),
+            video_meta=meta,
+        )
 
 
 def main(argv=None) -> None:

@@ -32,7 +32,10 @@ def run(manifest: str, shard: str, out: str, params: dict, dataset: dict, thread
         raise SystemExit(f"{manifest}: no videos in shard {shard}")
     failures = []
     attrs = stage.root_attrs("frames", params, dataset)
-    with ShardWriter(out, VIEW, shard, attrs, params["encoding"]) as writer, stage.progress(len(records), f"frames {shard}") as bar:
+    with (
+        ShardWriter(out, VIEW, shard, attrs, params["encoding"]) as writer,
+        stage.progress(len(records), f"frames {shard}") as bar,
+    ):
         for rec, result in stage.ordered_map(lambda r: decode_and_encode(r, params), records, threads):
             if isinstance(result, BadVideo):
                 writer.add_failure(rec, str(result))

@@ -16,9 +16,9 @@ import hashlib
 import logging
 import os
 import pickle
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -106,15 +106,24 @@ def read_checkpoint(path: Path) -> dict:
     try:
         multiarray = (np._core if hasattr(np, "_core") else np.core).multiarray  # numpy 2 / numpy 1
 
-        safe = [np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar,
-                (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
-                (multiarray.scalar, "numpy.core.multiarray.scalar")]  # names in files pickled by numpy 1
+        safe = [
+            np.ndarray,
+            np.dtype,
+            multiarray._reconstruct,
+            multiarray.scalar,
+            (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+            (multiarray.scalar, "numpy.core.multiarray.scalar"),
+        ]  # names in files pickled by numpy 1
         safe += [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
         with torch.serialization.safe_globals(safe):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        log.warning("checkpoint %s holds objects beyond tensors and numpy arrays (%s); loading it in full "
-                    "(weights_only=False) because it was configured explicitly", path, str(exc).splitlines()[0])
+        log.warning(
+            "checkpoint %s holds objects beyond tensors and numpy arrays (%s); loading it in full "
+            "(weights_only=False) because it was configured explicitly",
+            path,
+            str(exc).splitlines()[0],
+        )
         return torch.load(path, map_location="cpu", weights_only=False)
 
 
@@ -144,8 +153,7 @@ def load_weights(model: torch.nn.Module, spec: str) -> tuple[dict, str]:
     return (meta if isinstance(meta, dict) else {}), file_sha256(path)
 
 
-def build_model(kind: str, config: str, checkpoint: str | None, device: str, seed: int,
-                edit: Callable | None = None):
+def build_model(kind: str, config: str, checkpoint: str | None, device: str, seed: int, edit: Callable | None = None):
     """Build a pose | seg | det model from its config with the package's own init function (random
     initialisation, seeded), then load `checkpoint` unless None. `edit(cfg)` may change the mmengine
     Config first (test-time settings). Returns (model in eval mode on `device`, provenance dict).
@@ -175,11 +183,20 @@ def build_model(kind: str, config: str, checkpoint: str | None, device: str, see
     except Exception as exc:  # noqa: BLE001 - any failure to build or load is reported the same way
         raise ModelLoadError(f"cannot load the {what}: {type(exc).__name__}: {exc}") from exc
     if checkpoint is None:
-        log.warning("WEIGHTS: NONE - the %s is randomly initialised (seed %d): its outputs carry no "
-                    "information about people; configure a checkpoint for real data", what, seed)
+        log.warning(
+            "WEIGHTS: NONE - the %s is randomly initialised (seed %d): its outputs carry no "
+            "information about people; configure a checkpoint for real data",
+            what,
+            seed,
+        )
     model.to(device).eval()
-    info = {"config": config, "config_file": str(path), "checkpoint": checkpoint or "none", "weights_sha256": sha,
-            "dataset_meta": meta.get("dataset_meta") or ({"classes": meta["CLASSES"]} if meta.get("CLASSES") else None)}
+    info = {
+        "config": config,
+        "config_file": str(path),
+        "checkpoint": checkpoint or "none",
+        "weights_sha256": sha,
+        "dataset_meta": meta.get("dataset_meta") or ({"classes": meta["CLASSES"]} if meta.get("CLASSES") else None),
+    }
     return model, info
 
 
@@ -269,19 +286,42 @@ def to_uint8(conf: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- the per-shard loop
 
 
-def run_view(view: str, rgb: str, shard: str, out: str, params: dict, dataset: dict, attrs: dict,
-             compute: Callable[[int, np.ndarray, np.ndarray], np.ndarray],
-             upstream: dict[str, ShardReader] | None = None) -> list[tuple[str, str]]:
+def run_view(
+    view: str,
+    rgb: str,
+    shard: str,
+    out: str,
+    params: dict,
+    dataset: dict,
+    attrs: dict,
+    compute: Callable[[int, np.ndarray, np.ndarray], np.ndarray],
+    upstream: dict[str, ShardReader] | None = None,
+) -> list[tuple[str, str]]:
     """The derived-view loop (cocon.preprocess.stage.derive_view) on the frame stride of `params`:
     `compute(row, idx, frames)` gets the rgb frame indices idx (int64 (T',)) and the frames uint8
     (T', H, W, 3) RGB and returns uint8 (T', h, w, C) confidences (q * VALUE_SCALE)."""
     stride, offset = int(params["frame_stride"]), int(params["frame_offset"])
-    attrs = {"frame_stride": stride, "frame_offset": offset, "frame_index": FRAME_INDEX, "value_scale": VALUE_SCALE,
-             "mm_versions": mm_versions(), **attrs}
+    attrs = {
+        "frame_stride": stride,
+        "frame_offset": offset,
+        "frame_index": FRAME_INDEX,
+        "value_scale": VALUE_SCALE,
+        "mm_versions": mm_versions(),
+        **attrs,
+    }
     return stage.derive_view(
-        view, rgb, shard, out, params, dataset, attrs, compute, upstream=upstream,
+        view,
+        rgb,
+        shard,
+        out,
+        params,
+        dataset,
+        attrs,
+        compute,
+        upstream=upstream,
         frames=lambda n: frame_indices(n, stride, offset),
-        video_meta={"frame_stride": stride, "frame_offset": offset, "value_scale": VALUE_SCALE})
+        video_meta={"frame_stride": stride, "frame_offset": offset, "value_scale": VALUE_SCALE},
+    )
 
 
 def setup(threads: int) -> None:

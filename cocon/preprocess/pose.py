@@ -32,7 +32,11 @@ def _edit_pose_cfg(params: dict):
     crop size `input_size` [w, h] when set (heatmaps then have a quarter of it)."""
 
     def edit(cfg):
-        cfg.model.test_cfg = {**cfg.model.get("test_cfg", {}), "output_heatmaps": True, "flip_test": params["flip_test"]}
+        cfg.model.test_cfg = {
+            **cfg.model.get("test_cfg", {}),
+            "output_heatmaps": True,
+            "flip_test": params["flip_test"],
+        }
         if params["input_size"]:
             for step in cfg.test_dataloader.dataset.pipeline:
                 if step["type"] == "TopdownAffine":
@@ -48,8 +52,9 @@ class PoseHeatmaps:
     def __init__(self, params: dict, device: str, seed: int):
         self.p = params
         self.device = device
-        self.model, self.info = mm.build_model("pose", params["config"], params["checkpoint"], device, seed,
-                                               _edit_pose_cfg(params))
+        self.model, self.info = mm.build_model(
+            "pose", params["config"], params["checkpoint"], device, seed, _edit_pose_cfg(params)
+        )
         meta = self.model.dataset_meta
         self.keypoints = [meta["keypoint_id2name"][k] for k in range(meta["num_keypoints"])]
         from mmengine.dataset import Compose
@@ -74,11 +79,15 @@ class PoseHeatmaps:
                     res = self.model.test_step(pseudo_collate(data))
                 for r in res:
                     hm = r.pred_fields.heatmaps
-                    hm = (hm.detach().float().cpu().numpy() if torch.is_tensor(hm) else np.asarray(hm, np.float32))
+                    hm = hm.detach().float().cpu().numpy() if torch.is_tensor(hm) else np.asarray(hm, np.float32)
                     h, w = hm.shape[1:]
-                    back = get_warp_matrix(np.asarray(r.input_center, np.float32).reshape(2),
-                                           np.asarray(r.input_scale, np.float32).reshape(2), 0.0,
-                                           output_size=(w, h), inv=True)
+                    back = get_warp_matrix(
+                        np.asarray(r.input_center, np.float32).reshape(2),
+                        np.asarray(r.input_scale, np.float32).reshape(2),
+                        0.0,
+                        output_size=(w, h),
+                        inv=True,
+                    )
                     out.append((hm, back))
         return out
 
@@ -96,8 +105,14 @@ class PoseHeatmaps:
         to_out = np.array([[ow / fw, 0, 0], [0, oh / fh, 0], [0, 0, 1]], np.float64)
         for (hm, back), (j, score) in zip(self._instances(items), owners):
             m = (to_out @ np.vstack([back, [0, 0, 1]]))[:2]
-            warped = cv2.warpAffine(np.ascontiguousarray(hm.transpose(1, 2, 0)), m, (ow, oh), flags=cv2.INTER_LINEAR,
-                                    borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            warped = cv2.warpAffine(
+                np.ascontiguousarray(hm.transpose(1, 2, 0)),
+                m,
+                (ow, oh),
+                flags=cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_CONSTANT,
+                borderValue=0,
+            )
             warped = warped.reshape(oh, ow, k) * np.float32(score)
             if self.p["combine"] == "sum":
                 canvas[j] += warped
@@ -112,8 +127,9 @@ class DetectorBoxes:
     def __init__(self, params: dict, device: str, seed: int):
         d = params["detector"]
         self.p, self.min_side = d, params["min_side"]
-        self.model, self.info = mm.build_model("det", d["config"], d["checkpoint"], device, seed,
-                                               mm.edit_resize(d["input_scale"]))
+        self.model, self.info = mm.build_model(
+            "det", d["config"], d["checkpoint"], device, seed, mm.edit_resize(d["input_scale"])
+        )
         classes = (self.info["dataset_meta"] or self.model.dataset_meta or {}).get("classes")
         if classes is None:
             raise mm.ModelLoadError(f"detector {d['config']!r}: no class names in checkpoint or config")
@@ -146,8 +162,9 @@ def _top(boxes: np.ndarray, n: int) -> np.ndarray:
     return boxes[np.argsort(-boxes[:, 4], kind="stable")[:n]]
 
 
-def seg_boxes(maps: np.ndarray, frame_hw: tuple[int, int], threshold: float, min_area: float,
-              max_people: int) -> list[np.ndarray]:
+def seg_boxes(
+    maps: np.ndarray, frame_hw: tuple[int, int], threshold: float, min_area: float, max_people: int
+) -> list[np.ndarray]:
     """Person boxes from seg maps uint8 (T, h, w, 1): connected components of prob >= threshold covering
     at least `min_area` of the map; box in frame pixels, score = mean probability inside it."""
     fh, fw = frame_hw
@@ -172,8 +189,14 @@ def run(rgb: str, shard: str, out: str, params: dict, dataset: dict, threads: in
     device = resolve_device(params["device"])
     seed = int(params["seed"])
     heat = PoseHeatmaps(params, device, seed)
-    attrs = {"weights": heat.info["checkpoint"], "model": {k: v for k, v in heat.info.items() if k != "dataset_meta"},
-             "keypoints": heat.keypoints, "combine": params["combine"], "boxes": params["boxes"], "device": device}
+    attrs = {
+        "weights": heat.info["checkpoint"],
+        "model": {k: v for k, v in heat.info.items() if k != "dataset_meta"},
+        "keypoints": heat.keypoints,
+        "combine": params["combine"],
+        "boxes": params["boxes"],
+        "device": device,
+    }
     upstream = {}
     if params["boxes"] == "detector":
         det = DetectorBoxes(params, device, seed)
@@ -186,8 +209,10 @@ def run(rgb: str, shard: str, out: str, params: dict, dataset: dict, threads: in
         upstream["seg"] = seg_reader = ShardReader(seg)
         sa = seg_reader.attrs
         if (sa.get("frame_stride"), sa.get("frame_offset")) != (params["frame_stride"], params["frame_offset"]):
-            raise SystemExit(f"{seg}: frame_stride/offset {sa.get('frame_stride')}/{sa.get('frame_offset')} differ "
-                             f"from pose's {params['frame_stride']}/{params['frame_offset']}")
+            raise SystemExit(
+                f"{seg}: frame_stride/offset {sa.get('frame_stride')}/{sa.get('frame_offset')} differ "
+                f"from pose's {params['frame_stride']}/{params['frame_offset']}"
+            )
         attrs["seg_weights"] = sa.get("weights", "none")
         if attrs["seg_weights"] == "none":
             attrs["weights"] = "none"
@@ -202,8 +227,9 @@ def run(rgb: str, shard: str, out: str, params: dict, dataset: dict, threads: in
             maps = upstream["seg"].read(row)
             if len(maps) != len(idx):
                 raise BadVideo(f"seg view has {len(maps)} frames, pose needs {len(idx)}")
-            boxes = seg_boxes(maps, frames.shape[1:3], params["seg_threshold"], params["min_box_area"],
-                              params["max_people"])
+            boxes = seg_boxes(
+                maps, frames.shape[1:3], params["seg_threshold"], params["min_box_area"], params["max_people"]
+            )
         return heat(frames, boxes)
 
     return mm.run_view(VIEW, rgb, shard, out, params, dataset, attrs, compute, upstream)

@@ -67,8 +67,9 @@ class PersonProbability:
 
     def __init__(self, params: dict, device: str, seed: int):
         self.p = params
-        self.model, self.info = mm.build_model("seg", params["config"], params["checkpoint"], device, seed,
-                                               _edit_seg_cfg(params))
+        self.model, self.info = mm.build_model(
+            "seg", params["config"], params["checkpoint"], device, seed, _edit_seg_cfg(params)
+        )
         self.classes = dataset_classes(self.model, self.info)
         self.person = mm.class_index(self.classes, params["person_class"], f"seg config {params['config']!r}")
         self.info["person_class_index"] = self.person
@@ -106,8 +107,13 @@ def run(rgb: str, shard: str, out: str, params: dict, dataset: dict, threads: in
     """Write the seg shard `out` from rgb shard `rgb`; returns the failures (video_id, reason)."""
     device = resolve_device(params["device"])
     seg = PersonProbability(params, device, int(params["seed"]))
-    attrs = {"weights": seg.info["checkpoint"], "model": {k: v for k, v in seg.info.items() if k != "dataset_meta"},
-             "person_class": seg.classes[seg.person], "person_class_index": seg.person, "device": device}
+    attrs = {
+        "weights": seg.info["checkpoint"],
+        "model": {k: v for k, v in seg.info.items() if k != "dataset_meta"},
+        "person_class": seg.classes[seg.person],
+        "person_class_index": seg.person,
+        "device": device,
+    }
     return mm.run_view(VIEW, rgb, shard, out, params, dataset, attrs, lambda row, idx, frames: seg(frames))
 
 

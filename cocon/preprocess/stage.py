@@ -8,8 +8,9 @@ import json
 import logging
 import sys
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -104,15 +105,24 @@ def report(stage: str, shard: str, ok: int, failures: list[tuple[str, str]]) -> 
 
 def video_record(row: dict) -> VideoRecord:
     """The VideoRecord of a shard index row."""
-    return VideoRecord(row["video_id"], row["path"], row["label"], row["label_index"], row["group"],
-                       json.loads(row["splits"]))
+    return VideoRecord(
+        row["video_id"], row["path"], row["label"], row["label_index"], row["group"], json.loads(row["splits"])
+    )
 
 
-def derive_view(view: str, rgb: str, shard: str, out: str, params: dict, dataset: dict, attrs: dict,
-                compute: Callable[[int, np.ndarray, np.ndarray], np.ndarray],
-                upstream: dict[str, ShardReader] | None = None,
-                frames: Callable[[int], np.ndarray] | None = None,
-                video_meta: dict | None = None) -> list[tuple[str, str]]:
+def derive_view(
+    view: str,
+    rgb: str,
+    shard: str,
+    out: str,
+    params: dict,
+    dataset: dict,
+    attrs: dict,
+    compute: Callable[[int, np.ndarray, np.ndarray], np.ndarray],
+    upstream: dict[str, ShardReader] | None = None,
+    frames: Callable[[int], np.ndarray] | None = None,
+    video_meta: dict | None = None,
+) -> list[tuple[str, str]]:
     """The loop of every view computed from the rgb view (flow, seg, pose, a registered view): write the
     `view` shard `out` from the rgb shard `rgb`, same rows in the same order.
 
@@ -129,7 +139,10 @@ def derive_view(view: str, rgb: str, shard: str, out: str, params: dict, dataset
             raise SystemExit(f"{r.path}: its rows differ from {rgb} (not the same shard)")
     root = {**root_attrs(view, params, dataset), "rgb_params": src.attrs["params"], **attrs}
     failures = []
-    with ShardWriter(out, view, shard, root, params["encoding"]) as writer, progress(len(src.index), f"{view} {shard}") as bar:
+    with (
+        ShardWriter(out, view, shard, root, params["encoding"]) as writer,
+        progress(len(src.index), f"{view} {shard}") as bar,
+    ):
         for i, row in enumerate(src.index):
             rec = video_record(row)
             meta = {k: row[k] for k in ("fps", "orig_height", "orig_width", "orig_frames")}

@@ -41,9 +41,11 @@ def summarize(shards: list[str], manifest: str, missing: str) -> dict:
         "videos": len(read_manifest(manifest)),
         "missing_skipped": skipped,
         "views": dict(sorted(views.items())),
-        "warnings": [f"{view}: weights none - computed by randomly initialised models ({len(names)} shards); "
-                     f"its maps carry no information about people (configure {view}.checkpoint)"
-                     for view, names in sorted(random_init.items())],
+        "warnings": [
+            f"{view}: weights none - computed by randomly initialised models ({len(names)} shards); "
+            f"its maps carry no information about people (configure {view}.checkpoint)"
+            for view, names in sorted(random_init.items())
+        ],
         "code_revision": code_revision(),
         "library_versions": library_versions(),
     }
@@ -53,7 +55,9 @@ def format_summary(s: dict) -> str:
     """Human-readable lines: one count line per view, then each failure."""
     lines = [f"preprocessing summary: {s['videos']} videos in the manifest"]
     if s["missing_skipped"]:
-        lines.append(f"  {len(s['missing_skipped'])} listed videos were missing on disk and skipped (manifest/missing.tsv)")
+        lines.append(
+            f"  {len(s['missing_skipped'])} listed videos were missing on disk and skipped (manifest/missing.tsv)"
+        )
     for view, v in s["views"].items():
         lines.append(f"  {view}: {v['ok']} ok, {v['failed']} failed ({v['shards']} shards)")
         for f in v["failures"]:

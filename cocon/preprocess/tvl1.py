@@ -49,7 +49,7 @@ class TVL1Params:
     median_filtering: int = 5
 
     @classmethod
-    def from_config(cls, p: dict) -> "TVL1Params":
+    def from_config(cls, p: dict) -> TVL1Params:
         known = {k: v for k, v in p.items() if k not in ("backend", "device", "batch_size")}
         if "lambda" in known:
             known["lambda_"] = known.pop("lambda")
@@ -182,7 +182,7 @@ def _median(u: torch.Tensor, k: int) -> torch.Tensor:
     r = k // 2
     p = F.pad(u[:, None], (r, r, r, r), mode="replicate")[:, 0]
     h, w = u.shape[1:]
-    wires = [p[:, dy:dy + h, dx:dx + w] for dy in range(k) for dx in range(k)]
+    wires = [p[:, dy : dy + h, dx : dx + w] for dy in range(k) for dx in range(k)]
     wires += [None] * ((1 << (k * k - 1).bit_length()) - len(wires))
     for kind, i, j, keep_min, keep_max in _MEDIAN_NETWORKS[k]:
         if kind == "move":
@@ -194,7 +194,9 @@ def _median(u: torch.Tensor, k: int) -> torch.Tensor:
     return wires[k * k // 2]
 
 
-def tvl1_iteration(u1, u2, p11, p12, p21, p22, i1wx, i1wy, grad, rho_c, active, l_t: float, theta: float, taut: float, eps: float):
+def tvl1_iteration(
+    u1, u2, p11, p12, p21, p22, i1wx, i1wy, grad, rho_c, active, l_t: float, theta: float, taut: float, eps: float
+):
     """One inner iteration for a batch; state and data (B, H, W) float32, `active` (B,) bool or None
     (all active). Pairs not active keep their state. Returns the new state (u1, u2, p11, p12, p21, p22)
     and which pairs are still active: those whose summed squared change of u was > eps."""
@@ -209,7 +211,14 @@ def tvl1_iteration(u1, u2, p11, p12, p21, p22, i1wx, i1wy, grad, rho_c, active, 
     u2x, u2y = _forward_gradient(n2)
     ng1 = 1.0 + taut * torch.hypot(u1x, u1y)
     ng2 = 1.0 + taut * torch.hypot(u2x, u2y)
-    new = (n1, n2, (p11 + taut * u1x) / ng1, (p12 + taut * u1y) / ng1, (p21 + taut * u2x) / ng2, (p22 + taut * u2y) / ng2)
+    new = (
+        n1,
+        n2,
+        (p11 + taut * u1x) / ng1,
+        (p12 + taut * u1y) / ng1,
+        (p21 + taut * u2x) / ng2,
+        (p22 + taut * u2y) / ng2,
+    )
     if active is None:
         return new, still
     keep = active[:, None, None]
@@ -233,8 +242,13 @@ class TVL1:
     have converged (each look is a device sync; between looks converged pairs are frozen on the device,
     so the result does not depend on it). None = 1 on the CPU, 10 on CUDA."""
 
-    def __init__(self, params: TVL1Params | dict | None = None, device: str | torch.device = "cpu",
-                 compile: bool | str = False, check_every: int | None = None):
+    def __init__(
+        self,
+        params: TVL1Params | dict | None = None,
+        device: str | torch.device = "cpu",
+        compile: bool | str = False,
+        check_every: int | None = None,
+    ):
         if isinstance(params, dict):
             params = TVL1Params.from_config(params)
         self.p = params or TVL1Params()
@@ -261,7 +275,9 @@ class TVL1:
         i0 = torch.as_tensor(i0).to(self.device, torch.float32)
         i1 = torch.as_tensor(i1).to(self.device, torch.float32)
         if i0.shape != i1.shape or i0.dim() != 3:
-            raise ValueError(f"expected two (B, H, W) image batches of one shape, got {tuple(i0.shape)} and {tuple(i1.shape)}")
+            raise ValueError(
+                f"expected two (B, H, W) image batches of one shape, got {tuple(i0.shape)} and {tuple(i1.shape)}"
+            )
         if min(i0.shape[1:]) < 3:
             raise ValueError(f"images of {tuple(i0.shape[1:])} px are too small for TV-L1")
         self.iterations = self.pixel_iterations = 0
@@ -288,8 +304,11 @@ class TVL1:
         l_t, taut = p.lambda_ * p.theta, p.tau / p.theta
         i1x, i1y = _centred_gradient(i1)
         image_and_grad = torch.stack((i1, i1x, i1y), dim=1)
-        ys, xs = torch.meshgrid(torch.arange(h, device=self.device, dtype=torch.float32),
-                                torch.arange(w, device=self.device, dtype=torch.float32), indexing="ij")
+        ys, xs = torch.meshgrid(
+            torch.arange(h, device=self.device, dtype=torch.float32),
+            torch.arange(w, device=self.device, dtype=torch.float32),
+            indexing="ij",
+        )
         u1, u2 = u[:, 0].clone(), u[:, 1].clone()
         duals = [torch.zeros_like(u1) for _ in range(4)]
         for _ in range(p.warps):
@@ -353,5 +372,3 @@ def _compiled(fn, backend: str = "inductor"):
 def _round(x: float) -> int:
     """Nearest integer, halves to even (as cvRound)."""
     return int(round(x))
-
-

@@ -46,9 +46,15 @@ HALF_SHOULDERS, HALF_HIPS = 0.08, 0.05
 
 # Rest pose: (abduction, forward flexion) in degrees per segment, see `_direction`.
 _REST = {
-    "arm_l": (8, 0), "fore_l": (5, 12), "arm_r": (8, 0), "fore_r": (5, 12),
-    "thigh_l": (4, 0), "shin_l": (3, 0), "thigh_r": (4, 0), "shin_r": (3, 0),
-}  # fmt: skip
+    "arm_l": (8, 0),
+    "fore_l": (5, 12),
+    "arm_r": (8, 0),
+    "fore_r": (5, 12),
+    "thigh_l": (4, 0),
+    "shin_l": (3, 0),
+    "thigh_r": (4, 0),
+    "shin_r": (3, 0),
+}
 
 GROUP_STRIDE = 100  # global group number = label_index * GROUP_STRIDE + group (1..99)
 
@@ -117,21 +123,43 @@ def _class_pose(label: str, p: np.ndarray, a: float) -> dict:
         return {"arm_r": (125 + 8 * a * s, 10), "fore_r": (160 + 35 * a * s, 10)}
     if label == "JumpingJack":  # arms and legs spread and close, body hops at each transition
         arm, fore, leg = (10 + 150 * a * u, 0), (10 + 160 * a * u, 0), (4 + 18 * a * u, 0)
-        return {"arm_l": arm, "arm_r": arm, "fore_l": fore, "fore_r": fore,
-                "thigh_l": leg, "thigh_r": leg, "shin_l": leg, "shin_r": leg,
-                "hop": 0.05 * a * np.abs(s)}  # fmt: skip
+        return {
+            "arm_l": arm,
+            "arm_r": arm,
+            "fore_l": fore,
+            "fore_r": fore,
+            "thigh_l": leg,
+            "thigh_r": leg,
+            "shin_l": leg,
+            "shin_r": leg,
+            "hop": 0.05 * a * np.abs(s),
+        }
     if label == "Squat":  # knees bend and the body lowers, arms go forward for balance
         thigh, shin = (4, 85 * a * u), (3, -35 * a * u)
-        return {"thigh_l": thigh, "thigh_r": thigh, "shin_l": shin, "shin_r": shin,
-                "arm_l": (8, 80 * a * u), "arm_r": (8, 80 * a * u),
-                "fore_l": (5, 12 + 75 * a * u), "fore_r": (5, 12 + 75 * a * u), "bend": 30 * a * u}  # fmt: skip
+        return {
+            "thigh_l": thigh,
+            "thigh_r": thigh,
+            "shin_l": shin,
+            "shin_r": shin,
+            "arm_l": (8, 80 * a * u),
+            "arm_r": (8, 80 * a * u),
+            "fore_l": (5, 12 + 75 * a * u),
+            "fore_r": (5, 12 + 75 * a * u),
+            "bend": 30 * a * u,
+        }
     if label == "WalkInPlace":  # knees lift alternately, arms swing opposite to the legs
         lift_l, lift_r = 50 * a * np.maximum(s, 0), 50 * a * np.maximum(-s, 0)
         swing = 30 * a * s
-        return {"thigh_l": (4, lift_l), "shin_l": (3, -0.6 * lift_l),
-                "thigh_r": (4, lift_r), "shin_r": (3, -0.6 * lift_r),
-                "arm_l": (8, -swing), "fore_l": (5, 25 - swing),
-                "arm_r": (8, swing), "fore_r": (5, 25 + swing)}  # fmt: skip
+        return {
+            "thigh_l": (4, lift_l),
+            "shin_l": (3, -0.6 * lift_l),
+            "thigh_r": (4, lift_r),
+            "shin_r": (3, -0.6 * lift_r),
+            "arm_l": (8, -swing),
+            "fore_l": (5, 25 - swing),
+            "arm_r": (8, swing),
+            "fore_r": (5, 25 + swing),
+        }
     if label == "Punch":  # guard pose, forearms extend forward alternately
         out = {}
         for side, e in (("l", np.maximum(s, 0)), ("r", np.maximum(-s, 0))):
@@ -139,16 +167,31 @@ def _class_pose(label: str, p: np.ndarray, a: float) -> dict:
             out[f"fore_{side}"] = (5, 140 - 50 * a * e)
         return out
     if label == "Clap":  # arms held forward, forearms open and meet in front of the chest
-        return {"arm_l": (5 + 50 * a * (1 - u), 70), "arm_r": (5 + 50 * a * (1 - u), 70),
-                "fore_l": (-30 * u + 50 * a * (1 - u), 80), "fore_r": (-30 * u + 50 * a * (1 - u), 80)}  # fmt: skip
+        return {
+            "arm_l": (5 + 50 * a * (1 - u), 70),
+            "arm_r": (5 + 50 * a * (1 - u), 70),
+            "fore_l": (-30 * u + 50 * a * (1 - u), 80),
+            "fore_r": (-30 * u + 50 * a * (1 - u), 80),
+        }
     if label == "Kick":  # right leg swings forward and up, arms open for balance, torso leans back
         k = u**2
-        return {"thigh_r": (4, 85 * a * k), "shin_r": (3, 75 * a * k),
-                "arm_l": (10 + 35 * a * k, 0), "arm_r": (10 + 35 * a * k, 0), "bend": -12 * a * k}  # fmt: skip
+        return {
+            "thigh_r": (4, 85 * a * k),
+            "shin_r": (3, 75 * a * k),
+            "arm_l": (10 + 35 * a * k, 0),
+            "arm_r": (10 + 35 * a * k, 0),
+            "bend": -12 * a * k,
+        }
     if label == "Bow":  # torso bends forward from the hips, arms hang, hips go back
-        return {"bend": 70 * a * u, "arm_l": (8, 25 * a * u), "arm_r": (8, 25 * a * u),
-                "fore_l": (5, 12 + 30 * a * u), "fore_r": (5, 12 + 30 * a * u),
-                "thigh_l": (4, 10 * a * u), "thigh_r": (4, 10 * a * u)}  # fmt: skip
+        return {
+            "bend": 70 * a * u,
+            "arm_l": (8, 25 * a * u),
+            "arm_r": (8, 25 * a * u),
+            "fore_l": (5, 12 + 30 * a * u),
+            "fore_r": (5, 12 + 30 * a * u),
+            "thigh_l": (4, 10 * a * u),
+            "thigh_r": (4, 10 * a * u),
+        }
     raise ValueError(f"unknown demo class {label!r} (known: {', '.join(CLASSES)})")
 
 
@@ -185,10 +228,19 @@ def _skeleton(pose: dict, n: int) -> dict[str, np.ndarray]:
 
 # (from joint, to joint, colour: 0 shirt, 1 trousers, 2 skin)
 _SEGMENTS = (
-    ("pelvis", "neck", 0), ("shoulder_l", "shoulder_r", 0), ("neck", "head", 2), ("hip_l", "hip_r", 1),
-    ("shoulder_l", "elbow_l", 0), ("elbow_l", "wrist_l", 2), ("shoulder_r", "elbow_r", 0), ("elbow_r", "wrist_r", 2),
-    ("hip_l", "knee_l", 1), ("knee_l", "ankle_l", 1), ("hip_r", "knee_r", 1), ("knee_r", "ankle_r", 1),
-)  # fmt: skip
+    ("pelvis", "neck", 0),
+    ("shoulder_l", "shoulder_r", 0),
+    ("neck", "head", 2),
+    ("hip_l", "hip_r", 1),
+    ("shoulder_l", "elbow_l", 0),
+    ("elbow_l", "wrist_l", 2),
+    ("shoulder_r", "elbow_r", 0),
+    ("elbow_r", "wrist_r", 2),
+    ("hip_l", "knee_l", 1),
+    ("knee_l", "ankle_l", 1),
+    ("hip_r", "knee_r", 1),
+    ("knee_r", "ankle_r", 1),
+)
 
 
 # ---------------------------------------------------------------------------- appearance
@@ -359,8 +411,17 @@ def generate(cfg: dict) -> None:
     d = cfg["demo"]
     clips = _clips(cfg)
     for rec, group, clip in clips:
-        frames = render_clip(rec.label, group, clip, cfg["seed"], d["frames"], d["width"], d["height"], d["fps"],
-                             style={k: d[k] for k in STYLE})
+        frames = render_clip(
+            rec.label,
+            group,
+            clip,
+            cfg["seed"],
+            d["frames"],
+            d["width"],
+            d["height"],
+            d["fps"],
+            style={k: d[k] for k in STYLE},
+        )
         _write_video(rec.path, frames, d["fps"])
     ann = annotation_dir(cfg)
     os.makedirs(ann, exist_ok=True)

@@ -123,9 +123,7 @@ def _columns(path: str, header: tuple[int, list[str]], required: tuple, optional
         seen[name] = i
     lacking = [c for c in required if c not in seen]
     if lacking:
-        raise ManifestError(
-            path, line, f"header lacks column(s) {', '.join(lacking)} (expected {','.join(required)})"
-        )
+        raise ManifestError(path, line, f"header lacks column(s) {', '.join(lacking)} (expected {','.join(required)})")
     if strict:
         extra = [c for c in names if c not in required and c not in optional]
         if extra:
@@ -187,7 +185,7 @@ def _time(text: str, name: str, path: str, line: int) -> int:
         except ValueError:
             raise ManifestError(path, line, f"{name} must be a whole number of seconds, not {text!r}") from None
         if not f.is_integer():
-            raise ManifestError(path, line, f"{name} must be a whole number of seconds, not {text!r}")
+            raise ManifestError(path, line, f"{name} must be a whole number of seconds, not {text!r}") from None
         value = int(f)
     if value < 0:
         raise ManifestError(path, line, f"{name} must not be negative (found {text!r})")
@@ -250,7 +248,8 @@ def read_ucf101(root, annotations, on_missing="error") -> tuple[list[VideoRecord
             )
         elif k == "1":
             raise ManifestError(
-                train, None,
+                train,
+                None,
                 "annotation file not found (UCF101 needs at least split 1: trainlist01.txt and testlist01.txt)",
             )
 
@@ -276,13 +275,12 @@ def read_ucf101(root, annotations, on_missing="error") -> tuple[list[VideoRecord
                     except ValueError:
                         raise ManifestError(path, n, f"class id must be an integer, not {f[1]!r}") from None
                     if not 1 <= cid <= len(classes):
-                        raise ManifestError(
-                            path, n, f"unknown class id {cid} (classInd.txt has ids 1..{len(classes)})"
-                        )
+                        raise ManifestError(path, n, f"unknown class id {cid} (classInd.txt has ids 1..{len(classes)})")
                     if cid != classes[cls] + 1:
                         named = next(c for c, i in classes.items() if i == cid - 1)
                         raise ManifestError(
-                            path, n,
+                            path,
+                            n,
                             f"class id {cid} ({named}) disagrees with the folder {cls}"
                             f" (its classInd.txt id is {classes[cls] + 1})",
                         )
@@ -341,7 +339,8 @@ def read_hmdb51(root, annotations, on_missing="error") -> tuple[list[VideoRecord
         for k in present:
             if (c, k) not in files:
                 raise ManifestError(
-                    os.path.join(ann, f"{c}_test_split{k}.txt"), None,
+                    os.path.join(ann, f"{c}_test_split{k}.txt"),
+                    None,
                     f"annotation file not found (other classes have split {k})",
                 )
 
@@ -365,7 +364,8 @@ def read_hmdb51(root, annotations, on_missing="error") -> tuple[list[VideoRecord
                 v = videos[stem] = {"name": name, "cls": cls, "splits": {}, "file": path, "line": n}
             elif v["cls"] != cls:
                 raise ManifestError(
-                    path, n,
+                    path,
+                    n,
                     f"video {name} is listed under class {cls} here but under {v['cls']} at {v['file']}:{v['line']}",
                 )
             v["splits"][k] = _HMDB_ROLES[code]
@@ -613,7 +613,8 @@ def load_dataset(cfg: dict) -> tuple[list[VideoRecord], list[Missing]]:
             "hmdb51": f" (expected <class>_test_split{split}.txt files)",
         }.get(fmt, "")
         raise ManifestError(
-            where, None,
+            where,
+            None,
             f"dataset.split is {split} but these annotations define only split(s) {', '.join(available)}{expected}",
         )
     if not any(r.splits.get(split) == "train" for r in records):
@@ -631,8 +632,11 @@ def annotation_files(cfg: dict) -> list[str]:
         return [os.path.join(demo.annotation_dir(cfg), "classInd.txt")]
     if fmt == "csv" or os.path.isfile(where):
         return [os.path.abspath(where)]
-    pattern = {"ucf101": r"classInd\.txt|(train|test)list0[123]\.txt", "hmdb51": r".+_test_split[123]\.txt",
-               "kinetics400": r".+\.csv"}[fmt]
+    pattern = {
+        "ucf101": r"classInd\.txt|(train|test)list0[123]\.txt",
+        "hmdb51": r".+_test_split[123]\.txt",
+        "kinetics400": r".+\.csv",
+    }[fmt]
     return sorted(os.path.join(os.path.abspath(where), f) for f in os.listdir(where) if re.fullmatch(pattern, f))
 
 

@@ -51,8 +51,11 @@ def rng_state() -> dict:
     """Every RNG's state in types that torch.load(weights_only=True) accepts (kept for provenance; the
     engine re-seeds every epoch from (seed, epoch, rank), which is what makes resume exact)."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
-             "python": random.getstate()}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

@@ -44,8 +44,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("method", choices=sorted(METHODS))
     p.add_argument("--views", required=True, nargs="+")
     p.add_argument("--out", required=True, type=Path, help="run folder (checkpoints, model.pt, metrics.csv, tb/)")
-    p.add_argument("--init", action="append", default=[], metavar="VIEW=PATH",
-                   help="model.pt a view starts from (stage-1 weights for cocon; a pretrained model for finetune)")
+    p.add_argument(
+        "--init",
+        action="append",
+        default=[],
+        metavar="VIEW=PATH",
+        help="model.pt a view starts from (stage-1 weights for cocon; a pretrained model for finetune)",
+    )
     p.add_argument("--init-kind", default=None, help="finetune: random | cpc | cocon | control (bookkeeping)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads of the job (split over processes)")
     add_config_args(p)
@@ -70,8 +75,17 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         D.teardown()
     if D.is_main():
-        print(json.dumps({"method": a.method, "views": a.views, "epochs": engine.epochs,
-                          "final": engine.history[-1] if engine.history else None}), file=sys.stderr)
+        print(
+            json.dumps(
+                {
+                    "method": a.method,
+                    "views": a.views,
+                    "epochs": engine.epochs,
+                    "final": engine.history[-1] if engine.history else None,
+                }
+            ),
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

@@ -31,8 +31,16 @@ def relaunch_under_torchrun(nproc: int, module: str, argv: list[str]) -> None:
     we already are a torchrun worker or nproc <= 1. Does not return when it relaunches."""
     if nproc <= 1 or "LOCAL_RANK" in os.environ:
         return
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", module, *argv]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        module,
+        *argv,
+    ]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, cmd)
@@ -71,8 +79,15 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and world_size() > 1):
             return nn.functional.batch_norm(
-                x, self.running_mean, self.running_var, self.weight, self.bias,
-                self.training or not self.track_running_stats, self.momentum or 0.0, self.eps)
+                x,
+                self.running_mean,
+                self.running_var,
+                self.weight,
+                self.bias,
+                self.training or not self.track_running_stats,
+                self.momentum or 0.0,
+                self.eps,
+            )
         from torch.distributed.nn.functional import all_reduce
 
         dims = [d for d in range(x.dim()) if d != 1]
@@ -112,9 +127,15 @@ def _replace_bn(module: nn.Module) -> nn.Module:
         ref = next(iter(module.parameters()), None)
         if ref is None:
             ref = module.running_mean
-        out = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                              module.track_running_stats, device=ref.device if ref is not None else None,
-                              dtype=ref.dtype if ref is not None else None)
+        out = GlobalBatchNorm(
+            module.num_features,
+            module.eps,
+            module.momentum,
+            module.affine,
+            module.track_running_stats,
+            device=ref.device if ref is not None else None,
+            dtype=ref.dtype if ref is not None else None,
+        )
         if module.affine:
             with torch.no_grad():
                 out.weight.copy_(module.weight)

@@ -104,20 +104,28 @@ class Engine:
             # parameters, state_dict keys, checkpoints and resume are those of the uncompiled networks
             for m in self.models.values():
                 m.compile()
-            log.info("torch.compile: per-view networks %s compiled in place (inductor); the first train and "
-                     "val steps include the compilation", self.views)
+            log.info(
+                "torch.compile: per-view networks %s compiled in place (inductor); the first train and "
+                "val steps include the compilation",
+                self.views,
+            )
         self.net = self.models
         if D.world_size() > 1:
             self.net = nn.parallel.DistributedDataParallel(
-                self.models, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.models, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         params = [p for p in self.models.parameters() if p.requires_grad]
         self.opt = method.optimizer(params)
         self.sched = method.scheduler(self.opt)
         world = D.world_size()
         per_rank = max(1, method.batch_size() // world)
         if method.batch_size() % world:
-            log.warning("batch size %d is not a multiple of the %d processes: %d clips per process",
-                        method.batch_size(), world, per_rank)
+            log.warning(
+                "batch size %d is not a multiple of the %d processes: %d clips per process",
+                method.batch_size(),
+                world,
+                per_rank,
+            )
         self.per_rank = per_rank
         seed = self.cfg["seed"]
         workers, pin = tc["workers"], self.device.type == "cuda"
@@ -125,10 +133,19 @@ class Engine:
         if self.device_augment:  # workers hand over uint8 clips (pinned), finished on the device in _step
             self.train_set.output = self.val_set.output = "uint8"
             self.finish = self.train_set.finisher()
-        self.train_loader = make_loader(self.train_set, per_rank, workers, shuffle=True, seed=seed, distributed=True,
-                                        drop_last=len(self.train_set) >= per_rank * world, pin_memory=pin)
-        self.val_loader = make_loader(self.val_set, per_rank, workers, shuffle=False, seed=seed, distributed=True,
-                                      pin_memory=pin)
+        self.train_loader = make_loader(
+            self.train_set,
+            per_rank,
+            workers,
+            shuffle=True,
+            seed=seed,
+            distributed=True,
+            drop_last=len(self.train_set) >= per_rank * world,
+            pin_memory=pin,
+        )
+        self.val_loader = make_loader(
+            self.val_set, per_rank, workers, shuffle=False, seed=seed, distributed=True, pin_memory=pin
+        )
         self.hash = run_hash(method.identity())
         self.inputs = input_fingerprint(self.cfg["output_dir"], self.views, method.init)
         self._ready = True
@@ -136,11 +153,20 @@ class Engine:
     # ------------------------------------------------------------ checkpoints
     def checkpoint(self, epoch: int) -> dict:
         return {
-            "version": CHECKPOINT_VERSION, "method": self.method.name, "views": self.views, "run_hash": self.hash,
-            "epoch": epoch, "models": {v: m.state_dict() for v, m in self.models.items()},
-            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "rng": rng_state(),
-            "history": self.history, "config": dumps(self.cfg), "code_revision": dumps(code_revision()),
-            "library_versions": dumps(library_versions()), **self.method.checkpoint_extras(),
+            "version": CHECKPOINT_VERSION,
+            "method": self.method.name,
+            "views": self.views,
+            "run_hash": self.hash,
+            "epoch": epoch,
+            "models": {v: m.state_dict() for v, m in self.models.items()},
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "rng": rng_state(),
+            "history": self.history,
+            "config": dumps(self.cfg),
+            "code_revision": dumps(code_revision()),
+            "library_versions": dumps(library_versions()),
+            **self.method.checkpoint_extras(),
         }
 
     def resume(self) -> None:
@@ -159,9 +185,16 @@ class Engine:
                 if aside.exists():
                     shutil.rmtree(aside)
                 os.replace(self.out / "checkpoints", aside)
-            log.warning("%s belongs to another configuration or other inputs (run hash %s, now %s; inputs %s, "
-                        "now %s): starting afresh; its checkpoints were moved to %s", last, ck.get("run_hash"),
-                        self.hash, inputs, self.inputs, aside)
+            log.warning(
+                "%s belongs to another configuration or other inputs (run hash %s, now %s; inputs %s, "
+                "now %s): starting afresh; its checkpoints were moved to %s",
+                last,
+                ck.get("run_hash"),
+                self.hash,
+                inputs,
+                self.inputs,
+                aside,
+            )
             return
         for v, m in self.models.items():
             m.load_state_dict(ck["models"][v])
@@ -225,10 +258,21 @@ class Engine:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(str(self.out / "tb"))
-        log.info("%s on %s: %d train / %d val clips, views %s, %d process(es) x %d clips, %s%s%s, epochs %d..%d",
-                 self.method.name, self.device, len(self.train_set), len(self.val_set), self.views, D.world_size(),
-                 self.per_rank, self.precision, ", channels_last" if self.channels_last else "",
-                 ", compiled" if self.tc["compile"] else "", self.start_epoch, self.epochs - 1)
+        log.info(
+            "%s on %s: %d train / %d val clips, views %s, %d process(es) x %d clips, %s%s%s, epochs %d..%d",
+            self.method.name,
+            self.device,
+            len(self.train_set),
+            len(self.val_set),
+            self.views,
+            D.world_size(),
+            self.per_rank,
+            self.precision,
+            ", channels_last" if self.channels_last else "",
+            ", compiled" if self.tc["compile"] else "",
+            self.start_epoch,
+            self.epochs - 1,
+        )
         for epoch in range(self.start_epoch, self.epochs):
             t0 = time.perf_counter()
             seed_everything(epoch_seed(self.cfg["seed"], epoch, D.rank()))
@@ -236,8 +280,12 @@ class Engine:
             va = self._epoch(self.val_loader, epoch, train=False)
             self.method.scheduler_step(self.sched, va)
             seconds = time.perf_counter() - t0  # logged, not stored: metrics stay identical across reruns
-            row = {"epoch": epoch, "lr": self.opt.param_groups[0]["lr"],
-                   **{f"train/{k}": v for k, v in tr.items()}, **{f"val/{k}": v for k, v in va.items()}}
+            row = {
+                "epoch": epoch,
+                "lr": self.opt.param_groups[0]["lr"],
+                **{f"train/{k}": v for k, v in tr.items()},
+                **{f"val/{k}": v for k, v in va.items()},
+            }
             self.history.append(row)
             if D.is_main():
                 for k, v in row.items():
@@ -246,8 +294,14 @@ class Engine:
                 ck = self.checkpoint(epoch)
                 save_torch(ck, self.out / "checkpoints" / f"epoch_{epoch:04d}.pt")
                 save_torch(ck, self.out / "checkpoints" / "last.pt")
-                log.info("epoch %d: train total %.4f val total %.4f lr %.2e (%.1f s)", epoch, tr.get("total", 0.0),
-                         va.get("total", 0.0), row["lr"], seconds)
+                log.info(
+                    "epoch %d: train total %.4f val total %.4f lr %.2e (%.1f s)",
+                    epoch,
+                    tr.get("total", 0.0),
+                    va.get("total", 0.0),
+                    row["lr"],
+                    seconds,
+                )
         if D.is_main():
             writer.close()
             self.write_outputs()
@@ -277,8 +331,14 @@ def metrics_csv(history: list[dict]) -> str:
     return buf.getvalue()
 
 
-def train(method: str, cfg: dict, views: list[str], out: Path, init: dict[str, str] | None = None,
-          init_kind: str | None = None) -> Engine:
+def train(
+    method: str,
+    cfg: dict,
+    views: list[str],
+    out: Path,
+    init: dict[str, str] | None = None,
+    init_kind: str | None = None,
+) -> Engine:
     """Build the named method and run it to the end in `out`; returns the engine (history, models)."""
     from cocon.train.methods import get_method
 

@@ -54,8 +54,14 @@ STOP_GRACE_S = 10.0  # SIGTERM -> SIGKILL
 EVENTS_ENV = "COCON_GPU_CHECK_EVENTS"
 REPO = Path(__file__).resolve().parents[2]
 # the training-step variants, a ladder from the fp32 eager baseline (each adds one setting) to everything
-TRAIN_VARIANTS = ["fp32_eager", "bf16", "bf16+channels_last", "bf16+channels_last+cudnn_benchmark",
-                  "bf16+channels_last+cudnn_benchmark+fused_adam", "bf16+channels_last+compile+cudnn_benchmark+fused_adam"]
+TRAIN_VARIANTS = [
+    "fp32_eager",
+    "bf16",
+    "bf16+channels_last",
+    "bf16+channels_last+cudnn_benchmark",
+    "bf16+channels_last+cudnn_benchmark+fused_adam",
+    "bf16+channels_last+compile+cudnn_benchmark+fused_adam",
+]
 PARTS = ("tests", "tvl1", "train_step", "pose_seg", "loader")
 
 
@@ -101,24 +107,48 @@ def environment() -> dict:
     from cocon.provenance import code_revision, distribution_versions
 
     env = {
-        "python": platform.python_version(), "python_executable": sys.executable, "host": platform.node(),
-        "cpu_count": os.cpu_count(), "torch": torch.__version__, "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version(), "gpu_count": torch.cuda.device_count(),
-        "gpus": [{"index": i, "name": torch.cuda.get_device_name(i),
-                  "capability": ".".join(map(str, torch.cuda.get_device_capability(i))),
-                  "memory_gib": round(torch.cuda.get_device_properties(i).total_memory / 2**30, 1)}
-                 for i in range(torch.cuda.device_count())],
+        "python": platform.python_version(),
+        "python_executable": sys.executable,
+        "host": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "gpu_count": torch.cuda.device_count(),
+        "gpus": [
+            {
+                "index": i,
+                "name": torch.cuda.get_device_name(i),
+                "capability": ".".join(map(str, torch.cuda.get_device_capability(i))),
+                "memory_gib": round(torch.cuda.get_device_properties(i).total_memory / 2**30, 1),
+            }
+            for i in range(torch.cuda.device_count())
+        ],
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "code_revision": code_revision(),
-        "versions": distribution_versions(["triton", "numpy", "h5py", "opencv-contrib-python-headless",
-                                           "opencv-python-headless", "snakemake", "pytest", "mmcv", "mmengine",
-                                           "mmpose", "mmsegmentation", "mmdet"]),
-    }  # fmt: skip
+        "versions": distribution_versions(
+            [
+                "triton",
+                "numpy",
+                "h5py",
+                "opencv-contrib-python-headless",
+                "opencv-python-headless",
+                "snakemake",
+                "pytest",
+                "mmcv",
+                "mmengine",
+                "mmpose",
+                "mmsegmentation",
+                "mmdet",
+            ]
+        ),
+    }
     smi = run_quiet(["nvidia-smi", "--query-gpu=index,name,driver_version,memory.total", "--format=csv,noheader"])
     if smi:
         rows = [[c.strip() for c in line.split(",")] for line in smi.splitlines() if line.strip()]
-        env["nvidia_smi"] = [{"index": r[0], "name": r[1], "driver_version": r[2], "memory": r[3]}
-                             for r in rows if len(r) >= 4]
+        env["nvidia_smi"] = [
+            {"index": r[0], "name": r[1], "driver_version": r[2], "memory": r[3]} for r in rows if len(r) >= 4
+        ]
         env["driver_version"] = env["nvidia_smi"][0]["driver_version"] if env["nvidia_smi"] else None
     else:
         env["nvidia_smi"], env["driver_version"] = None, None
@@ -138,38 +168,138 @@ def plan(out: Path, scratch: Path, parts: list[str]) -> list[dict]:
 
     def add(name, what, cap_s, cmd, skip=None, stdout_json=False, env=None):
         if name in parts:
-            out_plan.append({"name": name, "what": what, "cap_s": cap_s, "cmd": None if skip else cmd, "skip": skip,
-                             "json": str(scratch / f"{name}.json"), "stdout_json": stdout_json, "env": env or {}})
+            out_plan.append(
+                {
+                    "name": name,
+                    "what": what,
+                    "cap_s": cap_s,
+                    "cmd": None if skip else cmd,
+                    "skip": skip,
+                    "json": str(scratch / f"{name}.json"),
+                    "stdout_json": stdout_json,
+                    "env": env or {},
+                }
+            )
 
     no_tree = "no tests/ and bench/ beside the package (run gpu-check from a checkout of the repository)"
-    add("tests", "GPU test tier: python -m pytest -m gpu tests", 270.0,
-        [py, "-m", "pytest", "-m", "gpu", "-q", "-p", "cocon.workflow.gpu_check", "-p", "no:cacheprovider",
-         f"--junitxml={out / 'tests.xml'}", "-o", "junit_family=xunit2", "--continue-on-collection-errors", str(tests)],
-        skip=None if tests.is_dir() else no_tree, env={EVENTS_ENV: str(scratch / "tests.jsonl")})
-    add("tvl1", "TVL1 torch backend on CUDA: pairs/s by size, batch and compile; peak memory", 110.0,
-        [py, str(bench / "tvl1.py"), "--device", "cuda", "--sizes", "320x240", "171x128", "--threads", threads,
-         "--speed-pairs", "32", "--cuda-batch-sizes", "256", "128", "64", "8", "1", "--compile", "on", "off",
-         "--json", str(scratch / "tvl1.json")],
-        skip=None if bench.is_dir() else no_tree)
-    add("train_step", "CoCon training step on CUDA: fp32 eager vs bf16, channels_last, cudnn.benchmark, fused "
-        "Adam, torch.compile", 150.0,
-        [py, str(bench / "train_step.py"), "--device", "cuda", "--steps", "10", "--warmup", "3", "--compile-cap", "75",
-         "--variants", *TRAIN_VARIANTS, "--json", str(scratch / "train_step.json")],
-        skip=None if bench.is_dir() else no_tree)
+    add(
+        "tests",
+        "GPU test tier: python -m pytest -m gpu tests",
+        270.0,
+        [
+            py,
+            "-m",
+            "pytest",
+            "-m",
+            "gpu",
+            "-q",
+            "-p",
+            "cocon.workflow.gpu_check",
+            "-p",
+            "no:cacheprovider",
+            f"--junitxml={out / 'tests.xml'}",
+            "-o",
+            "junit_family=xunit2",
+            "--continue-on-collection-errors",
+            str(tests),
+        ],
+        skip=None if tests.is_dir() else no_tree,
+        env={EVENTS_ENV: str(scratch / "tests.jsonl")},
+    )
+    add(
+        "tvl1",
+        "TVL1 torch backend on CUDA: pairs/s by size, batch and compile; peak memory",
+        110.0,
+        [
+            py,
+            str(bench / "tvl1.py"),
+            "--device",
+            "cuda",
+            "--sizes",
+            "320x240",
+            "171x128",
+            "--threads",
+            threads,
+            "--speed-pairs",
+            "32",
+            "--cuda-batch-sizes",
+            "256",
+            "128",
+            "64",
+            "8",
+            "1",
+            "--compile",
+            "on",
+            "off",
+            "--json",
+            str(scratch / "tvl1.json"),
+        ],
+        skip=None if bench.is_dir() else no_tree,
+    )
+    add(
+        "train_step",
+        "CoCon training step on CUDA: fp32 eager vs bf16, channels_last, cudnn.benchmark, fused Adam, torch.compile",
+        150.0,
+        [
+            py,
+            str(bench / "train_step.py"),
+            "--device",
+            "cuda",
+            "--steps",
+            "10",
+            "--warmup",
+            "3",
+            "--compile-cap",
+            "75",
+            "--variants",
+            *TRAIN_VARIANTS,
+            "--json",
+            str(scratch / "train_step.json"),
+        ],
+        skip=None if bench.is_dir() else no_tree,
+    )
     missing_mm = [m for m in ("mmcv", "mmengine", "mmpose", "mmseg") if not _importable(m)]
-    add("pose_seg", "pose and seg stages on CUDA: frames/s by batch size", 100.0,
-        [py, str(bench / "pose_seg.py"), "--device", "cuda", "--models", "default", "demo", "--frames", "64",
-         "--batch-sizes", "1", "32", "--threads", "4", "--json", str(scratch / "pose_seg.json")],
-        skip=(no_tree if not bench.is_dir() else
-              f"the OpenMMLab stack is not installed ({', '.join(missing_mm)} missing; docs/pose_seg.md, Install)"
-              if missing_mm else None))
+    add(
+        "pose_seg",
+        "pose and seg stages on CUDA: frames/s by batch size",
+        100.0,
+        [
+            py,
+            str(bench / "pose_seg.py"),
+            "--device",
+            "cuda",
+            "--models",
+            "default",
+            "demo",
+            "--frames",
+            "64",
+            "--batch-sizes",
+            "1",
+            "32",
+            "--threads",
+            "4",
+            "--json",
+            str(scratch / "pose_seg.json"),
+        ],
+        skip=(
+            no_tree
+            if not bench.is_dir()
+            else f"the OpenMMLab stack is not installed ({', '.join(missing_mm)} missing; docs/pose_seg.md, Install)"
+            if missing_mm
+            else None
+        ),
+    )
     loader = bench / "loader.py"
     source = loader.read_text(encoding="utf-8", errors="replace") if loader.is_file() else ""
     has_json = '"--json"' in source
-    add("loader", "training clips/s fed by the real loader on CUDA (optional: runs last, in the time left)", 150.0,
+    add(
+        "loader",
+        "training clips/s fed by the real loader on CUDA (optional: runs last, in the time left)",
+        150.0,
         [py, str(loader), "--device", "cuda", *(["--json", str(scratch / "loader.json")] if has_json else [])],
         stdout_json=not has_json,
-        skip=None if '"--device"' in source else "bench/loader.py has no --device option (its figures are CPU figures)")
+        skip=None if '"--device"' in source else "bench/loader.py has no --device option (its figures are CPU figures)",
+    )
     return out_plan
 
 
@@ -210,8 +340,15 @@ def run_part(part: dict, limit_s: float, log_path: Path, env: dict) -> dict:
     stdout_file = Path(part["json"]) if part["stdout_json"] else None
     with open(log_path, "ab") as log, open(stdout_file or os.devnull, "wb") as so:
         try:
-            proc = subprocess.Popen(part["cmd"], cwd=REPO, env={**env, **part["env"]}, stdin=subprocess.DEVNULL,
-                                    stdout=so if stdout_file else log, stderr=log, start_new_session=True)
+            proc = subprocess.Popen(
+                part["cmd"],
+                cwd=REPO,
+                env={**env, **part["env"]},
+                stdin=subprocess.DEVNULL,
+                stdout=so if stdout_file else log,
+                stderr=log,
+                start_new_session=True,
+            )
         except OSError as exc:
             return {"status": "failed", "rc": None, "error": f"cannot start: {exc}", "wall_s": 0.0, "limit_s": limit_s}
         rc = status = None
@@ -323,8 +460,12 @@ def pytest_runtest_logstart(nodeid, location):
 
 
 def pytest_runtest_logreport(report):
-    ev = {"event": report.when, "test": report.nodeid, "outcome": report.outcome,
-          "seconds": round(float(report.duration), 2)}
+    ev = {
+        "event": report.when,
+        "test": report.nodeid,
+        "outcome": report.outcome,
+        "seconds": round(float(report.duration), 2),
+    }
     if report.outcome == "skipped" and isinstance(report.longrepr, tuple):
         ev["message"] = str(report.longrepr[2])[:500]
     elif report.outcome == "failed":
@@ -335,8 +476,9 @@ def pytest_runtest_logreport(report):
 # ------------------------------------------------------------------------------------------ figures
 
 
-def figure(part: str, name: str, value, unit: str, goal: str | None = None, met: bool | None = None,
-           note: str = "") -> dict:
+def figure(
+    part: str, name: str, value, unit: str, goal: str | None = None, met: bool | None = None, note: str = ""
+) -> dict:
     return {"part": part, "name": name, "value": value, "unit": unit, "goal": goal, "met": met, "note": note}
 
 
@@ -345,27 +487,49 @@ def tvl1_figures(r: dict) -> list[dict]:
     agree = r.get("agreement") or {}
     if "epe_torch_vs_opencv_px" in agree:
         e = agree["epe_torch_vs_opencv_px"]["mean"]
-        figs.append(figure("tvl1", f"TVL1 torch (CUDA) vs OpenCV, mean end-point error at {agree['size']}",
-                           round(e, 4), "px", f"<= {agree['goal_epe_px']} px", e <= agree["goal_epe_px"]))
+        figs.append(
+            figure(
+                "tvl1",
+                f"TVL1 torch (CUDA) vs OpenCV, mean end-point error at {agree['size']}",
+                round(e, 4),
+                "px",
+                f"<= {agree['goal_epe_px']} px",
+                e <= agree["goal_epe_px"],
+            )
+        )
     for row in r.get("speed", []):
         cuda = [x for x in row.get("torch_cuda") or [] if x.get("pairs_s")]
         if not cuda:
             continue
         best = max(cuda, key=lambda x: x["pairs_s"])
         goal = row.get("goal_cuda_pairs_s")
-        figs.append(figure("tvl1", f"TVL1 torch CUDA pairs/s at {row['size']} (best: batch {best['batch']}, "
-                           f"compile {best['compile']})", round(best["pairs_s"], 1), "pairs/s",
-                           f">= {goal} pairs/s" if goal else None, best["pairs_s"] >= goal if goal else None,
-                           f"peak GPU memory {best.get('peak_mem_mib', 0):.0f} MiB"
-                           + ("; torch.compile failed, ran eagerly" if best.get("compile_fell_back") else "")))
+        figs.append(
+            figure(
+                "tvl1",
+                f"TVL1 torch CUDA pairs/s at {row['size']} (best: batch {best['batch']}, compile {best['compile']})",
+                round(best["pairs_s"], 1),
+                "pairs/s",
+                f">= {goal} pairs/s" if goal else None,
+                best["pairs_s"] >= goal if goal else None,
+                f"peak GPU memory {best.get('peak_mem_mib', 0):.0f} MiB"
+                + ("; torch.compile failed, ran eagerly" if best.get("compile_fell_back") else ""),
+            )
+        )
         on = [x["pairs_s"] for x in cuda if x["compile"] == "on"]
         off = [x["pairs_s"] for x in cuda if x["compile"] == "off"]
         if on and off:
-            figs.append(figure("tvl1", f"TVL1 at {row['size']}: best compiled / best eager", round(max(on) / max(off), 2),
-                               "x"))
+            figs.append(
+                figure("tvl1", f"TVL1 at {row['size']}: best compiled / best eager", round(max(on) / max(off), 2), "x")
+            )
         if row.get("opencv_pairs_s"):
-            figs.append(figure("tvl1", f"TVL1 at {row['size']}: best torch CUDA / OpenCV on {r.get('threads')} CPU threads",
-                               round(best["pairs_s"] / row["opencv_pairs_s"], 1), "x"))
+            figs.append(
+                figure(
+                    "tvl1",
+                    f"TVL1 at {row['size']}: best torch CUDA / OpenCV on {r.get('threads')} CPU threads",
+                    round(best["pairs_s"] / row["opencv_pairs_s"], 1),
+                    "x",
+                )
+            )
     return figs
 
 
@@ -373,20 +537,43 @@ def train_step_figures(r: dict) -> list[dict]:
     figs = []
     best = r.get("best")
     if best:
-        figs.append(figure("train_step", f"training step clips/s, best setting ({best['variant']}) / fp32 eager",
-                           best["ratio_vs_baseline"], "x", f">= {r['goal']['ratio_vs_baseline']}x", best.get("goal_met")))
+        figs.append(
+            figure(
+                "train_step",
+                f"training step clips/s, best setting ({best['variant']}) / fp32 eager",
+                best["ratio_vs_baseline"],
+                "x",
+                f">= {r['goal']['ratio_vs_baseline']}x",
+                best.get("goal_met"),
+            )
+        )
     vs = r.get("variants", {})
     for name, v in vs.items():
         if "ratio_vs_baseline" in v:
-            figs.append(figure("train_step", f"training step {name} / fp32 eager", v["ratio_vs_baseline"], "x",
-                               note=f"{v['clips_per_s']} clips/s, peak {v['peak_mem_mib']:.0f} MiB"))
+            figs.append(
+                figure(
+                    "train_step",
+                    f"training step {name} / fp32 eager",
+                    v["ratio_vs_baseline"],
+                    "x",
+                    note=f"{v['clips_per_s']} clips/s, peak {v['peak_mem_mib']:.0f} MiB",
+                )
+            )
         elif "error" in v:
             figs.append(figure("train_step", f"training step {name}", None, "", note=v["error"][:200]))
     checked = [v for v in vs.values() if "loss_equal" in v]
     if checked:
         ok = sum(v["loss_equal"] for v in checked)
-        figs.append(figure("train_step", "variants whose losses equal fp32 eager's (first 2 steps)", f"{ok}/{len(checked)}",
-                           "", "all, within 1e-3 (fp32) / 5e-2 (bf16) relative", ok == len(checked)))
+        figs.append(
+            figure(
+                "train_step",
+                "variants whose losses equal fp32 eager's (first 2 steps)",
+                f"{ok}/{len(checked)}",
+                "",
+                "all, within 1e-3 (fp32) / 5e-2 (bf16) relative",
+                ok == len(checked),
+            )
+        )
     return figs
 
 
@@ -397,9 +584,17 @@ def pose_seg_figures(r: dict) -> list[dict]:
         if not rates:
             continue
         k = max(rates, key=rates.get)
-        figs.append(figure("pose_seg", f"{row['view']} on CUDA, {row['models']} model ({row['config']}): frames/s, best "
-                           f"batch {k.removeprefix('stage_fps_b')}", rates[k], "frames/s",
-                           f">= the one-frame API ({row['api_fps']} frames/s)", rates[k] >= row["api_fps"]))
+        figs.append(
+            figure(
+                "pose_seg",
+                f"{row['view']} on CUDA, {row['models']} model ({row['config']}): frames/s, best "
+                f"batch {k.removeprefix('stage_fps_b')}",
+                rates[k],
+                "frames/s",
+                f">= the one-frame API ({row['api_fps']} frames/s)",
+                rates[k] >= row["api_fps"],
+            )
+        )
     return figs
 
 
@@ -411,14 +606,26 @@ def loader_figures(r: dict) -> list[dict]:
     for key, v in ct.items():
         if isinstance(v, dict) and "ratio" in v:
             goal = ct.get("goal")
-            figs.append(figure("loader", f"training clips/s, real loader ({ct.get('workers')} workers, {key}) / "
-                               "memory-fed", v["ratio"], "x", f">= {goal}" if goal is not None else None,
-                               v.get("goal_met"), f"{v.get('real_clips_per_s')} clips/s"))
+            figs.append(
+                figure(
+                    "loader",
+                    f"training clips/s, real loader ({ct.get('workers')} workers, {key}) / memory-fed",
+                    v["ratio"],
+                    "x",
+                    f">= {goal}" if goal is not None else None,
+                    v.get("goal_met"),
+                    f"{v.get('real_clips_per_s')} clips/s",
+                )
+            )
     return figs
 
 
-FIGURES = {"tvl1": tvl1_figures, "train_step": train_step_figures, "pose_seg": pose_seg_figures,
-           "loader": loader_figures}
+FIGURES = {
+    "tvl1": tvl1_figures,
+    "train_step": train_step_figures,
+    "pose_seg": pose_seg_figures,
+    "loader": loader_figures,
+}
 
 
 # ------------------------------------------------------------------------------------------ reports
@@ -444,52 +651,144 @@ def markdown(report: dict) -> str:
     env = report.get("environment", {})
     rev = env.get("code_revision", {})
     gpus = ", ".join(f"{g['name']} ({g['memory_gib']} GiB, sm {g['capability']})" for g in env.get("gpus", [])) or "–"
-    lines = [f"# GPU check — {report['status']}", "",
-             f"{report['started']}; total wall time {report.get('wall_s', 0):.0f} s of a {report['timeout_s']:.0f} s budget.",
-             "", *_table(["", ""], [
-                 ["GPU", gpus], ["driver (nvidia-smi)", env.get("driver_version")],
-                 ["CUDA (torch) / cuDNN", f"{env.get('cuda')} / {env.get('cudnn')}"], ["torch", env.get("torch")],
-                 ["Python", env.get("python")], ["CPU cores", env.get("cpu_count")],
-                 ["code", f"{rev.get('git')}{' (dirty)' if rev.get('dirty') else ''}, source sha256 "
-                          f"{str(rev.get('source_sha256'))[:12]}"]])]
-    lines += ["## Parts", "", *_table(["part", "status", "wall s", "limit s", "what"], [
-        [p["name"], p["status"] + (f" (exit {p['rc']})" if p.get("rc") not in (0, None) else ""), p.get("wall_s"),
-         p.get("limit_s"), p.get("skip") or p["what"] + (f" — {p['error']}" if p.get("error") else "")]
-        for p in report["parts"]])]
+    lines = [
+        f"# GPU check — {report['status']}",
+        "",
+        f"{report['started']}; total wall time {report.get('wall_s', 0):.0f} s of a {report['timeout_s']:.0f} s budget.",
+        "",
+        *_table(
+            ["", ""],
+            [
+                ["GPU", gpus],
+                ["driver (nvidia-smi)", env.get("driver_version")],
+                ["CUDA (torch) / cuDNN", f"{env.get('cuda')} / {env.get('cudnn')}"],
+                ["torch", env.get("torch")],
+                ["Python", env.get("python")],
+                ["CPU cores", env.get("cpu_count")],
+                [
+                    "code",
+                    f"{rev.get('git')}{' (dirty)' if rev.get('dirty') else ''}, source sha256 "
+                    f"{str(rev.get('source_sha256'))[:12]}",
+                ],
+            ],
+        ),
+    ]
+    lines += [
+        "## Parts",
+        "",
+        *_table(
+            ["part", "status", "wall s", "limit s", "what"],
+            [
+                [
+                    p["name"],
+                    p["status"] + (f" (exit {p['rc']})" if p.get("rc") not in (0, None) else ""),
+                    p.get("wall_s"),
+                    p.get("limit_s"),
+                    p.get("skip") or p["what"] + (f" — {p['error']}" if p.get("error") else ""),
+                ]
+                for p in report["parts"]
+            ],
+        ),
+    ]
     t = report.get("tests")
     if t:
-        lines += ["## GPU test tier", "", f"{t['passed']} passed, {t['failed']} failed, {t['error']} errors, "
-                  f"{t['skipped']} skipped" + (f", {t['running']} stopped while running" if t["running"] else "")
-                  + f" (source: {t['source']}).", "",
-                  *_table(["test", "outcome", "s", "message"],
-                          [[x["name"], x["outcome"], x["seconds"], x["message"][:200]] for x in t["tests"]])]
+        lines += [
+            "## GPU test tier",
+            "",
+            f"{t['passed']} passed, {t['failed']} failed, {t['error']} errors, "
+            f"{t['skipped']} skipped"
+            + (f", {t['running']} stopped while running" if t["running"] else "")
+            + f" (source: {t['source']}).",
+            "",
+            *_table(
+                ["test", "outcome", "s", "message"],
+                [[x["name"], x["outcome"], x["seconds"], x["message"][:200]] for x in t["tests"]],
+            ),
+        ]
     lines += ["## Figures and goals", ""]
     figs = report.get("figures", [])
-    lines += _table(["figure", "value", "goal", "met", "note"],
-                    [[f["name"], f"{_fmt(f['value'])} {f['unit']}".strip(), f["goal"],
-                      f["met"] if f["goal"] else "", f["note"]] for f in figs]) if figs else ["(none measured)", ""]
+    lines += (
+        _table(
+            ["figure", "value", "goal", "met", "note"],
+            [
+                [
+                    f["name"],
+                    f"{_fmt(f['value'])} {f['unit']}".strip(),
+                    f["goal"],
+                    f["met"] if f["goal"] else "",
+                    f["note"],
+                ]
+                for f in figs
+            ],
+        )
+        if figs
+        else ["(none measured)", ""]
+    )
     bench = report.get("benchmarks", {})
     if bench.get("tvl1"):
-        rows = [[row["size"], x["compile"], x["batch"], x.get("pairs_s"), x.get("peak_mem_mib"),
-                 x.get("iterations_per_pair"),
-                 x.get("error") or ("torch.compile failed: ran eagerly" if x.get("compile_fell_back") else "")]
-                for row in bench["tvl1"].get("speed", []) for x in row.get("torch_cuda") or []]
+        rows = [
+            [
+                row["size"],
+                x["compile"],
+                x["batch"],
+                x.get("pairs_s"),
+                x.get("peak_mem_mib"),
+                x.get("iterations_per_pair"),
+                x.get("error") or ("torch.compile failed: ran eagerly" if x.get("compile_fell_back") else ""),
+            ]
+            for row in bench["tvl1"].get("speed", [])
+            for x in row.get("torch_cuda") or []
+        ]
         if rows:
-            lines += ["## TVL1 on CUDA (bench/tvl1.py)", "",
-                      *_table(["size", "compile", "batch", "pairs/s", "peak MiB", "iterations/pair", "note"], rows)]
+            lines += [
+                "## TVL1 on CUDA (bench/tvl1.py)",
+                "",
+                *_table(["size", "compile", "batch", "pairs/s", "peak MiB", "iterations/pair", "note"], rows),
+            ]
     if bench.get("train_step"):
-        rows = [[n, v.get("step_s"), v.get("clips_per_s"), v.get("ratio_vs_baseline"), v.get("peak_mem_mib"),
-                 v.get("loss_max_rel_diff"), v.get("loss_tolerance"), v.get("compile_s"), str(v.get("error", ""))[:120]]
-                for n, v in bench["train_step"].get("variants", {}).items()]
-        lines += ["## Training step on CUDA (bench/train_step.py)", "",
-                  *_table(["variant", "s/step", "clips/s", "vs fp32 eager", "peak MiB", "max rel. loss diff", "tolerance",
-                           "compile s", "error"], rows)]
+        rows = [
+            [
+                n,
+                v.get("step_s"),
+                v.get("clips_per_s"),
+                v.get("ratio_vs_baseline"),
+                v.get("peak_mem_mib"),
+                v.get("loss_max_rel_diff"),
+                v.get("loss_tolerance"),
+                v.get("compile_s"),
+                str(v.get("error", ""))[:120],
+            ]
+            for n, v in bench["train_step"].get("variants", {}).items()
+        ]
+        lines += [
+            "## Training step on CUDA (bench/train_step.py)",
+            "",
+            *_table(
+                [
+                    "variant",
+                    "s/step",
+                    "clips/s",
+                    "vs fp32 eager",
+                    "peak MiB",
+                    "max rel. loss diff",
+                    "tolerance",
+                    "compile s",
+                    "error",
+                ],
+                rows,
+            ),
+        ]
     if bench.get("pose_seg"):
         runs = bench["pose_seg"].get("runs", [])
         keys = sorted({k for r in runs for k in r if k.startswith("stage_fps_b")}, key=lambda k: int(k[11:]))
-        lines += ["## Pose and seg on CUDA (bench/pose_seg.py)", "",
-                  *_table(["models", "view", "api frames/s", *[f"stage b={k[11:]}" for k in keys]],
-                          [[r["models"], r["view"], r.get("api_fps"), *[r.get(k) for k in keys]] for r in runs])]
+        lines += [
+            "## Pose and seg on CUDA (bench/pose_seg.py)",
+            "",
+            *_table(
+                ["models", "view", "api frames/s", *[f"stage b={k[11:]}" for k in keys]],
+                [[r["models"], r["view"], r.get("api_fps"), *[r.get(k) for k in keys]] for r in runs],
+            ),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -525,14 +824,21 @@ def collect(report: dict, part: dict, entry: dict, out: Path, started_at: float)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="cocon gpu-check", description="The GPU test tier and every GPU benchmark in one "
-                                 "command, into one JSON and one markdown report (BENCHMARKS.md, 'GPU check').",
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="\n".join(__doc__.splitlines()[2:]))
+    ap = argparse.ArgumentParser(
+        prog="cocon gpu-check",
+        description="The GPU test tier and every GPU benchmark in one "
+        "command, into one JSON and one markdown report (BENCHMARKS.md, 'GPU check').",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[2:]),
+    )
     ap.add_argument("--out", required=True, help="folder for gpu_check.json, gpu_check.md, gpu_check.log, tests.xml")
-    ap.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S,
-                    help=f"wall-clock budget of all parts together (default {DEFAULT_TIMEOUT_S:.0f} s); each part also has "
-                    "a cap of its own, scaled up with a budget above the default")
+    ap.add_argument(
+        "--timeout-s",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help=f"wall-clock budget of all parts together (default {DEFAULT_TIMEOUT_S:.0f} s); each part also has "
+        "a cap of its own, scaled up with a budget above the default",
+    )
     ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="run only these parts")
     a = ap.parse_args(argv)
 
@@ -557,8 +863,12 @@ def main(argv: list[str] | None = None) -> int:
     (shim / "python").chmod(0o755)
     own = str(REPO) if (REPO / "cocon").is_dir() and (REPO / "tests").is_dir() else ""  # a checkout, not a wheel
     pythonpath = os.pathsep.join(p for p in (own, os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "PATH": f"{shim}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONPATH": pythonpath,
-           "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{shim}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": pythonpath,
+        "PYTHONUNBUFFERED": "1",
+    }
 
     def on_signal(signum, frame):
         raise SystemExit(128 + signum)
@@ -568,9 +878,17 @@ def main(argv: list[str] | None = None) -> int:
         env_info = environment()
     except Exception as exc:  # noqa: BLE001 - the check runs on without the description of the machine
         env_info = {"error": f"{type(exc).__name__}: {exc}"}
-    report = {"status": "running", "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started_at)),
-              "timeout_s": a.timeout_s, "command": ["cocon", "gpu-check", *(sys.argv[1:] if argv is None else argv)],
-              "environment": env_info, "parts": [], "tests": None, "benchmarks": {}, "figures": []}
+    report = {
+        "status": "running",
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started_at)),
+        "timeout_s": a.timeout_s,
+        "command": ["cocon", "gpu-check", *(sys.argv[1:] if argv is None else argv)],
+        "environment": env_info,
+        "parts": [],
+        "tests": None,
+        "benchmarks": {},
+        "figures": [],
+    }
     write_reports(out, report)
     parts = plan(out, scratch, a.parts)
     try:

@@ -45,7 +45,7 @@ def machine_gpu_ids(environ=os.environ) -> list[str]:
         out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError):
         return []
-    return [str(i) for i, line in enumerate(l for l in out.splitlines() if l.startswith("GPU "))]
+    return [str(i) for i, _ in enumerate(line for line in out.splitlines() if line.startswith("GPU "))]
 
 
 def _open_lock(lock_dir: str, gpu_id: str) -> int:
@@ -91,18 +91,25 @@ def try_claim(n: int, ids: list[str], lock_dir: str) -> tuple[list[str], list[in
 def claim(n: int, ids: list[str], lock_dir: str, poll_s: float = 1.0, log=sys.stderr) -> tuple[list[str], list[int]]:
     """Wait until n of `ids` are free, then claim them (see try_claim)."""
     if n > len(ids):
-        raise SystemExit(f"cocon.workflow.gpus: the job asks for {n} GPUs, this machine has {len(ids)} ({','.join(ids)})")
+        raise SystemExit(
+            f"cocon.workflow.gpus: the job asks for {n} GPUs, this machine has {len(ids)} ({','.join(ids)})"
+        )
     start = time.monotonic()
     said = False
     while True:
         got = try_claim(n, ids, lock_dir)
         if got is not None:
             if said:
-                print(f"cocon.workflow.gpus: waited {time.monotonic() - start:.0f} s for free GPUs", file=log, flush=True)
+                print(
+                    f"cocon.workflow.gpus: waited {time.monotonic() - start:.0f} s for free GPUs", file=log, flush=True
+                )
             return got
         if not said:
-            print(f"cocon.workflow.gpus: waiting for {n} free GPU(s) of {','.join(ids)} (locks in {lock_dir})",
-                  file=log, flush=True)
+            print(
+                f"cocon.workflow.gpus: waiting for {n} free GPU(s) of {','.join(ids)} (locks in {lock_dir})",
+                file=log,
+                flush=True,
+            )
             said = True
         time.sleep(poll_s)
 
@@ -125,8 +132,11 @@ def main(argv: list[str] | None = None) -> None:
             for fd in fds:
                 os.set_inheritable(fd, True)  # the command holds the claim until it exits
             env["CUDA_VISIBLE_DEVICES"] = ",".join(got)
-            print(f"cocon.workflow.gpus: this job uses GPU(s) {','.join(got)} (CUDA_VISIBLE_DEVICES)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"cocon.workflow.gpus: this job uses GPU(s) {','.join(got)} (CUDA_VISIBLE_DEVICES)",
+                file=sys.stderr,
+                flush=True,
+            )
     sys.stdout.flush()
     os.execvp(cmd[0], cmd)
 

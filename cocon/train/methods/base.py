@@ -26,8 +26,7 @@ class Method:
     #: training augmentation (None = the pretraining default, cocon.data.clips.Augmentation())
     augmentation: ClassVar[Augmentation | None] = None
 
-    def __init__(self, cfg: dict, views: list[str], init: dict[str, str] | None = None,
-                 init_kind: str | None = None):
+    def __init__(self, cfg: dict, views: list[str], init: dict[str, str] | None = None, init_kind: str | None = None):
         if len(views) < self.min_views or (self.max_views is not None and len(views) > self.max_views):
             n = f"{self.min_views}" if self.max_views == self.min_views else f"{self.min_views} or more"
             raise ValueError(f"method {self.name!r} trains {n} view(s), got {views}")
@@ -57,12 +56,15 @@ class Method:
     def optimizer(self, params) -> torch.optim.Optimizer:
         s = self.section
         fused = self.tc.get("fused_adam", False) and torch.cuda.is_available()
-        return torch.optim.Adam(params, lr=s["lr"], weight_decay=s["weight_decay"], **({"fused": True} if fused else {}))
+        return torch.optim.Adam(
+            params, lr=s["lr"], weight_decay=s["weight_decay"], **({"fused": True} if fused else {})
+        )
 
     def scheduler(self, opt):
         """ReduceLROnPlateau (x0.1) on the validation total loss (CoCon's schedule)."""
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            opt, mode="min", factor=0.1, patience=self.tc["plateau_patience"], min_lr=self.tc["min_lr"])
+            opt, mode="min", factor=0.1, patience=self.tc["plateau_patience"], min_lr=self.tc["min_lr"]
+        )
 
     def scheduler_step(self, sched, val: dict[str, float]) -> None:
         sched.step(val["total"])
@@ -71,12 +73,22 @@ class Method:
     def datasets(self) -> tuple[MultiViewClips, MultiViewClips]:
         """Training clips (the training role minus the held-out subset) and validation clips (the subset)."""
         tc, cfg = self.tc, self.cfg
-        common = dict(shards=discover(cfg["output_dir"], self.views), views=self.views,
-                      split=cfg["dataset"]["split"], holdout_fraction=tc["val_fraction"], holdout_seed=cfg["seed"],
-                      num_blocks=tc["num_blocks"], block_len=tc["block_len"], stride=tc["stride"],
-                      sizes={v: V.input_size(v, tc["input_size"]) for v in self.views}, seed=cfg["seed"])
-        return (MultiViewClips(role="train", augment=True, augmentation=self.augmentation, **common),
-                MultiViewClips(role="val", augment=False, **common))
+        common = dict(
+            shards=discover(cfg["output_dir"], self.views),
+            views=self.views,
+            split=cfg["dataset"]["split"],
+            holdout_fraction=tc["val_fraction"],
+            holdout_seed=cfg["seed"],
+            num_blocks=tc["num_blocks"],
+            block_len=tc["block_len"],
+            stride=tc["stride"],
+            sizes={v: V.input_size(v, tc["input_size"]) for v in self.views},
+            seed=cfg["seed"],
+        )
+        return (
+            MultiViewClips(role="train", augment=True, augmentation=self.augmentation, **common),
+            MultiViewClips(role="val", augment=False, **common),
+        )
 
     def networks(self, train_set: MultiViewClips) -> PerViewNetworks:
         raise NotImplementedError
@@ -95,8 +107,14 @@ class Method:
         """What identifies a run of this method (its checkpoints resume only into the same run):
         everything but the epoch count (raising it continues a finished run) and speed-only options."""
         train = {k: v for k, v in self.tc.items() if k not in NOT_HASHED}
-        return {"method": self.name, "views": self.views, "train": train, "seed": self.cfg["seed"],
-                "dataset": self.cfg["dataset"], "init": sorted(self.init)}
+        return {
+            "method": self.name,
+            "views": self.views,
+            "train": train,
+            "seed": self.cfg["seed"],
+            "dataset": self.cfg["dataset"],
+            "init": sorted(self.init),
+        }
 
     def checkpoint_extras(self) -> dict:
         return {}
@@ -104,5 +122,15 @@ class Method:
 
 # Options that change no result beyond float rounding (or only how long a run is): a run may be resumed
 # with them switched, and checkpoints written before they existed still resume.
-NOT_HASHED = ("cpc_epochs", "cocon_epochs", "channels_last", "compile", "fused_adam", "cudnn_benchmark",
-              "workers", "gpus", "device", "precision")
+NOT_HASHED = (
+    "cpc_epochs",
+    "cocon_epochs",
+    "channels_last",
+    "compile",
+    "fused_adam",
+    "cudnn_benchmark",
+    "workers",
+    "gpus",
+    "device",
+    "precision",
+)

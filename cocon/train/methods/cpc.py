@@ -17,9 +17,13 @@ class CPC(Method):
         super().__init__(cfg, views, init, init_kind)
         tc = self.tc
         self.criterion = CoconLoss(
-            lam=tc["lam"], alpha=tc["alpha"], variant=tc["loss_variant"],
+            lam=tc["lam"],
+            alpha=tc["alpha"],
+            variant=tc["loss_variant"],
             temperature=tc["temperature"] if tc["cpc_variant"] == "cocon" else 1.0,
-            normalize=tc["cpc_variant"] == "cocon", mask_group_negatives=not tc["sibling_negatives"])
+            normalize=tc["cpc_variant"] == "cocon",
+            mask_group_negatives=not tc["sibling_negatives"],
+        )
 
     def networks(self, train_set) -> PerViewNetworks:
         nets = PerViewNetworks({v: build_dpc(v, self.cfg) for v in self.views})
