@@ -114,20 +114,7 @@ def bare(method: str, p: dict, videos: list[np.ndarray], keep: list | None = Non
     """Seconds for cvtColor + flow over every consecutive pair, one OpenCV thread, nothing stored
     (the float flows are appended to `keep` when given, one list per video)."""
     if method == "tvl1":
-        algo = cv2.optflow.DualTVL1OpticalFlow_create(
-            tau=p["tau"],
-            lambda_=p["lambda"],
-            theta=p["theta"],
-            nscales=p["scales"],
-            warps=p["warps"],
-            epsilon=p["epsilon"],
-            innnerIterations=p["inner_iterations"],
-            outerIterations=p["outer_iterations"],
-            scaleStep=p["scale_step"],
-            gamma=p["gamma"],
-            medianFiltering=p["median_filtering"],
-            useInitialFlow=False,
-        )
+        algo = flow.make_tvl1(p)  # the same OpenCV object the stage builds, called here directly
     t0 = time.perf_counter()
     for frames in videos:
         gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]

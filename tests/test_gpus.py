@@ -12,7 +12,11 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from cocon.workflow import gpus
+
+pytestmark = pytest.mark.slow  # real snakemake jobs claiming GPU ids
 
 REPO = Path(__file__).resolve().parents[1]
 WRAP = [sys.executable, "-m", "cocon.workflow.gpus"]

@@ -8,13 +8,17 @@ import signal
 import subprocess
 import time
 
+import pytest
 import yaml
 
 from cocon.train.checkpoints import load_checkpoint
 
 from test_workflow import REPO, SNAKEMAKE, TINY, job_counts, snakemake
 
-CFG = {**TINY, "shards": {"videos_per_shard": 8}, "train": {**TINY["train"], "cpc_epochs": 4}}
+pytestmark = pytest.mark.slow  # snakemake killed and resumed
+
+# width 64: epochs long enough to kill the job after its first checkpoint
+CFG = {**TINY, "shards": {"videos_per_shard": 8}, "train": {**TINY["train"], "cpc_epochs": 4, "width": 64}}
 TARGET = "results/train/cpc/rgb/model.pt"
 
 

@@ -28,6 +28,8 @@ from cocon.preprocess import (
     seg,  # noqa: E402
 )
 
+pytestmark = pytest.mark.slow  # OpenMMLab models built and run on CPU
+
 DATASET = {"name": "testset", "format": "csv"}
 RGB_PARAMS = {
     "short_side": 48,

@@ -192,3 +192,30 @@ def test_test_accuracy_over_all_test_videos_counts_unscored_as_wrong(data, tmp_p
     result = evaluate(cfg, "rgb", tmp_path / "ft" / "model.pt", tmp_path / "scores.h5")
     assert (result["n_videos"], result["n_unscored"]) == (1, 1)
     assert result["accuracy_all"] == pytest.approx(result["accuracy"] / 2)
+
+
+def test_test_crop_shows_objects_at_the_training_scale(data):
+    """train.eval_crop train_scale (default): validation and test clips are the centred square of the
+    training crops' mean side (0.862 of the short side for crop areas 0.5-1) resized to the input size;
+    full: the whole short-side square (objects ~16 % smaller than training showed them)."""
+    import cv2
+
+    from cocon.data.augment import Augmentation, _centre_box, train_scale
+    from cocon.evaluate.dense import dense_dataset
+    from cocon.views import IMAGENET_MEAN, IMAGENET_STD
+
+    assert train_scale(Augmentation()) == pytest.approx((2 / 3) * (1 - 0.5**1.5) / 0.5)  # 0.862
+    assert train_scale(Augmentation(crop_scale=(0.64, 0.64))) == pytest.approx(0.8)
+    for mode, fraction in (("train_scale", train_scale(Augmentation())), ("full", 1.0)):
+        cfg = config(data, eval_crop=mode)
+        ds = dense_dataset(cfg, "rgb", "test")
+        assert ds.centre_crop == pytest.approx(fraction)
+        v = ds.videos[0]
+        from cocon.data.shards import ShardReader
+
+        frames = ShardReader(data / "shards" / "rgb" / "00000.h5").read(v.row, ds.windows(0)[0][:1])
+        x0, y0, s, _ = _centre_box(H, W, fraction)
+        want = cv2.resize(frames[0, y0 : y0 + s, x0 : x0 + s], (32, 32), interpolation=cv2.INTER_LINEAR)
+        want = (want / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+        got = ds[0]["rgb"][0, 0, :, 0].numpy().transpose(1, 2, 0)  # window 0, block 0, frame 0: (32, 32, 3)
+        np.testing.assert_allclose(got, want, atol=2.5 / 255 / 0.224)  # within 2 uint8 levels of OpenCV's bilinear

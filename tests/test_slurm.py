@@ -21,6 +21,8 @@ import pytest
 from slurm_cluster import LocalSlurm, missing_binaries
 from test_workflow import REPO, TINY, artefacts, snakemake
 
+pytestmark = pytest.mark.slow  # a private SLURM cluster and two DAG runs
+
 # Every rule of the default target on 8 videos in one shard, one flow method, CoCon init only: 12 SLURM
 # jobs (+ 3 local rules). train.gpus: 2, so every training job asks SLURM for 2 GPUs and every test or
 # feature job for 1 (the test node's 8 GPUs are bookkeeping only: everything computes on the CPU, as

@@ -94,6 +94,7 @@ def tiny_config(output_dir: Path, **train) -> dict:
         "max_steps_per_epoch": 2,
         "gpus": 0,
         "device": "cpu",
+        "width": 8,
         **train,
     }
     return load_config(overrides={"output_dir": str(output_dir), "train": t})

@@ -22,6 +22,8 @@ from cocon.sources.records import VideoRecord, assign_shards, write_manifest
 
 from conftest import stage_config
 
+pytestmark = pytest.mark.slow  # real snakemake runs of the DAG (minutes on 2 cores)
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
@@ -55,6 +57,7 @@ TINY = {
         "max_steps_per_epoch": 1,
         "gpus": 0,
         "device": "cpu",
+        "width": 4,  # tiny networks: small checkpoints (the suite's temporary files) and fast steps
     },
     "finetune": {"epochs": 2, "batch_size": 2, "max_steps_per_epoch": 1},
     "evaluate": {"consistency_top": 1, "consistency_min": 1, "alignment_blocks": 4, "batch_size": 4},

@@ -118,9 +118,18 @@ def _max_box(h: int, w: int, aug: Augmentation) -> tuple[int, int]:
     return int(bh), int(bw)
 
 
-def _centre_box(h: int, w: int) -> tuple[int, int, int, int]:
-    s = min(h, w)
+def _centre_box(h: int, w: int, fraction: float = 1.0) -> tuple[int, int, int, int]:
+    """(x0, y0, side, side): the centred square of `fraction` x the short side."""
+    s = max(1, int(round(min(h, w) * fraction)))
     return (w - s) // 2, (h - s) // 2, s, s
+
+
+def train_scale(aug: Augmentation) -> float:
+    """The mean side of the training crops as a fraction of the short side, E[sqrt(area)] for an area
+    uniform in aug.crop_scale: (2/3) (hi^1.5 - lo^1.5) / (hi - lo); 0.862 for (0.5, 1). A centre crop of
+    this side, resized to the input size, shows objects at the average scale training showed them."""
+    lo, hi = aug.crop_scale
+    return math.sqrt(lo) if hi == lo else (2.0 / 3.0) * (hi**1.5 - lo**1.5) / (hi - lo)
 
 
 def _area_shrink(bh: int, bw: int, size: int) -> bool:

@@ -55,6 +55,7 @@ from cocon.data.augment import (  # noqa: F401  (_draw_box, _box, _centre_box, _
     aug_key,
     draw_colour,
     geometry,
+    train_scale,
 )
 from cocon.data.shards import ShardFormatError, ShardReader
 from cocon.sources.records import VideoRecord
@@ -451,6 +452,12 @@ def _to_tensor(frames: np.ndarray, n: int, k: int, scale: np.ndarray, offset: np
 OUTPUTS = ("float", "uint8")
 
 
+def eval_centre_crop(cfg: dict) -> float:
+    """The centre crop of validation and test clips for the config's train.eval_crop, as a fraction of the
+    short side: the training crops' mean side (train_scale) or 1 (full)."""
+    return train_scale(Augmentation()) if cfg["train"]["eval_crop"] == "train_scale" else 1.0
+
+
 class MultiViewClips(Dataset):
     """Multi-view clips of one role of one split (docs/loader.md).
 
@@ -460,8 +467,9 @@ class MultiViewClips(Dataset):
               "val" (the holdout: held out from the training role, group-aware), "test" (test role).
     sizes:    {view or kind: input size} overriding rgb 128, flow_* 128, pose/seg 64 (square).
     augment:  random crop/flip/grey/jitter for role "train" (see Augmentation); otherwise, and for
-              val/test, the centre square of the short side resized to the input size and, for
-              val/test, the centre clip in time.
+              val/test, the centred square of `centre_crop` x the short side (1 = all of it; the
+              config's train.eval_crop: train_scale = the training crops' mean side, augment.train_scale)
+              resized to the input size and, for val/test, the centre clip in time.
     seed:     with the epoch (`set_epoch`) and the index, the only source of randomness.
     output:   "float" (default): `dataset[i]` -> {view: float32 (N, C, K, H, W), "label": int64,
               "index": int64, "group": int64}. "uint8": the clips as the workers hand them to the
@@ -489,6 +497,7 @@ class MultiViewClips(Dataset):
         augmentation: Augmentation | None = None,
         max_open_files: int = 64,
         output: str = "float",
+        centre_crop: float = 1.0,
     ):
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")
@@ -505,6 +514,9 @@ class MultiViewClips(Dataset):
         self.seed, self.epoch = int(seed), 0
         self.augment = bool(augment) and role == "train"
         self.output = output
+        if not 0 < centre_crop <= 1:
+            raise ValueError(f"centre_crop must be in (0, 1], got {centre_crop}")
+        self.centre_crop = float(centre_crop)
         aug = augmentation or Augmentation()
         if shared_crop and not aug.shared_crop:
             aug = Augmentation(**{**aug.__dict__, "shared_crop": True})
@@ -709,7 +721,7 @@ class MultiViewClips(Dataset):
         out = {}
         flip = False
         if not self.augment:
-            canvas[:, :size, :size] = self._resized(images, inverse, _centre_box(h, w), size, c)
+            canvas[:, :size, :size] = self._resized(images, inverse, _centre_box(h, w, self.centre_crop), size, c)
             bh = bw = size
         else:
             rng = np.random.default_rng([self.seed, epoch, i, 1, zlib.crc32(view.encode("utf-8"))])
@@ -782,7 +794,9 @@ class DenseClips(MultiViewClips):
             wanted = {prefix: view_frame_indices(idx, n_own, *self._maps[v]) for prefix, idx in groups.items()}
             images, inverse, (h, w, c) = self._images(v, i, np.concatenate(list(wanted.values())))
             # each stored frame decoded, cropped and resized once
-            frames = self._resized(images, np.arange(len(images)), _centre_box(h, w), self.sizes[v], c)
+            frames = self._resized(
+                images, np.arange(len(images)), _centre_box(h, w, self.centre_crop), self.sizes[v], c
+            )
             start = 0
             for prefix, idx in wanted.items():
                 sel = frames[inverse[start : start + len(idx)]]

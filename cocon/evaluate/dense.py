@@ -30,7 +30,7 @@ import torch
 
 from cocon import views as V
 from cocon.config import add_config_args, config_from_args
-from cocon.data.clips import DenseClips, discover, make_loader
+from cocon.data.clips import DenseClips, discover, eval_centre_crop, make_loader
 from cocon.files import write_h5
 from cocon.provenance import code_revision, library_versions
 from cocon.runtime import resolve_device, set_threads, setup_logging
@@ -54,6 +54,7 @@ def dense_dataset(cfg: dict, view: str, role: str, extra_blocks: int = 0) -> Den
         seed=cfg["seed"],
         window_stride=cfg["evaluate"]["window_stride"],
         extra_blocks=extra_blocks,
+        centre_crop=eval_centre_crop(cfg),
     )
 
 

@@ -12,7 +12,7 @@ from typing import ClassVar
 import torch
 
 from cocon import views as V
-from cocon.data.clips import Augmentation, MultiViewClips, discover
+from cocon.data.clips import Augmentation, MultiViewClips, discover, eval_centre_crop
 from cocon.models.build import PerViewNetworks
 
 
@@ -87,7 +87,7 @@ class Method:
         )
         return (
             MultiViewClips(role="train", augment=True, augmentation=self.augmentation, **common),
-            MultiViewClips(role="val", augment=False, **common),
+            MultiViewClips(role="val", augment=False, centre_crop=eval_centre_crop(cfg), **common),
         )
 
     def networks(self, train_set: MultiViewClips) -> PerViewNetworks:

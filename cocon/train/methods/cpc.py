@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import torch
+
 from cocon.models.build import PerViewNetworks, build_dpc, load_view_weights
-from cocon.models.losses import CoconLoss
+from cocon.models.losses import CoconLoss, pool_blocks
 from cocon.train.methods.base import Method
 
 
@@ -33,6 +35,21 @@ class CPC(Method):
 
     def loss(self, batch, outputs, weights):
         """L_cpc summed over views plus lam x the cooperative terms over view pairs (none for one view),
-        in float32 whatever the autocast precision."""
+        in float32 whatever the autocast precision; plus `cos/<view>`, a diagnostic that is not
+        optimised: the mean pairwise cosine of the batch's pooled block features (1 = collapsed)."""
         outputs = {v: type(o)(*(t.float() for t in o)) for v, o in outputs.items()}
-        return self.criterion(outputs, groups=batch["group"].to(weights.device))
+        terms = self.criterion(outputs, groups=batch["group"].to(weights.device))
+        for v, out in outputs.items():
+            terms[f"cos/{v}"] = mean_pairwise_cosine(out.z.detach())
+        return terms
+
+
+def mean_pairwise_cosine(z: torch.Tensor) -> torch.Tensor:
+    """z (B, N, D, S, S) -> the mean cosine over all pairs of distinct blocks of the batch, of the block
+    features h = pool_blocks(z) (B*N unit vectors; the features L_sync and L_sim compare)."""
+    h = pool_blocks(z).reshape(-1, z.shape[2])
+    m = h.shape[0]
+    if m < 2:
+        return h.new_zeros(())
+    total = (h.sum(0) ** 2).sum() - m  # sum over i != j of <h_i, h_j> for unit vectors
+    return total / (m * (m - 1))
