@@ -174,6 +174,21 @@ def claim_paths(kind):
             for seed, init, view in (key.split("/") for key in claim_keys())]
 
 
+def claim_metrics():
+    """{SEED/RUN: metrics.csv} of the claim's training runs, for its diagnostics (cocon.evaluate.claim)."""
+    out = {}
+    for seed in config["claim"]["seeds"]:
+        root = f"{CLAIM}/seed{seed}"
+        for view in TRAIN_VIEWS:
+            out[f"{seed}/cpc:{view}"] = f"{root}/train/cpc/{view}/metrics.csv"
+            for init in INITS:
+                out[f"{seed}/finetune:{init}:{view}"] = f"{root}/finetune/{init}/{view}/metrics.csv"
+        for run in ("cocon", "control"):
+            if run in INITS:
+                out[f"{seed}/{run}"] = f"{root}/train/{run}/metrics.csv"
+    return out
+
+
 def preprocess_targets():
     return [f"{OUT}/reports/preprocess_summary.json"]
 

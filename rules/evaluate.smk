@@ -202,9 +202,16 @@ use rule evaluate as claim_evaluate with:
 rule claim:
     input:
         scores=claim_paths("scores"),
+        metrics=list(claim_metrics().values()),
     output:
         json=report(f"{CLAIM}/claim.json", category="Claim", caption="../report/claim.rst"),
         table=f"{CLAIM}/claim.md",
+        figures=report(
+            directory(f"{CLAIM}/figures"),
+            patterns=["{name}.png"],
+            category="Claim",
+            caption="../report/claim.rst",
+        ),
     log:
         "logs/claim/claim.log",
     threads: R.threads("claim")
@@ -216,7 +223,9 @@ rule claim:
     params:
         config=job("claim"),
         scores=lambda w, input: " ".join(f"{k}={p}" for k, p in zip(claim_keys(), input.scores)),
+        metrics=" ".join(f"{k}={p}" for k, p in claim_metrics().items()),
         out=lambda w, output: os.path.dirname(output.json),
     shell:
-        "python -m cocon claim --scores {params.scores} --out {params.out}"
+        "rm -rf {output.figures} && python -m cocon claim --scores {params.scores} --metrics {params.metrics}"
+        " --out {params.out}"
         " --config-json {params.config:q} > {log} 2>&1"

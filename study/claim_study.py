@@ -205,24 +205,23 @@ def run_seed(args) -> dict:
             Engine(CPC(cfg, [v]), d).fit()
     res["times"]["cpc"] = time.time() - t
     inits = {"random": None, "cpc": {v: str(sdir / "cpc" / v / "model.pt") for v in views}}
-    for lam in setting.get("lams", [10, 0]):
+    # stage-2 runs: {name: train.* overrides}; the default pair is CoCon (lam 10) and the control (lam 0)
+    runs = setting.get("stage2_runs") or {f"lam{lam:g}": {"lam": float(lam)} for lam in setting.get("lams", [10, 0])}
+    for name, overrides in runs.items():
         t = time.time()
         c2 = copy.deepcopy(cfg)
-        c2["train"]["lam"] = float(lam)
-        for k, val in setting.get("stage2", {}).items():
+        for k, val in {**setting.get("stage2", {}), **overrides}.items():
             c2["train"][k] = val
-        d = sdir / f"cocon_lam{lam:g}"
+        d = sdir / f"cocon_{name}"
         if not (d / "model.pt").exists():
             Engine(CoCon(c2, views, inits["cpc"]), d).fit()
-        inits[f"lam{lam:g}"] = {v: str(d / "model.pt") for v in views}
-        res["times"][f"lam{lam:g}"] = time.time() - t
+        inits[name] = {v: str(d / "model.pt") for v in views}
+        res["times"][name] = time.time() - t
         import csv
 
         with open(d / "metrics.csv") as fh:
             rows = list(csv.DictReader(fh))
-        res[f"curve_lam{lam:g}"] = {
-            k: [float(r[k]) for r in rows] for k in rows[0] if k.startswith("val/") or k == "lr"
-        }
+        res[f"curve_{name}"] = {k: [float(r[k]) for r in rows] for k in rows[0] if k.startswith("val/") or k == "lr"}
     t = time.time()
     res["probe"] = {}
     for name, paths in inits.items():
@@ -288,7 +287,7 @@ def summarize(results: list[dict], views: list[str]) -> str:
                         vals.append(r["finetune"][f"{i}/{v}"]["acc"])
                 row.append(f"{i} {100 * np.mean(vals):.1f}±{100 * np.std(vals, ddof=1) if len(vals) > 1 else 0:.1f}")
             lines.append(f"  {v:10s} " + " | ".join(row))
-    for lam in ("lam10", "lam0"):
+    for lam in [k[len("curve_"):] for k in results[0] if k.startswith("curve_")]:
         key = f"curve_{lam}"
         if key in results[0]:
             c = results[0][key]

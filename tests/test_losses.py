@@ -21,7 +21,7 @@ from cocon.models.losses import (
     sim_loss,
     sync_loss,
 )
-from cocon.models.networks import DPCOutput
+from cocon.models.networks import DPCOutput, l2_normalize
 
 DT = torch.float64
 
@@ -424,3 +424,24 @@ def test_distributed_matches_single_process(tmp_path):
     want = cpc_loss(pred, target, temperature=0.1)[0]
     got = sum(r["uneven_cpc"]["loss"] * r["uneven_cpc"]["rows"] for r in res) / 5
     torch.testing.assert_close(got, want)
+
+
+def test_centred_option_leaves_the_flat_point_of_the_coded_l_sim():
+    """Block features sharing a large common direction (mean pairwise cosine ~0.98, as after a short CPC
+    stage): the coded L_sim sits at 0.5 whatever the per-block differences, with a gradient more than 10x
+    smaller than on centred features; `centre=True` (a named option, not the faithful loss) compares the
+    differences from the batch mean, where the gradient is that of well-spread features."""
+    g = torch.Generator().manual_seed(0)
+    common = torch.randn(1, 1, 32, generator=g) * 6.0
+    ha = (common + torch.randn(4, 3, 32, generator=g)).requires_grad_(True)
+    hb = common + torch.randn(4, 3, 32, generator=g)
+    x = l2_normalize(ha.detach().reshape(12, 32), 1)
+    assert float((x @ x.t()).sum() - 12) / (12 * 11) > 0.95  # nearly collapsed
+    flat = sim_loss(ha, hb, distributed=False)
+    assert flat.item() == pytest.approx(0.5, abs=0.02)
+    (grad_flat,) = torch.autograd.grad(flat, ha)
+    centred = sim_loss(ha, hb, distributed=False, centre=True)
+    (grad_centred,) = torch.autograd.grad(centred, ha)
+    assert grad_centred.norm() > 10 * grad_flat.norm()
+    # the faithful loss is unchanged by the option's default
+    torch.testing.assert_close(sim_loss(ha, hb, distributed=False, centre=False), flat)

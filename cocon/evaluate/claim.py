@@ -1,5 +1,7 @@
 """The claim target: Random vs CPC vs CoCon (and the lam = 0 control) over several training seeds.
 
+    cocon claim --scores 0/cpc/rgb=.../scores.h5 ... --metrics 0/cocon=.../metrics.csv ... --out results/claim
+
 Accuracy is over the scored test videos; `all_test_videos` also counts the unscored ones (failed in
 preprocessing) as wrong. The orderings are decided on the first.
 
@@ -42,7 +44,9 @@ def ordering(summary_view: dict, low: str, high: str) -> dict | None:
     return {"gap": gap, "pooled_std": pooled, "holds": bool(gap > 2 * pooled and gap > 0)}
 
 
-def claim(cfg: dict, scores: dict[tuple[int, str, str], Path], out: Path) -> dict:
+def claim(
+    cfg: dict, scores: dict[tuple[int, str, str], Path], out: Path, metrics: dict[tuple[int, str], Path] | None = None
+) -> dict:
     per: dict = {}  # init -> view -> seed -> (accuracy over scored videos, over all test videos)
     probs: dict = {}
     totals: dict = {}
@@ -88,6 +92,8 @@ def claim(cfg: dict, scores: dict[tuple[int, str, str], Path], out: Path) -> dic
         "code_revision": code_revision(),
         "library_versions": library_versions(),
     }
+    if metrics:
+        result["diagnostics"] = figures(metrics, scores, out)
     inits = [i for i in INIT_ORDER if any(i in d for d in summary.values())]
     lines = [
         "| view | "
@@ -120,10 +126,142 @@ def claim(cfg: dict, scores: dict[tuple[int, str, str], Path], out: Path) -> dic
     return result
 
 
+# ------------------------------------------------------------------ figures (docs/claim.md)
+
+
+def read_metrics(path: Path) -> dict[str, np.ndarray]:
+    """A metrics.csv as {column: float array over epochs}."""
+    import csv
+
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]} if rows else {}
+
+
+def _mean_curve(curves: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    n = min(len(c) for c in curves)
+    stack = np.stack([c[:n] for c in curves])
+    return stack.mean(0), stack.std(0, ddof=1) if len(curves) > 1 else np.zeros(n)
+
+
+def figures(metrics: dict[tuple[int, str], Path], scores: dict[tuple[int, str, str], Path], out: Path) -> dict:
+    """Diagnostics over the seeds (mean, band = +-1 std), as PNGs in out/figures:
+    collapse.png   mean pairwise cosine of the pooled block features per epoch and view (val), through
+                   stage 1 (CPC) and stage 2 (CoCon, control): 1 = every block alike
+    coop.png       L_sync and L_sim per epoch (val) of each view pair, CoCon vs the control
+    finetune.png   validation top-1 per fine-tuning epoch, per view and init
+    per_class.png  test top-1 per class, per view and init
+    Returns the numbers plotted (also in claim.json)."""
+    from cocon.evaluate import analyses as A
+
+    read = {key: read_metrics(path) for key, path in metrics.items()}
+    seeds = sorted({s for s, _ in read})
+    runs = sorted({r for _, r in read})
+    views = sorted({r.split(":")[1] for r in runs if r.startswith("cpc:")}, key=lambda v: (v != "rgb", v))
+    out_fig = out / "figures"
+    numbers: dict = {"collapse": {}, "coop": {}, "finetune": {}, "per_class": {}}
+
+    fig = A._new_figure(5.0 * max(1, len(views)), 3.6)
+    for k, view in enumerate(views):
+        ax = fig.add_subplot(1, max(1, len(views)), k + 1)
+        col = f"val/cos/{view}"
+        stage1 = [read[(s, f"cpc:{view}")][col] for s in seeds if col in read.get((s, f"cpc:{view}"), {})]
+        if not stage1:
+            continue
+        m1, sd1 = _mean_curve(stage1)
+        ax.plot(np.arange(len(m1)), m1, color="k", label="CPC (stage 1)")
+        ax.fill_between(np.arange(len(m1)), m1 - sd1, m1 + sd1, color="k", alpha=0.15)
+        numbers["collapse"][f"cpc/{view}"] = m1.tolist()
+        for run, colour in (("cocon", "tab:red"), ("control", "tab:blue")):
+            curves = [read[(s, run)][col] for s in seeds if col in read.get((s, run), {})]
+            if curves:
+                m, sd = _mean_curve(curves)
+                x = len(m1) + np.arange(len(m))
+                ax.plot(x, m, color=colour, label=f"{INIT_TITLE[run]} (stage 2)")
+                ax.fill_between(x, m - sd, m + sd, color=colour, alpha=0.15)
+                numbers["collapse"][f"{run}/{view}"] = m.tolist()
+        ax.set_title(f"{view}: mean pairwise cosine of block features")
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
+    A._save_png(fig, out_fig / "collapse.png")
+
+    pairs = sorted(
+        {c.split("/")[-1] for (s, r), m in read.items() if r == "cocon" for c in m if c.startswith("val/sync/")}
+    )
+    fig = A._new_figure(5.0 * max(1, len(pairs)), 3.6 * 2)
+    for k, pair in enumerate(pairs):
+        for row, term in enumerate(("sync", "sim")):
+            ax = fig.add_subplot(2, max(1, len(pairs)), row * len(pairs) + k + 1)
+            for run, colour in (("cocon", "tab:red"), ("control", "tab:blue")):
+                col = f"val/{term}/{pair}"
+                curves = [read[(s, run)][col] for s in seeds if col in read.get((s, run), {})]
+                if curves:
+                    m, sd = _mean_curve(curves)
+                    ax.plot(m, color=colour, label=INIT_TITLE[run])
+                    ax.fill_between(np.arange(len(m)), m - sd, m + sd, color=colour, alpha=0.15)
+                    numbers["coop"][f"{run}/{term}/{pair}"] = m.tolist()
+            ax.set_title(f"L_{term} {pair} (val)")
+            ax.set_xlabel("stage-2 epoch")
+            ax.legend(fontsize=7)
+    A._save_png(fig, out_fig / "coop.png")
+
+    inits = [i for i in INIT_ORDER if any(r == f"finetune:{i}:{v}" for r in runs for v in views)]
+    colours = {"random": "tab:gray", "cpc": "k", "cocon": "tab:red", "control": "tab:blue"}
+    fig = A._new_figure(5.0 * max(1, len(views)), 3.6)
+    for k, view in enumerate(views):
+        ax = fig.add_subplot(1, max(1, len(views)), k + 1)
+        for init in inits:
+            curves = [
+                read[(s, f"finetune:{init}:{view}")]["val/top1"]
+                for s in seeds
+                if (s, f"finetune:{init}:{view}") in read
+            ]
+            if curves:
+                m, sd = _mean_curve(curves)
+                ax.plot(100 * m, color=colours[init], label=INIT_TITLE[init])
+                numbers["finetune"][f"{init}/{view}"] = m.tolist()
+        ax.set_title(f"{view}: fine-tuning, validation top-1 (%)")
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
+    A._save_png(fig, out_fig / "finetune.png")
+
+    per_class: dict = {}
+    names: list[str] = []
+    for (_seed, init, view), path in sorted(scores.items()):
+        arr, attrs = read_h5(path)
+        names = attrs["class_names"]
+        pred, lab = arr["probs"].argmax(1), arr["label"]
+        acc = [float((pred[lab == c] == c).mean()) if (lab == c).any() else np.nan for c in range(len(names))]
+        per_class.setdefault((init, view), []).append(acc)
+    if per_class:
+        keys = [(i, v) for v in views for i in INIT_ORDER if (i, v) in per_class]
+        grid = np.array([np.nanmean(per_class[k], axis=0) for k in keys])
+        fig = A._new_figure(1.2 + 0.8 * len(names), 1.0 + 0.35 * len(keys))
+        ax = fig.add_subplot(1, 1, 1)
+        im = ax.imshow(100 * grid, vmin=0, vmax=100, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(keys)), [f"{INIT_TITLE[i]} {v}" for i, v in keys], fontsize=7)
+        for (r, c), value in np.ndenumerate(grid):
+            ax.text(c, r, f"{100 * value:.0f}", ha="center", va="center", fontsize=6, color="w")
+        ax.set_title("test top-1 per class (%), mean over seeds")
+        fig.colorbar(im, ax=ax)
+        A._save_png(fig, out_fig / "per_class.png")
+        numbers["per_class"] = {f"{i}/{v}": g.tolist() for (i, v), g in zip(keys, grid)}
+        numbers["class_names"] = list(names)
+    return numbers
+
+
 def main(argv: list[str] | None = None) -> None:
     setup_logging()
     p = argparse.ArgumentParser(prog="cocon claim", description="Mean +- std of test accuracy over seeds.")
     p.add_argument("--scores", nargs="+", required=True, metavar="SEED/INIT/VIEW=PATH")
+    p.add_argument(
+        "--metrics",
+        nargs="*",
+        default=[],
+        metavar="SEED/RUN=PATH",
+        help="training metrics.csv; RUN = cpc:<view> | cocon | control | finetune:<init>:<view>",
+    )
     p.add_argument("--out", required=True, type=Path)
     add_config_args(p)
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
@@ -132,7 +270,12 @@ def main(argv: list[str] | None = None) -> None:
         key, path = item.split("=", 1)
         seed, init, view = key.split("/", 2)
         items[(int(seed), init, view)] = Path(path)
-    claim(config_from_args(a), items, a.out)
+    metrics = {}
+    for item in a.metrics:
+        key, path = item.split("=", 1)
+        seed, run = key.split("/", 1)
+        metrics[(int(seed), run)] = Path(path)
+    claim(config_from_args(a), items, a.out, metrics)
 
 
 if __name__ == "__main__":

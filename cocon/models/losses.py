@@ -271,15 +271,20 @@ def coop_features(out: DPCOutput, variant: str = DEFAULT_VARIANT, instance: str 
     raise ValueError(f"instance must be 'block', 'video' or 'context', got {instance!r}")
 
 
-def _items(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, N, D) or (B, D) -> unit vectors (B*N, D) in (b, n) order and their video index (B*N,)."""
+def _items(h: torch.Tensor, centre: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, N, D) or (B, D) -> unit vectors (B*N, D) in (b, n) order and their video index (B*N,).
+    centre: subtract the mean over the B*N items before normalising (the `centred` option, not the
+    paper's: cosines then compare how items differ from the batch, not their shared direction)."""
     if h.dim() == 2:
         h = h[:, None]
     if h.dim() != 3:
         raise ValueError(f"features must be (B, N, D) or (B, D), got {tuple(h.shape)}")
     B, N, D = h.shape
     vid = torch.arange(B, device=h.device).repeat_interleave(N)
-    return l2_normalize(h.reshape(B * N, D), dim=1), vid
+    x = h.reshape(B * N, D)
+    if centre:
+        x = x - x.mean(dim=0, keepdim=True)
+    return l2_normalize(x, dim=1), vid
 
 
 def _check_pair(ha: torch.Tensor, hb: torch.Tensor) -> None:
@@ -293,7 +298,7 @@ def _check_pair(ha: torch.Tensor, hb: torch.Tensor) -> None:
 
 
 def sync_loss(
-    ha: torch.Tensor, hb: torch.Tensor, variant: str = DEFAULT_VARIANT, distributed: bool = True
+    ha: torch.Tensor, hb: torch.Tensor, variant: str = DEFAULT_VARIANT, distributed: bool = True, centre: bool = False
 ) -> torch.Tensor:
     """L_sync for one pair of views (a, b): agreement of the within-view similarity structures.
 
@@ -304,11 +309,12 @@ def sync_loss(
     * ``"code"``:  L_sync = 1/M^2 sum_{i,j} |cos_a(i,j) - cos_b(i,j)|      (CoCon: L1Loss, dot_wt)
     * ``"paper"``: L_sync = 1/M^2 sum_{i,j} (D_a(i,j) - D_b(i,j))^2         (Eq. 2 / number of pairs)
 
-    Returns a scalar."""
+    ``centre``: the features are centred by their (global) batch mean first (a named option, not the
+    paper's or the code's; docs/claim.md). Returns a scalar."""
     _check_variant(variant)
     _check_pair(ha, hb)
-    xa, _ = _items(gather_batch(ha, distributed)[0])
-    xb, _ = _items(gather_batch(hb, distributed)[0])
+    xa, _ = _items(gather_batch(ha, distributed)[0], centre)
+    xb, _ = _items(gather_batch(hb, distributed)[0], centre)
     diff = (1.0 - xa @ xa.t()) - (1.0 - xb @ xb.t())
     return diff.abs().mean() if variant == "code" else diff.pow(2).mean()
 
@@ -321,6 +327,7 @@ def sim_loss(
     same_video_negatives: bool = True,
     groups: torch.Tensor | None = None,
     distributed: bool = True,
+    centre: bool = False,
 ) -> torch.Tensor:
     """L_sim for one pair of views: same item close across views, other items at least ``margin`` apart.
 
@@ -336,11 +343,11 @@ def sim_loss(
     * ``"code"``:  L_sim = 1/2 mean_pos (1 - X) + 1/2 mean_neg max(0, margin - D); with margin 1 the
       hinge is max(0, X) (CoCon's WeightNormalizedMarginLoss with f = 0.5 in closed form).
 
-    Returns a scalar (the negative term is 0 if there are no negatives)."""
+    ``centre``: as in :func:`sync_loss`. Returns a scalar (the negative term is 0 if there are no negatives)."""
     _check_variant(variant)
     _check_pair(ha, hb)
-    xa, vid = _items(gather_batch(ha, distributed)[0])
-    xb, _ = _items(gather_batch(hb, distributed)[0])
+    xa, vid = _items(gather_batch(ha, distributed)[0], centre)
+    xb, _ = _items(gather_batch(hb, distributed)[0], centre)
     dist_ab = 1.0 - xa @ xb.t()
     M = xa.shape[0]
     pos = torch.eye(M, dtype=torch.bool, device=xa.device)
@@ -364,8 +371,8 @@ def coop_loss(
 ) -> torch.Tensor:
     """L_coop = L_sync + alpha * L_sim for one pair of views (scalar). ``sim_kwargs`` go to
     :func:`sim_loss` (margin, same_video_negatives, groups, distributed; distributed also to sync)."""
-    distributed = sim_kwargs.get("distributed", True)
-    return sync_loss(ha, hb, variant, distributed) + alpha * sim_loss(ha, hb, variant, **sim_kwargs)
+    distributed, centre = sim_kwargs.get("distributed", True), sim_kwargs.get("centre", False)
+    return sync_loss(ha, hb, variant, distributed, centre) + alpha * sim_loss(ha, hb, variant, **sim_kwargs)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -387,6 +394,7 @@ def cocon_loss(
     mask_group_negatives: bool = False,
     distributed: bool = True,
     normalize: bool = True,
+    centre: bool = False,
 ) -> dict[str, torch.Tensor]:
     """L_cocon = sum_v L_cpc^v + lam * sum_{(a,b)} (L_sync^{ab} + alpha * L_sim^{ab}).
 
@@ -402,6 +410,8 @@ def cocon_loss(
             faithful to CoCon): sibling clips are then not negatives in L_cpc and L_sim.
         distributed: use the global batch under torch.distributed (module docstring).
         normalize: L2-normalise in L_cpc (True; False with temperature 1 = DPC's original dot product).
+        centre: L_sync and L_sim on block features centred by their batch mean (False = faithful; the
+            `centred` option of docs/claim.md, a deviation from the paper and the code).
 
     Pairs are the unordered pairs of views in sorted name order (all terms are symmetric in a, b).
     Returns a dict of scalars: ``cpc/<v>``, ``top1/<v>`` (detached), ``sync/<a>-<b>``, ``sim/<a>-<b>``,
@@ -424,8 +434,8 @@ def cocon_loss(
     feats = {v: coop_features(outputs[v], variant, instance) for v in views}
     coop_total = cpc_total.new_zeros(())
     for a, b in itertools.combinations(views, 2):
-        s = sync_loss(feats[a], feats[b], variant, distributed)
-        m = sim_loss(feats[a], feats[b], variant, margin, same_video_negatives, g, distributed)
+        s = sync_loss(feats[a], feats[b], variant, distributed, centre)
+        m = sim_loss(feats[a], feats[b], variant, margin, same_video_negatives, g, distributed, centre)
         terms[f"sync/{a}-{b}"], terms[f"sim/{a}-{b}"] = s, m
         terms[f"coop/{a}-{b}"] = s + alpha * m
         coop_total = coop_total + terms[f"coop/{a}-{b}"]
@@ -477,16 +487,17 @@ class CoopLoss(torch.nn.Module):
         margin: float = 1.0,
         same_video_negatives: bool = True,
         distributed: bool = True,
+        centre: bool = False,
     ):
         super().__init__()
         _check_variant(variant)
         self.alpha, self.variant, self.margin = alpha, variant, margin
-        self.same_video_negatives, self.distributed = same_video_negatives, distributed
+        self.same_video_negatives, self.distributed, self.centre = same_video_negatives, distributed, centre
 
     def forward(self, ha, hb, groups=None):
         return (
-            sync_loss(ha, hb, self.variant, self.distributed),
-            sim_loss(ha, hb, self.variant, self.margin, self.same_video_negatives, groups, self.distributed),
+            sync_loss(ha, hb, self.variant, self.distributed, self.centre),
+            sim_loss(ha, hb, self.variant, self.margin, self.same_video_negatives, groups, self.distributed, self.centre),
         )
 
 
@@ -516,6 +527,7 @@ class CoconLoss(torch.nn.Module):
         mask_group_negatives: bool = False,
         normalize: bool = True,
         distributed: bool = True,
+        centre: bool = False,
     ):
         super().__init__()
         _check_variant(variant)
@@ -530,6 +542,7 @@ class CoconLoss(torch.nn.Module):
             mask_group_negatives=mask_group_negatives,
             normalize=normalize,
             distributed=distributed,
+            centre=centre,
         )
 
     def extra_repr(self) -> str:

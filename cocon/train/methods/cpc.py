@@ -25,6 +25,7 @@ class CPC(Method):
             temperature=tc["temperature"] if tc["cpc_variant"] == "cocon" else 1.0,
             normalize=tc["cpc_variant"] == "cocon",
             mask_group_negatives=not tc["sibling_negatives"],
+            centre=tc["coop_centre"],
         )
 
     def networks(self, train_set) -> PerViewNetworks:
