@@ -257,6 +257,7 @@ def test_claim_mean_and_std_over_seeds(cfg, tmp_path):
     assert "± " in (tmp_path / "claim.md").read_text()
 
 
+@pytest.mark.slow
 def test_finetune_resume_equals_an_uninterrupted_run(cfg, tmp_path, one_torch_thread):
     FinetuneTrainer("rgb", "random", None, cfg, tmp_path / "straight").fit()
     interrupted = FinetuneTrainer("rgb", "random", None, cfg, tmp_path / "resumed")

@@ -130,6 +130,7 @@ def _fit(cfg, out):
     return t
 
 
+@pytest.mark.slow
 def test_trainer_with_channels_last_completes_and_resumes(shards_dir, tmp_path, tiny, default_run):  # noqa: F811
     cfg = tiny_config(shards_dir, channels_last=True)
     straight = _fit(cfg, tmp_path / "straight")
@@ -155,6 +156,7 @@ def test_trainer_with_channels_last_completes_and_resumes(shards_dir, tmp_path, 
         assert run_hash(CoCon(switched, VIEWS).identity()) == run_hash(CoCon(default, VIEWS).identity())
 
 
+@pytest.mark.slow
 def test_trainer_compile_wiring_keeps_checkpoints_and_resumes(
     shards_dir,  # noqa: F811
     tmp_path,

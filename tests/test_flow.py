@@ -284,6 +284,7 @@ def test_default_jpeg_encoding_close_to_lossless(rgb, tvl1_png, tmp_path):
         np.testing.assert_allclose(b.reshape(-1, 2).mean(0), a.reshape(-1, 2).mean(0), atol=1.0)
 
 
+@pytest.mark.slow
 def test_torch_backend_writes_the_same_shard_as_opencv(rgb, tvl1_png, tmp_path):
     """flow.tvl1.backend torch (cocon.preprocess.tvl1, batches of 8 pairs, CPU), by the command line: the same
     shard layout, rows, failures, shapes, dtype and quantisation as the OpenCV backend, values within

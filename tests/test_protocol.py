@@ -132,6 +132,7 @@ def _seeds_worker(rank: int, port: int, root: str, out: str) -> None:
     D.teardown()
 
 
+@pytest.mark.slow
 def test_ddp_ranks_start_alike_and_draw_their_own_dropout_masks(data, tmp_path):
     """Two gloo processes: the same seed for the initial weights (identical networks), then a different
     torch/numpy seed per rank every epoch, so GRU dropout masks differ across ranks (they used to be equal)."""

@@ -215,6 +215,7 @@ def _ddp_worker(rank: int, port: int, out: str) -> None:
     D.teardown()
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_give_the_gradients_of_one_process(tmp_path):
     """Negatives, cooperative losses and BatchNorm statistics all span the global batch."""
     torch.set_num_threads(1)

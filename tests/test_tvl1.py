@@ -180,6 +180,7 @@ def test_batch_and_check_interval_do_not_change_a_pair():
     assert batch[2].abs().max() < 1e-3 and batch[0].abs().mean() > 0.3
 
 
+@pytest.mark.slow
 def test_compiled_path_traces_and_gives_the_eager_result(caplog):
     """The CUDA path's torch.compile wiring, traced by dynamo with the 'eager' backend (no code
     generation, so the same arithmetic): the same flow bit for bit, also when the batch shrinks as pairs
