@@ -287,7 +287,7 @@ def summarize(results: list[dict], views: list[str]) -> str:
                         vals.append(r["finetune"][f"{i}/{v}"]["acc"])
                 row.append(f"{i} {100 * np.mean(vals):.1f}±{100 * np.std(vals, ddof=1) if len(vals) > 1 else 0:.1f}")
             lines.append(f"  {v:10s} " + " | ".join(row))
-    for lam in [k[len("curve_"):] for k in results[0] if k.startswith("curve_")]:
+    for lam in [k[len("curve_") :] for k in results[0] if k.startswith("curve_")]:
         key = f"curve_{lam}"
         if key in results[0]:
             c = results[0][key]

@@ -395,6 +395,7 @@ def cocon_loss(
     distributed: bool = True,
     normalize: bool = True,
     centre: bool = False,
+    sync_weight: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """L_cocon = sum_v L_cpc^v + lam * sum_{(a,b)} (L_sync^{ab} + alpha * L_sim^{ab}).
 
@@ -412,6 +413,8 @@ def cocon_loss(
         normalize: L2-normalise in L_cpc (True; False with temperature 1 = DPC's original dot product).
         centre: L_sync and L_sim on block features centred by their batch mean (False = faithful; the
             `centred` option of docs/claim.md, a deviation from the paper and the code).
+        sync_weight: weight of L_sync inside L_coop (1 = the paper; 0 with lam 10 is the paper's Table 1
+            ablation L_cpc + lam L_sim; alpha = 0 the ablation L_cpc + lam L_sync).
 
     Pairs are the unordered pairs of views in sorted name order (all terms are symmetric in a, b).
     Returns a dict of scalars: ``cpc/<v>``, ``top1/<v>`` (detached), ``sync/<a>-<b>``, ``sim/<a>-<b>``,
@@ -437,7 +440,7 @@ def cocon_loss(
         s = sync_loss(feats[a], feats[b], variant, distributed, centre)
         m = sim_loss(feats[a], feats[b], variant, margin, same_video_negatives, g, distributed, centre)
         terms[f"sync/{a}-{b}"], terms[f"sim/{a}-{b}"] = s, m
-        terms[f"coop/{a}-{b}"] = s + alpha * m
+        terms[f"coop/{a}-{b}"] = sync_weight * s + alpha * m
         coop_total = coop_total + terms[f"coop/{a}-{b}"]
     terms["cpc"], terms["coop"] = cpc_total, coop_total
     terms["total"] = cpc_total + lam * coop_total
@@ -497,7 +500,9 @@ class CoopLoss(torch.nn.Module):
     def forward(self, ha, hb, groups=None):
         return (
             sync_loss(ha, hb, self.variant, self.distributed, self.centre),
-            sim_loss(ha, hb, self.variant, self.margin, self.same_video_negatives, groups, self.distributed, self.centre),
+            sim_loss(
+                ha, hb, self.variant, self.margin, self.same_video_negatives, groups, self.distributed, self.centre
+            ),
         )
 
 
@@ -528,6 +533,7 @@ class CoconLoss(torch.nn.Module):
         normalize: bool = True,
         distributed: bool = True,
         centre: bool = False,
+        sync_weight: float = 1.0,
     ):
         super().__init__()
         _check_variant(variant)
@@ -543,6 +549,7 @@ class CoconLoss(torch.nn.Module):
             normalize=normalize,
             distributed=distributed,
             centre=centre,
+            sync_weight=sync_weight,
         )
 
     def extra_repr(self) -> str:

@@ -26,6 +26,7 @@ class CPC(Method):
             normalize=tc["cpc_variant"] == "cocon",
             mask_group_negatives=not tc["sibling_negatives"],
             centre=tc["coop_centre"],
+            sync_weight=tc["sync_weight"],
         )
 
     def networks(self, train_set) -> PerViewNetworks:
