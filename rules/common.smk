@@ -44,7 +44,7 @@ wildcard_constraints:
     shard=r"\d{5}",
     view="|".join(VIEWS),
     method="|".join(config["flow"]["methods"]) or "none",
-    init="|".join(INITS),
+    init="random|cpc|cocon|control",
     cseed=r"\d+",
 
 
@@ -162,9 +162,13 @@ def eval_paths(kind):
     return [pattern.format(key=key) for key in eval_keys()]
 
 
+# The claim compares Random, CPC, CoCon and the control (stage 2 needs two views) whatever finetune.inits.
+CLAIM_INITS = ["random", "cpc", "cocon", "control"] if len(TRAIN_VIEWS) > 1 else ["random", "cpc"]
+
+
 def claim_keys():
     """seed/init/view of every test job of the claim target."""
-    return [f"{seed}/{key}" for seed in config["claim"]["seeds"] for key in eval_keys()]
+    return [f"{seed}/{init}/{view}" for seed in config["claim"]["seeds"] for init in CLAIM_INITS for view in TRAIN_VIEWS]
 
 
 def claim_paths(kind):
@@ -181,10 +185,10 @@ def claim_metrics():
         root = f"{CLAIM}/seed{seed}"
         for view in TRAIN_VIEWS:
             out[f"{seed}/cpc:{view}"] = f"{root}/train/cpc/{view}/metrics.csv"
-            for init in INITS:
+            for init in CLAIM_INITS:
                 out[f"{seed}/finetune:{init}:{view}"] = f"{root}/finetune/{init}/{view}/metrics.csv"
         for run in ("cocon", "control"):
-            if run in INITS:
+            if run in CLAIM_INITS:
                 out[f"{seed}/{run}"] = f"{root}/train/{run}/metrics.csv"
     return out
 
