@@ -208,6 +208,7 @@ def test_report_ensembles_tables_and_analyses(cfg, tmp_path):
         extract(cfg, view, "random", None, tmp_path / f"f_{view}.h5")
         features[("cpc", view)] = tmp_path / f"f_{view}.h5"
     out = tmp_path / "report"
+    cfg = {**cfg, "evaluate": {**cfg["evaluate"], "paper": {"cpc": {"rgb": 63.7, "flow_tvl1": 69.8}}}}
     metrics = report(cfg, scores, features, out)
     # ensemble: weights rgb 2, flow 2 (config defaults) -> the plain mean, brute force per video
     want = np.mean([(np.argmax(2 * probs["rgb"][i] + 2 * probs["flow_tvl1"][i]) == labels[i]) for i in range(12)])
@@ -223,6 +224,8 @@ def test_report_ensembles_tables_and_analyses(cfg, tmp_path):
     assert "cosine_cpc_rgb.png" in names and "alignment_cpc_rgb_0.png" not in names  # no class with 2 test videos
     html = (out / "tables.html").read_text()
     assert "Table 1" in html and f"{100 * want:.1f}" in html
+    md = (out / "tables.md").read_text()  # the paper's numbers for the setting, beside ours
+    assert "| paper: CPC | 63.7 | 69.8 | – |" in md and "Table 1b" in md
     assert json.loads((out / "metrics.json").read_text())["views"] == ["rgb", "flow_tvl1"]
 
 

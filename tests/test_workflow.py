@@ -261,10 +261,15 @@ def test_claim_target_runs_every_seed_on_the_same_shards(demo_run):
         "claim": 1,
     }
     assert "frames" not in dry and "flow" not in dry  # the shards are reused
+    # the claim compares every init whatever finetune.inits says (the default run's own list)
     one = {**ALL_VIEWS, "claim": {"seeds": [4]}, "finetune": {**TINY["finetune"], "inits": ["random", "cocon"]}}
     snakemake(demo_run, one, "--cores", "2", "claim")
     result = json.loads((demo_run / "results" / "claim" / "claim.json").read_text())
-    assert result["seeds"] == [4] and set(result["accuracy"]["rgb"]) == {"random", "cocon"}
+    assert result["seeds"] == [4] and set(result["accuracy"]["rgb"]) == {"random", "cpc", "cocon", "control"}
+    assert set(result["orderings"]["ensemble"]) == {"random<cpc", "cpc<cocon", "control<cocon"}
+    assert {"collapse", "coop", "finetune", "per_class"} <= set(result["diagnostics"])
+    figures = {p.name for p in (demo_run / "results" / "claim" / "figures").iterdir()}
+    assert figures == {"collapse.png", "coop.png", "finetune.png", "per_class.png"}
     from cocon.train.checkpoints import load_checkpoint
 
     ck = load_checkpoint(demo_run / "results" / "claim" / "seed4" / "train" / "cocon" / "model.pt")
