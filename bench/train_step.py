@@ -17,7 +17,7 @@ train.fused_adam), cudnn_benchmark (torch.backends.cudnn.benchmark = True: cuDNN
 algorithms on the first steps and keeps the fastest; train.cudnn_benchmark), e.g.
 bf16+channels_last+cudnn_benchmark+fused_adam. The last two only mean something on CUDA.
 
-Model: cocon.train.engine.PerViewNetworks with two views, rgb (3 channels) and flow_tvl1 (2), each a DPC with
+Model: cocon.models.build.PerViewNetworks with two views, rgb (3 channels) and flow_tvl1 (2), each a DPC with
 the training defaults (ResNet2d3d-18, width 64, N = 8 blocks of K = 5 frames, P = 3 predicted),
 L_cocon with lam 10, alpha 1, tau 0.005, Adam lr 1e-3 / weight decay 1e-5. GRU dropout is 0 here
 (--dropout): inductor draws its own random numbers, so with dropout the compiled variants would not see
@@ -25,11 +25,11 @@ the same function; the dropout costs well under 1 % of a step. Input: one fixed 
 normal clips (seed 0), (B, 8, C, 5, size, size) per view, already on the device (the loader is not
 timed). Every variant starts from the same initial weights (seed 0) in a fresh process.
 
-A step is what cocon.train.engine.Trainer._step does with the same options: the inputs converted with
+A step is what cocon.train.engine.Engine._step does with the same options: the inputs converted with
 cocon.train.engine.channels_last_3d when channels_last, the networks under autocast(bf16) when bf16, their
 outputs cast to float32, cocon_loss, zero_grad, backward, Adam step; channels_last also puts the
 encoders' Conv3d weights in channels_last_3d; compile calls nn.Module.compile() (inductor) on each
-view's network, as the Trainer does; fused_adam and cudnn_benchmark set what the Trainer sets for
+view's network, as the engine does; fused_adam and cudnn_benchmark set what the engine sets for
 train.fused_adam and train.cudnn_benchmark.
 
 Per variant, one subprocess per run (so memory and compilation do not leak between variants), the

@@ -183,6 +183,7 @@ def figures(metrics: dict[tuple[int, str], Path], scores: dict[tuple[int, str, s
         ax.set_title(f"{view}: mean pairwise cosine of block features")
         ax.set_xlabel("epoch")
         ax.legend(fontsize=7)
+    fig.tight_layout()
     A._save_png(fig, out_fig / "collapse.png")
 
     pairs = sorted(
@@ -203,6 +204,7 @@ def figures(metrics: dict[tuple[int, str], Path], scores: dict[tuple[int, str, s
             ax.set_title(f"L_{term} {pair} (val)")
             ax.set_xlabel("stage-2 epoch")
             ax.legend(fontsize=7)
+    fig.tight_layout()
     A._save_png(fig, out_fig / "coop.png")
 
     inits = [i for i in INIT_ORDER if any(r == f"finetune:{i}:{v}" for r in runs for v in views)]
@@ -223,6 +225,7 @@ def figures(metrics: dict[tuple[int, str], Path], scores: dict[tuple[int, str, s
         ax.set_title(f"{view}: fine-tuning, validation top-1 (%)")
         ax.set_xlabel("epoch")
         ax.legend(fontsize=7)
+    fig.tight_layout()
     A._save_png(fig, out_fig / "finetune.png")
 
     per_class: dict = {}
@@ -245,7 +248,8 @@ def figures(metrics: dict[tuple[int, str], Path], scores: dict[tuple[int, str, s
             ax.text(c, r, f"{100 * value:.0f}", ha="center", va="center", fontsize=6, color="w")
         ax.set_title("test top-1 per class (%), mean over seeds")
         fig.colorbar(im, ax=ax)
-        A._save_png(fig, out_fig / "per_class.png")
+        fig.tight_layout()
+    A._save_png(fig, out_fig / "per_class.png")
         numbers["per_class"] = {f"{i}/{v}": g.tolist() for (i, v), g in zip(keys, grid)}
         numbers["class_names"] = list(names)
     return numbers
