@@ -249,7 +249,7 @@ def figures(metrics: dict[tuple[int, str], Path], scores: dict[tuple[int, str, s
         ax.set_title("test top-1 per class (%), mean over seeds")
         fig.colorbar(im, ax=ax)
         fig.tight_layout()
-    A._save_png(fig, out_fig / "per_class.png")
+        A._save_png(fig, out_fig / "per_class.png")
         numbers["per_class"] = {f"{i}/{v}": g.tolist() for (i, v), g in zip(keys, grid)}
         numbers["class_names"] = list(names)
     return numbers
