@@ -252,39 +252,27 @@ class FolderReader:
 def original_colour(frames: np.ndarray, rng: np.random.Generator, aug: A.Augmentation) -> None:
     """The loader's colour augmentation before the uint8 path (OpenCV on uint8, per frame), in place:
     the same draws as cocon.data.augment.draw_colour."""
-    t = len(frames)
-    gray_on = rng.random(t) < aug.p_gray
-    gray_ch = rng.integers(0, 3, t)
-    jb, jc, js, jh = aug.jitter
-    fb = rng.uniform(max(0.0, 1 - jb), 1 + jb, t)
-    fc = rng.uniform(max(0.0, 1 - jc), 1 + jc, t)
-    fs = rng.uniform(max(0.0, 1 - js), 1 + js, t)
-    fh = rng.uniform(-jh, jh, t)
-    orders = np.argsort(rng.random((t, 4)), axis=1)
-    jitter_on = rng.random(t) < aug.p_jitter
-    if aug.consistent_jitter:
-        fb[:], fc[:], fs[:], fh[:], orders[:], jitter_on[:] = fb[0], fc[0], fs[0], fh[0], orders[0], jitter_on[0]
-    active = (jb > 0, jc > 0, js > 0, jh > 0)
-    for k in range(t):
+    draws = A.draw_colour(rng, len(frames), aug)
+    for k, (grey, factors, order) in enumerate(zip(draws["grey"], draws["jitter"], draws["order"])):
         f = frames[k]
-        if gray_on[k]:
-            if aug.gray == "channel":
-                f[...] = f[..., gray_ch[k], None]
-            else:
-                f[...] = cv2.cvtColor(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
-        for op in orders[k]:
-            if not (active[op] and jitter_on[k]):
+        if grey == A.LUMA:
+            f[...] = cv2.cvtColor(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+        elif grey >= 0:
+            f[...] = f[..., grey, None]
+        for op in order:
+            factor = float(factors[op])
+            if factor == A.IDENTITY[op]:  # not drawn for this frame (or the identity drawn): nothing to do
                 continue
             if op == 0:
-                f = cv2.addWeighted(f, float(fb[k]), f, 0.0, 0.0)
+                f = cv2.addWeighted(f, factor, f, 0.0, 0.0)
             elif op == 1:
                 g = cv2.cvtColor(f, cv2.COLOR_RGB2GRAY)
-                f = cv2.addWeighted(f, float(fc[k]), f, 0.0, (1 - float(fc[k])) * cv2.mean(g)[0])
+                f = cv2.addWeighted(f, factor, f, 0.0, (1 - factor) * cv2.mean(g)[0])
             elif op == 2:
                 g = cv2.cvtColor(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
-                f = cv2.addWeighted(f, float(fs[k]), g, 1 - float(fs[k]), 0.0)
+                f = cv2.addWeighted(f, factor, g, 1 - factor, 0.0)
             else:
-                shift = np.uint8(int(round(float(fh[k]) * 256)) % 256)
+                shift = np.uint8(int(round(factor * 256)) % 256)
                 if shift:
                     hsv = cv2.cvtColor(f, cv2.COLOR_RGB2HSV_FULL)
                     hsv[..., 0] += shift

@@ -8,6 +8,9 @@ down gives u > 0 and v > 0)."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -228,3 +231,44 @@ def stage_config(stage: str, params: dict, dataset: dict, method: str | None = N
     else:
         cfg[stage] = params
     return json.dumps(cfg)
+
+
+def tiny_train(**overrides) -> dict:
+    """A `train:` section for tests: the smallest networks and budgets on CPU, with `overrides` on top."""
+    return {
+        "views": ["rgb", "flow_tvl1"],
+        "input_size": {"rgb": 32, "flow": 32},
+        "num_blocks": 4,
+        "block_len": 2,
+        "stride": 1,
+        "pred_steps": 2,
+        "batch_size": 2,
+        "workers": 0,
+        "val_fraction": 0.2,
+        "cpc_epochs": 1,
+        "cocon_epochs": 1,
+        "max_steps_per_epoch": 1,
+        "gpus": 0,
+        "device": "cpu",
+        "width": 4,  # tiny networks: small checkpoints (the suite's temporary files) and fast steps
+        **overrides,
+    }
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cocon(
+    *args: str, cwd: Path | str | None = None, timeout: float = 300, **env: str
+) -> subprocess.CompletedProcess:
+    """`python -m cocon ARGS` in a subprocess (the way the rules call it), from any cwd; env on top of
+    the current one. Output captured as text."""
+    path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    return subprocess.run(
+        [sys.executable, "-m", "cocon", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": path, **env},
+    )

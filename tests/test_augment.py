@@ -23,6 +23,8 @@ from cocon.data.clips import Augmentation, MultiViewClips, discover, make_loader
 from cocon.data.shards import ShardReader, ShardWriter, encode_frames
 from cocon.sources.records import VideoRecord
 
+from conftest import tiny_train
+
 H, W, T = 40, 48, 20
 VIEWS = ["rgb", "flow_tvl1"]
 SMALL = dict(num_blocks=3, block_len=2, stride=2, sizes={"rgb": 32, "flow": 24})  # 6 frames per clip
@@ -260,23 +262,7 @@ def test_engine_device_path_gives_the_cpu_batches(shards, tmp_path):
     from cocon.train.methods import get_method
 
     root = shards["rgb"][0].parents[2]
-    train = {
-        "views": VIEWS,
-        "input_size": {"rgb": 32, "flow": 32},
-        "num_blocks": 4,
-        "block_len": 2,
-        "stride": 1,
-        "pred_steps": 2,
-        "batch_size": 2,
-        "workers": 0,
-        "val_fraction": 0.2,
-        "cpc_epochs": 1,
-        "cocon_epochs": 1,
-        "max_steps_per_epoch": 1,
-        "gpus": 0,
-        "device": "cpu",
-        "width": 4,
-    }
+    train = tiny_train(views=VIEWS)
     cfg = load_config(overrides={"output_dir": str(root), "train": train})
     batches = {}
     for dev in (False, True):

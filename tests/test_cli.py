@@ -13,18 +13,13 @@ from pathlib import Path
 from cocon.cli import COMMANDS
 from cocon.workflow import gpu_check
 
+from conftest import run_cocon
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def cocon(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cocon", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **env},
-    )
+    return run_cocon(*args, cwd=REPO, **env)
 
 
 def test_help_lists_every_command():

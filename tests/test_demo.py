@@ -5,8 +5,6 @@ from __future__ import annotations
 import builtins
 import os
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,6 +15,8 @@ import yaml
 
 from cocon.config import ConfigError, load_config
 from cocon.sources import demo
+
+from conftest import run_cocon
 
 SMALL = {
     "classes": 3,
@@ -314,16 +314,7 @@ def test_premise_holds_for_the_configured_demo():
 def test_cli(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "out"), "seed": 5, "demo": {**SMALL, "classes": 2}}))
-    repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(
-        [sys.executable, "-m", "cocon", "demo", "--config", str(config)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_cocon("demo", "--config", config, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.strip().splitlines()) == 1
     assert "12 videos" in proc.stdout

@@ -5,8 +5,6 @@ rgb view, the direction of a known translation, failures carried from upstream a
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import cv2
 import h5py
@@ -18,7 +16,7 @@ from cocon.data.shards import ShardReader
 from cocon.preprocess import flow, frames
 from cocon.provenance import dumps
 
-from conftest import stage_config
+from conftest import run_cocon, stage_config
 
 DATASET = {"name": "testset", "format": "csv"}
 BOUND = 20
@@ -291,25 +289,10 @@ def test_torch_backend_writes_the_same_shard_as_opencv(rgb, tvl1_png, tmp_path):
     a quantisation step almost everywhere, the backend recorded; and the same bytes again on a rerun."""
     p = tvl1_params({**FAST_TVL1, "backend": "torch", "device": "cpu", "batch_size": 8})
     out = tmp_path / "torch" / "00000.h5"
-    cmd = [
-        sys.executable,
-        "-m",
-        "cocon",
-        "flow",
-        "--method",
-        "tvl1",
-        "--rgb",
-        str(rgb),
-        "--shard",
-        "00000",
-        "--out",
-        str(out),
-        "--config-json",
-        stage_config("flow", p, DATASET, "tvl1"),
-        "--threads",
-        "2",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    proc = run_cocon(
+        *("flow", "--method", "tvl1", "--rgb", rgb, "--shard", "00000", "--out", out),
+        *("--config-json", stage_config("flow", p, DATASET, "tvl1"), "--threads", "2"),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "tvl1 backend: torch on cpu" in proc.stderr
     ref, got = ShardReader(tvl1_png["path"]), ShardReader(out)
@@ -340,27 +323,9 @@ def test_farneback_equals_opencv_and_cli(rgb, tmp_path):
     fb = DEFAULTS["farneback"]
     params = {"bound": BOUND, "encoding": PNG, "farneback": fb}
     out = tmp_path / "flow_farneback" / "00000.h5"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cocon",
-            "flow",
-            "--method",
-            "farneback",
-            "--rgb",
-            str(rgb),
-            "--shard",
-            "00000",
-            "--out",
-            str(out),
-            "--config-json",
-            stage_config("flow", params, DATASET, "farneback"),
-            "--threads",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
+    proc = run_cocon(
+        *("flow", "--method", "farneback", "--rgb", rgb, "--shard", "00000", "--out", out),
+        *("--config-json", stage_config("flow", params, DATASET, "farneback"), "--threads", "2"),
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -23,7 +21,7 @@ from cocon.sources.records import (
     write_manifest,
 )
 
-from conftest import stage_config
+from conftest import run_cocon, stage_config
 
 GOOD = ("avi", "mp4", "tall")  # names of the `videos` fixture (tests/conftest.py)
 BAD = ("zero", "garbage", "truncated", "short", "missing")
@@ -273,27 +271,12 @@ def test_byte_identical_across_runs_and_threads(tmp_path, manifest, rgb):
 def test_cli_with_bad_videos_exits_zero(tmp_path, manifest, videos, rgb):
     out = tmp_path / "rgb" / "00000.h5"
     params = {**PARAMS, "encoding": {"codec": "jpeg", "quality": 90}}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cocon",
-            "frames",
-            "--manifest",
-            manifest["path"],
-            "--shard",
-            "00000",
-            "--out",
-            str(out),
-            "--config-json",
-            stage_config("frames", params, DATASET),
-            "--threads",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    proc = run_cocon(
+        "frames",
+        *("--manifest", manifest["path"], "--shard", "00000", "--out", out),
+        *("--config-json", stage_config("frames", params, DATASET), "--threads", "2"),
         cwd=tmp_path,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert out.exists() and not (tmp_path / "rgb" / "00000.h5.partial").exists()
@@ -319,23 +302,10 @@ def test_cli_with_bad_videos_exits_zero(tmp_path, manifest, videos, rgb):
 
 
 def test_cli_rejects_bad_arguments(tmp_path, manifest):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cocon",
-            "frames",
-            "--manifest",
-            manifest["path"],
-            "--shard",
-            "00000",
-            "--out",
-            str(tmp_path / "x.h5"),
-            "--config-json",
-            "{not json",
-        ],
-        capture_output=True,
-        text=True,
+    proc = run_cocon(
+        "frames",
+        *("--manifest", manifest["path"], "--shard", "00000", "--out", tmp_path / "x.h5"),
+        *("--config-json", "{not json"),
         timeout=120,
     )
     assert proc.returncode != 0 and "--config-json is not valid JSON" in proc.stderr

@@ -20,7 +20,7 @@ from cocon.sources.ingest import (
 )
 from cocon.sources.records import ManifestError, read_manifest
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import run_cocon
 
 
 def write(path: Path, lines: list[str], eol: str = "\n") -> Path:
@@ -474,23 +474,8 @@ def run_cli(tmp_path: Path, dataset: dict) -> subprocess.CompletedProcess:
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump({"dataset": dataset, "shards": {"videos_per_shard": 2}}))
     out = tmp_path / "results/manifest"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cocon",
-            "manifest",
-            "--config",
-            str(cfg),
-            "--out",
-            str(out / "manifest.tsv"),
-            "--missing",
-            str(out / "missing.tsv"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
+    return run_cocon(
+        *("manifest", "--config", cfg, "--out", out / "manifest.tsv", "--missing", out / "missing.tsv"),
         cwd=tmp_path,
         timeout=60,
     )

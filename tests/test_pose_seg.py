@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import stage_config
+from conftest import run_cocon, stage_config
 
 pytest.importorskip("mmcv.ops", reason="the OpenMMLab stack is installed by `make setup`")
 
@@ -337,21 +335,10 @@ def test_model_that_fails_to_load_names_config_and_checkpoint(rgb, tmp_path):
     ):
         seg.PersonProbability(seg_params(checkpoint=str(wrong)), "cpu", 0)
     out = tmp_path / "x.h5"
-    cmd = [
-        sys.executable,
-        "-m",
-        "cocon",
-        "pose",
-        "--rgb",
-        str(rgb),
-        "--shard",
-        "00000",
-        "--out",
-        str(out),
-        "--config-json",
-        stage_config("pose", pose_params(checkpoint=str(tmp_path / "absent.pth")), DATASET),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    proc = run_cocon(
+        *("pose", "--rgb", rgb, "--shard", "00000", "--out", out),
+        *("--config-json", stage_config("pose", pose_params(checkpoint=str(tmp_path / "absent.pth")), DATASET)),
+    )
     assert proc.returncode != 0 and not out.exists()
     assert f"config '{POSE_CONFIG}', checkpoint '{tmp_path / 'absent.pth'}'" in proc.stderr
     with pytest.raises(mm.ModelLoadError, match="no-such-config"):

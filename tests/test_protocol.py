@@ -23,7 +23,7 @@ from cocon.train.checkpoints import load_checkpoint
 from cocon.train.engine import Engine, padding_weights
 from cocon.train.methods import CPC, Finetune
 
-from conftest import gloo_process
+from conftest import gloo_process, tiny_train
 
 H, W, T = 36, 44, 16
 
@@ -50,23 +50,7 @@ def data(tmp_path_factory) -> Path:
 
 
 def config(root: Path, **train) -> dict:
-    t = {
-        "views": ["rgb"],
-        "input_size": {"rgb": 32},
-        "num_blocks": 4,
-        "block_len": 2,
-        "stride": 1,
-        "pred_steps": 2,
-        "batch_size": 2,
-        "workers": 0,
-        "val_fraction": 0.3,
-        "cpc_epochs": 1,
-        "max_steps_per_epoch": 2,
-        "gpus": 0,
-        "device": "cpu",
-        "width": 4,
-        **train,
-    }
+    t = tiny_train(views=["rgb"], input_size={"rgb": 32}, val_fraction=0.3, max_steps_per_epoch=2, **train)
     return load_config(
         overrides={
             "output_dir": str(root),

@@ -22,7 +22,7 @@ from cocon.train.checkpoints import load_checkpoint
 from cocon.train.engine import Engine
 from cocon.train.methods import get_method
 
-from conftest import gloo_process
+from conftest import gloo_process, tiny_train
 
 
 def Trainer(method: str, views: list[str], cfg: dict, out: Path, init: dict) -> Engine:
@@ -79,24 +79,7 @@ def shards_dir(tmp_path_factory) -> Path:
 
 
 def tiny_config(output_dir: Path, **train) -> dict:
-    t = {
-        "views": ["rgb", "flow_tvl1"],
-        "input_size": {"rgb": 32, "flow": 32},
-        "num_blocks": 4,
-        "block_len": 2,
-        "stride": 1,
-        "pred_steps": 2,
-        "batch_size": 2,
-        "workers": 0,
-        "val_fraction": 0.2,
-        "cpc_epochs": 2,
-        "cocon_epochs": 2,
-        "max_steps_per_epoch": 2,
-        "gpus": 0,
-        "device": "cpu",
-        "width": 8,
-        **train,
-    }
+    t = tiny_train(cpc_epochs=2, cocon_epochs=2, max_steps_per_epoch=2, width=8, **train)
     return load_config(overrides={"output_dir": str(output_dir), "train": t})
 
 

@@ -21,6 +21,8 @@ from cocon.train.checkpoints import load_checkpoint
 from cocon.train.engine import Engine
 from cocon.train.methods import CPC, CoCon, Finetune
 
+from conftest import tiny_train
+
 H, W, T = 36, 44, 16
 
 
@@ -141,23 +143,7 @@ def test_a_registered_view_is_computed_loaded_and_trained(tmp_path, edges_kind, 
     r = ShardReader(out)
     assert r.attrs["view"] == "edges" and r.read(0).shape == (T, H, W, 1)
 
-    train = {
-        "views": ["rgb", "edges"],
-        "input_size": {"rgb": 32, "edges": 32},
-        "num_blocks": 4,
-        "block_len": 2,
-        "stride": 1,
-        "pred_steps": 2,
-        "batch_size": 2,
-        "workers": 0,
-        "val_fraction": 0.2,
-        "cpc_epochs": 1,
-        "cocon_epochs": 1,
-        "max_steps_per_epoch": 2,
-        "gpus": 0,
-        "device": "cpu",
-        "width": 4,
-    }
+    train = tiny_train(views=["rgb", "edges"], input_size={"rgb": 32, "edges": 32}, max_steps_per_epoch=2)
     cfg = load_config(
         overrides={
             "output_dir": str(tmp_path),

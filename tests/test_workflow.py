@@ -20,7 +20,7 @@ import yaml
 from cocon.data.shards import ShardReader
 from cocon.sources.records import VideoRecord, assign_shards, write_manifest
 
-from conftest import stage_config
+from conftest import stage_config, tiny_train
 
 pytestmark = pytest.mark.slow  # real snakemake runs of the DAG (minutes on 2 cores)
 
@@ -42,23 +42,7 @@ TINY = {
     "shards": {"videos_per_shard": 3},
     "frames": {"short_side": 32, "min_frames": 8},
     "flow": {"tvl1": {"scales": 2, "warps": 2}},
-    "train": {
-        "views": ["rgb", "flow_tvl1"],
-        "input_size": {"rgb": 32, "flow": 32},
-        "num_blocks": 4,
-        "block_len": 2,
-        "stride": 1,
-        "pred_steps": 2,
-        "batch_size": 2,
-        "workers": 0,
-        "val_fraction": 0.3,
-        "cpc_epochs": 1,
-        "cocon_epochs": 1,
-        "max_steps_per_epoch": 1,
-        "gpus": 0,
-        "device": "cpu",
-        "width": 4,  # tiny networks: small checkpoints (the suite's temporary files) and fast steps
-    },
+    "train": tiny_train(val_fraction=0.3),
     "finetune": {"epochs": 2, "batch_size": 2, "max_steps_per_epoch": 1},
     "evaluate": {"consistency_top": 1, "consistency_min": 1, "alignment_blocks": 4, "batch_size": 4},
 }
