@@ -45,6 +45,7 @@ TRAIN = {
     "val_fraction": 0.3,
     "device": "cpu",
     "gpus": 0,
+    "keep_checkpoints": 2,
 }
 
 
@@ -122,13 +123,21 @@ def test_finetune_selects_the_best_validation_epoch(finetuned, pretrained):
     assert [r["epoch"] for r in hist] == [0, 1, 2]
     best = min(hist, key=lambda r: (-r["val/top1"], r["val/total"], r["epoch"]))
     assert model["selected_epoch"] == best["epoch"]
-    chosen = load_checkpoint(finetuned / "checkpoints" / f"epoch_{best['epoch']:04d}.pt")["models"]["rgb"]
+    # the newest 2 epoch checkpoints are kept (train.keep_checkpoints), older ones deleted
+    folder = finetuned / "checkpoints"
+    assert sorted(p.name for p in folder.glob("epoch_*.pt")) == ["epoch_0001.pt", "epoch_0002.pt"]
+    kept = {r: load_checkpoint(folder / f"epoch_{r:04d}.pt")["models"]["rgb"] for r in (1, 2)}
+    chosen = kept.get(best["epoch"])
+    if best["epoch"] < 2:  # an earlier epoch was selected: its weights were kept in best.pt
+        kept_best = load_checkpoint(folder / "best.pt")
+        assert kept_best["epoch"] == best["epoch"]
+        chosen = kept_best["models"]["rgb"]
     assert all(torch.equal(chosen[k], v) for k, v in model["models"]["rgb"].items())
     assert model["class_names"] == ["A", "B", "C"] and model["init_kind"] == "cpc"
     assert [round(r["lr"], 8) for r in hist] == [1e-3, 1e-4, 1e-4]  # step after ceil(0.5 * 3) = 2 epochs
-    # the encoder started from the pretrained weights (epoch 0 moved them, but the init was loaded)
+    # the encoder started from the pretrained weights (two epochs moved them, but the init was loaded)
     pre = load_checkpoint(pretrained)["models"]["rgb"]
-    first = load_checkpoint(finetuned / "checkpoints" / "epoch_0000.pt")["models"]["rgb"]
+    first = kept[1]
     w = "encoder.conv1.weight"
     assert (first[w] - pre[w]).abs().max() < 0.05 < (first[w] - torch.randn_like(pre[w]) * 0.1).abs().max()
 

@@ -50,7 +50,9 @@ def data(tmp_path_factory) -> Path:
 
 
 def config(root: Path, **train) -> dict:
-    t = tiny_train(views=["rgb"], input_size={"rgb": 32}, val_fraction=0.3, max_steps_per_epoch=2, **train)
+    t = tiny_train(
+        **{"views": ["rgb"], "input_size": {"rgb": 32}, "val_fraction": 0.3, "max_steps_per_epoch": 2, **train}
+    )
     return load_config(
         overrides={
             "output_dir": str(root),
@@ -68,7 +70,7 @@ def test_validation_metrics_are_means_over_clips_not_over_batches(data, tmp_path
     engine.fit()
     assert len(engine.val_set) == 3
     model = build_classifier("rgb", 3, cfg)
-    model.load_state_dict(load_checkpoint(tmp_path / "ft" / "checkpoints" / "epoch_0000.pt")["models"]["rgb"])
+    model.load_state_dict(load_checkpoint(tmp_path / "ft" / "checkpoints" / "last.pt")["models"]["rgb"])
     model.eval()
     engine.val_set.output = "float"  # the same clips, finished on the CPU one by one
     with torch.no_grad():

@@ -291,9 +291,7 @@ class Engine:
                 for k, v in row.items():
                     if k != "epoch":
                         writer.add_scalar(k, v, epoch)
-                ck = self.checkpoint(epoch)
-                save_torch(ck, self.out / "checkpoints" / f"epoch_{epoch:04d}.pt")
-                save_torch(ck, self.out / "checkpoints" / "last.pt")
+                self.save_checkpoints(epoch)
                 log.info(
                     "epoch %d: train total %.4f val total %.4f lr %.2e (%.1f s)",
                     epoch,
@@ -307,12 +305,36 @@ class Engine:
             self.write_outputs()
         return self.history
 
+    def save_checkpoints(self, epoch: int) -> None:
+        """After `epoch`: last.pt (the resume point); best.pt (weights only) when the method selects this
+        epoch so far and it is not the last; epoch_NNNN.pt for the newest train.keep_checkpoints epochs
+        (null: every epoch), older ones deleted. best.pt goes first: a job killed between the two writes
+        resumes from the previous last.pt and writes both again."""
+        folder = self.out / "checkpoints"
+        ck = self.checkpoint(epoch)
+        if epoch < self.epochs - 1 and self.method.select_epoch(self.history) == epoch:
+            save_torch({"epoch": epoch, "run_hash": self.hash, "models": ck["models"]}, folder / "best.pt")
+        keep = self.tc["keep_checkpoints"]
+        if keep is None or keep > 0:
+            save_torch(ck, folder / f"epoch_{epoch:04d}.pt")
+        if keep is not None:
+            for old in folder.glob("epoch_*.pt"):
+                if int(old.stem.split("_")[1]) <= epoch - keep:
+                    old.unlink()
+        save_torch(ck, folder / "last.pt")
+
     def write_outputs(self) -> None:
         """model.pt (the selected epoch's weights + provenance) and metrics.csv, written atomically, last."""
         final = self.checkpoint(self.epochs - 1)
         best = self.method.select_epoch(self.history)
         if best != self.epochs - 1:
-            final["models"] = load_checkpoint(self.out / "checkpoints" / f"epoch_{best:04d}.pt")["models"]
+            chosen = load_checkpoint(self.out / "checkpoints" / "best.pt")
+            if (chosen["epoch"], chosen["run_hash"]) != (best, self.hash):
+                raise RuntimeError(
+                    f"{self.out / 'checkpoints' / 'best.pt'} holds epoch {chosen['epoch']} of run {chosen['run_hash']}, "
+                    f"not the selected epoch {best} of run {self.hash}"
+                )
+            final["models"] = chosen["models"]
         final["selected_epoch"] = best
         for key in ("optimizer", "scheduler", "rng"):
             final.pop(key)

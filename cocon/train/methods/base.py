@@ -124,6 +124,7 @@ class Method:
 # with them switched, and checkpoints written before they existed still resume.
 NOT_HASHED = (
     "cpc_epochs",
+    "keep_checkpoints",
     "cocon_epochs",
     "channels_last",
     "compile",
