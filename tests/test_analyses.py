@@ -285,6 +285,16 @@ def test_confusion_matrix_counts():
 # ---------------------------------------------------------------------------------------- t-SNE
 
 
+def test_tsne_of_collapsed_features_is_one_point_not_a_crash():
+    """Every row the same (a collapsed encoder; scaled rows too): sklearn's Barnes-Hut t-SNE used to kill
+    the report process with a segmentation fault on these."""
+    features = np.tile(np.random.default_rng(0).random(16), (12, 1)) * np.arange(1, 13)[:, None]
+    assert np.array_equal(analyses.tsne_embedding(features), np.zeros((12, 2)))
+    features[3, 5] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        analyses.tsne_embedding(features)
+
+
 def test_tsne_deterministic_and_shape():
     rng = np.random.default_rng(9)
     features = rng.normal(size=(24, 10))

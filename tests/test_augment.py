@@ -239,6 +239,22 @@ def test_canvas_holds_every_box_and_large_shrinks_are_resized_by_the_worker(shar
     assert dataset(shards, augment=False, output="uint8")._canvas == {"rgb": (32, 32), "flow_tvl1": (24, 24)}
 
 
+def test_crop_resize_takes_any_number_of_channels():
+    """Pose heatmaps have 17 channels; OpenCV's area resize takes at most 4: a large shrink of a 17-channel
+    clip equals each channel resized alone (this crashed the four-view setting's pose loader)."""
+    frames = np.random.default_rng(0).integers(0, 256, (2, 60, 80, 17), dtype=np.uint8)
+    box = (5, 3, 70, 54)
+    for size in (32, 48):  # area (70 x 54 -> 32 shrinks by >= 1.5x), then bilinear
+        out = A._crop_resize(frames, box, size)
+        assert out.shape == (2, size, size, 17) and out.dtype == np.uint8
+        crop = frames[:, 3:57, 5:75]
+        interp = cv2.INTER_AREA if A._area_shrink(54, 70, size) else cv2.INTER_LINEAR
+        for ch in (0, 5, 16):
+            np.testing.assert_array_equal(
+                out[1, ..., ch], cv2.resize(crop[1, ..., ch], (size, size), interpolation=interp)
+            )
+
+
 def test_offsets_are_read_once_when_the_dataset_is_built(shards, monkeypatch):
     calls = []
     real = clips._read_offsets

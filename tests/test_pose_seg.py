@@ -87,8 +87,8 @@ def pose_params(**kw) -> dict:
             "checkpoint": None,
             "input_scale": [64, 64],
             "score_threshold": 0.0,
-            "max_people": 2,
         },
+        "max_people": 2,
     }
     for k in ("enabled", "gpus"):
         p.pop(k)

@@ -11,11 +11,14 @@ atomically with reproducible bytes.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 PNG_DPI = 120
 
@@ -362,6 +365,8 @@ def tsne_embedding(features: np.ndarray, seed: int = 0, perplexity: float = 30.0
 
     Uses sklearn's TSNE with PCA initialisation, random_state=seed, a single thread and perplexity
     min(perplexity, max(1, (n - 1) / 3)) so small sets stay valid; the same seed gives the same output.
+    Collapsed features (every normalised row the same, as a collapsed or untrained encoder gives) embed
+    as one point, zeros (sklearn's Barnes-Hut t-SNE crashes the process on them).
     """
     from sklearn.manifold import TSNE
 
@@ -369,6 +374,10 @@ def tsne_embedding(features: np.ndarray, seed: int = 0, perplexity: float = 30.0
     n = features.shape[0]
     if n < 3:
         raise ValueError(f"t-SNE needs at least 3 rows, got {n}")
+    rows = l2_rows(features)
+    if float(rows.var(axis=0).sum()) < 1e-10:
+        log.warning("t-SNE: all %d feature rows are the same (collapsed): one point", n)
+        return np.zeros((n, 2), np.float64)
     effective_perplexity = min(float(perplexity), max(1.0, (n - 1) / 3.0))
     tsne = TSNE(
         n_components=2,
@@ -377,7 +386,7 @@ def tsne_embedding(features: np.ndarray, seed: int = 0, perplexity: float = 30.0
         perplexity=effective_perplexity,
         n_jobs=1,
     )
-    return np.asarray(tsne.fit_transform(l2_rows(features)), dtype=np.float64)
+    return np.asarray(tsne.fit_transform(rows), dtype=np.float64)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -126,7 +126,7 @@ class DetectorBoxes:
 
     def __init__(self, params: dict, device: str, seed: int):
         d = params["detector"]
-        self.p, self.min_side = d, params["min_side"]
+        self.p, self.min_side, self.max_people = d, params["min_side"], params["max_people"]
         self.model, self.info = mm.build_model(
             "det", d["config"], d["checkpoint"], device, seed, mm.edit_resize(d["input_scale"])
         )
@@ -151,7 +151,7 @@ class DetectorBoxes:
                     s = inst.scores[keep].float().cpu().numpy()
                     ih, iw = r.ori_shape
                     b *= np.array([fw / iw, fh / ih, fw / iw, fh / ih], np.float32)
-                    out.append(_top(np.hstack([b, s[:, None]]).astype(np.float32), self.p["max_people"]))
+                    out.append(_top(np.hstack([b, s[:, None]]).astype(np.float32), self.max_people))
         return out
 
 
