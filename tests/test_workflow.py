@@ -363,21 +363,10 @@ def test_killed_stage_leaves_no_complete_looking_output(tmp_path):
         "min_frames": 8,
         "encoding": {"codec": "png", "level": 9},
     }
+    job = [sys.executable, "-m", "cocon", "frames", "--manifest", str(manifest), "--shard", "00000", "--out", str(out)]
+    job += ["--config-json", stage_config("frames", params, {"name": "t", "format": "csv"})]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cocon",
-            "frames",
-            "--manifest",
-            str(manifest),
-            "--shard",
-            "00000",
-            "--out",
-            str(out),
-            "--config-json",
-            stage_config("frames", params, {"name": "t", "format": "csv"}),
-        ],
+        job,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -392,20 +381,7 @@ def test_killed_stage_leaves_no_complete_looking_output(tmp_path):
     assert not out.exists() and partial.exists()
     # re-running the job replaces the stale partial with a complete shard
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cocon",
-            "frames",
-            "--manifest",
-            str(manifest),
-            "--shard",
-            "00000",
-            "--out",
-            str(out),
-            "--config-json",
-            stage_config("frames", params, {"name": "t", "format": "csv"}),
-        ],
+        job,
         check=True,
         capture_output=True,
     )
