@@ -149,6 +149,9 @@ def _crop_resize(frames: np.ndarray, box, size: int) -> np.ndarray:
     interp = cv2.INTER_AREA if _area_shrink(bh, bw, size) else cv2.INTER_LINEAR
     out = np.empty((t, size, size, c), np.uint8)
     for k in range(t):
+        if c <= 4:
+            out[k] = cv2.resize(crop[k], (size, size), interpolation=interp).reshape(size, size, c)
+            continue
         for c0 in range(0, c, 4):  # OpenCV's area resize takes at most 4 channels (pose has 17)
             part = np.ascontiguousarray(crop[k, ..., c0 : c0 + 4])
             out[k, ..., c0 : c0 + 4] = cv2.resize(part, (size, size), interpolation=interp).reshape(size, size, -1)
