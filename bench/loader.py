@@ -469,22 +469,18 @@ def train_clips_per_s(engine, batches, a) -> float:
 
 def measure_cuda(a, root: Path, device: str = "cuda", train_overrides: dict | None = None) -> dict:
     """Training clips/s, real loader vs memory-fed (module docstring). `device` and `train_overrides`
-    only serve a dry run of this code on a CPU (tiny sizes)."""
+    ({section: {key: value}}) only serve a dry run of this code on a CPU (tiny sizes)."""
     from cocon.train.engine import Engine
     from cocon.train.methods import get_method
 
-    train = {
-        "views": VIEWS,
-        "batch_size": a.batch_size,
-        "workers": a.workers,
-        "device": device,
-        "gpus": int(device == "cuda"),
-        "val_fraction": 0.1,
-        "channels_last": True,
-        "precision": "auto",
-        **(train_overrides or {}),
+    sections = {
+        "train": {"views": VIEWS, "val_fraction": 0.1, "precision": "auto"},
+        "cpc": {"batch_size": a.batch_size},
+        "runtime": {"workers": a.workers, "device": device, "gpus": int(device == "cuda"), "channels_last": True},
     }
-    cfg = load_config(overrides={"output_dir": str(root), "train": train})
+    for name, values in (train_overrides or {}).items():
+        sections[name] = {**sections.get(name, {}), **values}
+    cfg = load_config(overrides={"output_dir": str(root), **sections})
     out = {
         "batch_size": a.batch_size,
         "workers": a.workers,

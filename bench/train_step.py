@@ -13,8 +13,8 @@ GPU run (the issue's goal: fast path >= 2x the fp32 eager baseline in clips/s):
 
 A variant is fp32_eager (the baseline) or settings joined by '+', any of: bf16 (autocast), channels_last,
 compile, fused_adam (torch.optim.Adam(fused=True): one kernel for all parameters; the config's
-train.fused_adam), cudnn_benchmark (torch.backends.cudnn.benchmark = True: cuDNN times its convolution
-algorithms on the first steps and keeps the fastest; train.cudnn_benchmark), e.g.
+runtime.fused_adam), cudnn_benchmark (torch.backends.cudnn.benchmark = True: cuDNN times its convolution
+algorithms on the first steps and keeps the fastest; runtime.cudnn_benchmark), e.g.
 bf16+channels_last+cudnn_benchmark+fused_adam. The last two only mean something on CUDA.
 
 Model: cocon.models.build.PerViewNetworks with two views, rgb (3 channels) and flow_tvl1 (2), each a DPC with
@@ -30,7 +30,7 @@ cocon.train.engine.channels_last_3d when channels_last, the networks under autoc
 outputs cast to float32, cocon_loss, zero_grad, backward, Adam step; channels_last also puts the
 encoders' Conv3d weights in channels_last_3d; compile calls nn.Module.compile() (inductor) on each
 view's network, as the engine does; fused_adam and cudnn_benchmark set what the engine sets for
-train.fused_adam and train.cudnn_benchmark.
+runtime.fused_adam and runtime.cudnn_benchmark.
 
 Per variant, one subprocess per run (so memory and compilation do not leak between variants), the
 variants run round robin --repeats times:

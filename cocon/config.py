@@ -6,6 +6,7 @@ Snakemake validates `config` with the same schema (rules/common.smk calls `valid
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jsonschema
@@ -59,9 +60,36 @@ def _with_defaults(validator_class):
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
+# Keys that moved when the train section was split by method (docs/reruns.md): old dotted key -> new one.
+# An old key is rejected before any job starts, with its new place in the message.
+MOVED_KEYS: dict[str, str] = {
+    **{f"train.{k}": f"cpc.{k}" for k in ("batch_size", "lr", "weight_decay", "min_lr", "plateau_patience")},
+    **{f"train.{k}": f"cpc.{k}" for k in ("max_steps_per_epoch", "pred_steps", "temperature", "sibling_negatives")},
+    "train.cpc_epochs": "cpc.epochs",
+    "train.cpc_variant": "cpc.variant",
+    "train.cocon_epochs": "cocon.epochs",
+    **{f"train.{k}": f"cocon.{k}" for k in ("lam", "alpha", "sync_weight", "loss_variant", "coop_centre")},
+    **{
+        f"train.{k}": f"runtime.{k}"
+        for k in ("gpus", "device", "workers", "keep_checkpoints", "fused_adam", "cudnn_benchmark")
+    },
+    "train.channels_last": "runtime.channels_last",
+    "train.compile": "runtime.compile",
+}
+
+
+def reject_moved_keys(cfg: dict) -> None:
+    """Raise ConfigError for the first key of `cfg` that has moved (MOVED_KEYS), naming its new place."""
+    for old, new in MOVED_KEYS.items():
+        section, key = old.split(".")
+        if isinstance(cfg.get(section), dict) and key in cfg[section]:
+            raise ConfigError(old, f"has moved: write it as {new} (docs/reruns.md lists the config sections)")
+
+
 def validate(cfg: dict, checks: bool = True) -> dict:
     """Fill defaults into `cfg` in place and validate it against the schema, then (`checks`) the
-    cross-field checks; raises ConfigError naming the key."""
+    cross-field checks; raises ConfigError naming the key (a moved key: naming its new place)."""
+    reject_moved_keys(cfg)
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema())
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
     if errors:
@@ -172,27 +200,55 @@ def _merge(base: dict, extra: dict) -> None:
 
 def add_config_args(parser) -> None:
     """`--config FILE` and/or `--config-json JSON`, the two ways a command gets its configuration:
-    a whole YAML config (by hand), or the sections a job depends on (rules; cocon.workflow.jobs)."""
+    a whole YAML config (by hand), or the sections a job depends on (rules; cocon.workflow.jobs); and
+    `--runtime-json`, the job's speed and placement settings, which the rules pass outside the job's params."""
     parser.add_argument("--config", help="YAML config file: the whole configuration (default: the defaults)")
     parser.add_argument("--config-json", help="config sections as JSON (merged over --config when both are given)")
+    parser.add_argument(
+        "--runtime-json",
+        help="speed/placement settings as JSON (cocon.workflow.jobs.runtime_sections), merged over the rest",
+    )
+
+
+def _json_arg(text: str | None, option: str) -> dict | None:
+    try:
+        return json.loads(text) if text else None
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"{option} is not valid JSON: {exc}") from exc
+
+
+def _given(cfg: dict, given: dict) -> dict:
+    """The part of `cfg` at the key paths present in `given` (nested dicts pruned alike)."""
+    out = {}
+    for k, v in given.items():
+        if k in cfg:
+            out[k] = _given(cfg[k], v) if isinstance(v, dict) and isinstance(cfg[k], dict) and v else cfg[k]
+    return out
 
 
 def config_from_args(args, command: str | None = None) -> dict:
     """The validated config selected by `add_config_args` options.
 
     With `--config` (a whole config, possibly with `--config-json` on top): schema, defaults and every
-    cross-field check. With `--config-json` alone (a job of the workflow, cocon.workflow.jobs): the
-    sections it holds are validated against the schema and completed with defaults; cross-section checks
-    are not repeated (they ran on the whole config before any job started) and the sections it does not
-    hold are absent from the result, so a job cannot silently read a default it was not given."""
-    import json
-
-    try:
-        extra = json.loads(args.config_json) if args.config_json else None
-    except json.JSONDecodeError as exc:
-        raise SystemExit(f"--config-json is not valid JSON: {exc}") from exc
+    cross-field check. With `--config-json` alone (a job of the workflow, cocon.workflow.jobs): the keys it
+    holds are validated against the schema; cross-section checks are not repeated (they ran on the whole
+    config before any job started) and keys it does not hold are absent from the result, so a job cannot
+    silently read a default it was not given. `--runtime-json` is merged over either."""
+    extra = _json_arg(args.config_json, "--config-json")
+    runtime = _json_arg(getattr(args, "runtime_json", None), "--runtime-json")
     if args.config is not None or extra is None:
-        return load_config(args.config, extra)
-    given = set(extra)
-    cfg = validate(extra, checks=False)
-    return {k: v for k, v in cfg.items() if k in given}
+        cfg: dict = {}
+        if args.config is not None:
+            with open(args.config, encoding="utf-8") as fh:
+                cfg = yaml.safe_load(fh) or {}
+        for part in (extra, runtime):
+            if part:
+                _merge(cfg, part)
+        return validate(cfg)
+    if runtime:
+        _merge(extra, runtime)
+    given = json.loads(json.dumps(extra))
+    cfg = _given(validate(extra, checks=False), given)
+    # speed and placement settings not given: the defaults (they change no result)
+    cfg["runtime"] = {**validate({}, checks=False)["runtime"], **cfg.get("runtime", {})}
+    return cfg

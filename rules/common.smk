@@ -12,7 +12,7 @@ from cocon import views as V
 from cocon.sources import ingest
 from cocon.sources.records import assign_shards, shard_name
 from cocon.workflow import resources as R
-from cocon.workflow.jobs import as_json, job_config
+from cocon.workflow.jobs import job_config, runtime_config
 
 # The whole config, before any job starts: unknown keys, wrong values and cross-section mistakes are
 # rejected here with the key named (defaults are filled in place).
@@ -33,6 +33,7 @@ SHARD_LIST = assign_shards(RECORDS, config["shards"]["videos_per_shard"])
 SHARDS = [shard_name(k) for k in range(len(SHARD_LIST))]
 VIEWS = V.enabled_views(config)  # every view this config computes (registry order)
 TRAIN_VIEWS = config["train"]["views"]
+GPUS = config["runtime"]["gpus"]  # GPUs of a training job
 INITS = config["finetune"]["inits"]
 CLAIM = f"{OUT}/claim"
 # Where the pretrained models of fine-tuning and features come from: this run's pretraining, or another
@@ -48,20 +49,17 @@ wildcard_constraints:
     cseed=r"\d+",
 
 
-def job(command, **wildcards):
-    """The --config-json of a job: the config sections `command` depends on (cocon.workflow.jobs)."""
-    return job_config(config, command, **wildcards)
+def job(command, **kw):
+    """The --config-json of a job, its params: the config keys that shape what a job of `command` writes
+    (cocon.workflow.jobs; views= the job's view(s), method= the flow method, seed= a claim seed)."""
+    return job_config(config, command, **kw)
 
 
-def with_train(config_json, seed=None, **train):
-    """A job's config JSON with another training seed (the claim target; the shards stay the same) and/or
-    other train.* values (the control run: lam 0)."""
-    cfg = json.loads(config_json)
-    if seed is not None:
-        cfg["seed"] = int(seed)
-    if train:
-        cfg["train"] = {**cfg["train"], **train}
-    return as_json(cfg)
+# The --runtime-json of each command: its speed and placement settings (cocon.workflow.jobs). The shell
+# commands read this global, not a param, so that changing one of these settings reruns no job.
+RUNTIME = {command: runtime_config(config, command) for command in ("flow", "seg", "pose", "evaluate", "features")}
+RUNTIME["train"] = runtime_config(config, "cpc")  # every training command reads the runtime section
+MAX_MINUTES = config["runtime"]["max_job_minutes"]  # the partition's limit: no job asks for more
 
 
 def view_gpus(view):

@@ -10,7 +10,7 @@ rule demo_dataset:
     threads: R.threads("demo_dataset")
     resources:
         mem_mb=R.mem_mb("demo_dataset"),
-        runtime=R.runtime("demo_dataset"),
+        runtime=R.runtime("demo_dataset", MAX_MINUTES),
     conda:
         "../envs/preprocess.yaml"
     params:
@@ -30,7 +30,7 @@ rule manifest:
     threads: R.threads("manifest")
     resources:
         mem_mb=R.mem_mb("manifest"),
-        runtime=R.runtime("manifest"),
+        runtime=R.runtime("manifest", MAX_MINUTES),
     conda:
         "../envs/preprocess.yaml"
     params:

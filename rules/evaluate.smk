@@ -15,20 +15,21 @@ rule finetune:
         "benchmarks/finetune/{init}_{view}.tsv"
     threads: R.threads("finetune")
     resources:
-        gpu=config["train"]["gpus"],
+        gpu=GPUS,
         mem_mb=R.mem_mb("finetune"),
-        runtime=R.runtime("finetune"),
+        runtime=R.runtime("finetune", MAX_MINUTES),
         tasks_per_gpu=0,
     conda:
         "../envs/train.yaml"
     params:
-        config=job("finetune"),
+        config=lambda w: job("finetune", views=w.view),
         init=init_arg,
         out=output_dir_of_model,
     shell:
         on_gpus(
             "python -m cocon train finetune --views {wildcards.view} --init-kind {wildcards.init} {params.init}"
-            " --out {params.out} --threads {threads} --config-json {params.config:q} > {log} 2>&1"
+            " --out {params.out} --threads {threads} --time-limit {resources.runtime}"
+            " --config-json {params.config:q} --runtime-json {RUNTIME[train]:q} > {log} 2>&1"
         )
 
 
@@ -44,18 +45,18 @@ rule evaluate:
         "benchmarks/eval/{init}_{view}.tsv"
     threads: R.threads("evaluate")
     resources:
-        gpu=min(1, config["train"]["gpus"]),
+        gpu=min(1, GPUS),
         mem_mb=R.mem_mb("evaluate"),
-        runtime=R.runtime("evaluate"),
+        runtime=R.runtime("evaluate", MAX_MINUTES),
         tasks_per_gpu=0,
     conda:
         "../envs/train.yaml"
     params:
-        config=job("evaluate"),
+        config=lambda w: job("evaluate", views=w.view),
     shell:
         on_gpus(
-            "python -m cocon evaluate --view {wildcards.view} --model {input.model} --out {output}"
-            " --threads {threads} --config-json {params.config:q} > {log} 2>&1"
+            "python -m cocon evaluate --view {wildcards.view} --model {input.model} --out {output} --threads {threads}"
+            " --config-json {params.config:q} --runtime-json {RUNTIME[evaluate]:q} > {log} 2>&1"
         )
 
 
@@ -71,19 +72,20 @@ rule features:
         "benchmarks/features/{init}_{view}.tsv"
     threads: R.threads("features")
     resources:
-        gpu=min(1, config["train"]["gpus"]),
+        gpu=min(1, GPUS),
         mem_mb=R.mem_mb("features"),
-        runtime=R.runtime("features"),
+        runtime=R.runtime("features", MAX_MINUTES),
         tasks_per_gpu=0,
     conda:
         "../envs/train.yaml"
     params:
-        config=job("features"),
+        config=lambda w: job("features", views=w.view),
         model=lambda w, input: f"--model {input.init}" if input.init else "",
     shell:
         on_gpus(
             "python -m cocon features --view {wildcards.view} --init-kind {wildcards.init} {params.model}"
-            " --out {output} --threads {threads} --config-json {params.config:q} > {log} 2>&1"
+            " --out {output} --threads {threads} --config-json {params.config:q} --runtime-json {RUNTIME[features]:q}"
+            " > {log} 2>&1"
         )
 
 
@@ -91,6 +93,8 @@ rule report:
     input:
         scores=eval_paths("scores"),
         features=eval_paths("features"),
+        views=f"{OUT}/reports/views",
+        failed=f"{OUT}/reports/failed_videos.tsv",
     output:
         metrics=report(f"{OUT}/reports/metrics.json", category="Results", caption="../report/metrics.rst"),
         tables=report(f"{OUT}/reports/tables.html", category="Results", caption="../report/tables.rst"),
@@ -106,7 +110,7 @@ rule report:
     threads: R.threads("report")
     resources:
         mem_mb=R.mem_mb("report"),
-        runtime=R.runtime("report"),
+        runtime=R.runtime("report", MAX_MINUTES),
     conda:
         "../envs/train.yaml"
     params:
@@ -116,6 +120,7 @@ rule report:
         out=lambda w, output: os.path.dirname(output.metrics),
     shell:
         "rm -rf {output.figures} && python -m cocon report --scores {params.scores} --features {params.features}"
+        " --views-dir {input.views} --failed-videos {input.failed}"
         " --out {params.out} --config-json {params.config:q} > {log} 2>&1"
 
 
@@ -131,7 +136,7 @@ use rule cpc as claim_cpc with:
     benchmark:
         "benchmarks/claim/seed{cseed}/cpc_{view}.tsv"
     params:
-        config=lambda w: with_train(job("cpc"), w.cseed),
+        config=lambda w: job("cpc", views=w.view, seed=w.cseed),
         out=output_dir_of_model,
 
 
@@ -147,7 +152,7 @@ use rule cocon as claim_cocon with:
     benchmark:
         "benchmarks/claim/seed{cseed}/cocon.tsv"
     params:
-        config=lambda w: with_train(job("cocon"), w.cseed),
+        config=lambda w: job("cocon", seed=w.cseed),
         views=" ".join(TRAIN_VIEWS),
         init=lambda w: stage1_init(f"{CLAIM}/seed{w.cseed}/train"),
         out=output_dir_of_model,
@@ -162,7 +167,7 @@ use rule claim_cocon as claim_control with:
     benchmark:
         "benchmarks/claim/seed{cseed}/control.tsv"
     params:
-        config=lambda w: with_train(job("cocon"), w.cseed, lam=0.0),
+        config=lambda w: job("control", seed=w.cseed),
         views=" ".join(TRAIN_VIEWS),
         init=lambda w: stage1_init(f"{CLAIM}/seed{w.cseed}/train"),
         out=output_dir_of_model,
@@ -180,7 +185,7 @@ use rule finetune as claim_finetune with:
     benchmark:
         "benchmarks/claim/seed{cseed}/finetune_{init}_{view}.tsv"
     params:
-        config=lambda w: with_train(job("finetune"), w.cseed),
+        config=lambda w: job("finetune", views=w.view, seed=w.cseed),
         init=init_arg,
         out=output_dir_of_model,
 
@@ -196,7 +201,7 @@ use rule evaluate as claim_evaluate with:
     benchmark:
         "benchmarks/claim/seed{cseed}/eval_{init}_{view}.tsv"
     params:
-        config=lambda w: with_train(job("evaluate"), w.cseed),
+        config=lambda w: job("evaluate", views=w.view, seed=w.cseed),
 
 
 rule claim:
@@ -217,7 +222,7 @@ rule claim:
     threads: R.threads("claim")
     resources:
         mem_mb=R.mem_mb("claim"),
-        runtime=R.runtime("claim"),
+        runtime=R.runtime("claim", MAX_MINUTES),
     conda:
         "../envs/train.yaml"
     params:

@@ -14,7 +14,7 @@ rule flow:
     resources:
         gpu=lambda wildcards: view_gpus(f"flow_{wildcards.method}"),
         mem_mb=R.mem_mb("flow"),
-        runtime=R.runtime("flow"),
+        runtime=R.runtime("flow", MAX_MINUTES),
     conda:
         "../envs/preprocess.yaml"
     params:
@@ -22,5 +22,6 @@ rule flow:
     shell:
         on_gpus(
             "python -m cocon flow --method {wildcards.method} --rgb {input.rgb} --shard {wildcards.shard}"
-            " --out {output} --config-json {params.config:q} --threads {threads} > {log} 2>&1"
+            " --out {output} --config-json {params.config:q} --runtime-json {RUNTIME[flow]:q} --threads {threads}"
+            " > {log} 2>&1"
         )

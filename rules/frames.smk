@@ -13,7 +13,7 @@ rule frames:
     threads: R.threads("frames")
     resources:
         mem_mb=R.mem_mb("frames"),
-        runtime=R.runtime("frames"),
+        runtime=R.runtime("frames", MAX_MINUTES),
     conda:
         "../envs/preprocess.yaml"
     params:

@@ -16,7 +16,7 @@ rule seg:
     resources:
         gpu=view_gpus("seg"),
         mem_mb=R.mem_mb("seg"),
-        runtime=R.runtime("seg"),
+        runtime=R.runtime("seg", MAX_MINUTES),
     conda:
         "../envs/mm.yaml"
     params:
@@ -24,7 +24,7 @@ rule seg:
     shell:
         on_gpus(
             "python -m cocon seg --rgb {input.rgb} --shard {wildcards.shard} --out {output}"
-            " --config-json {params.config:q} --threads {threads} > {log} 2>&1"
+            " --config-json {params.config:q} --runtime-json {RUNTIME[seg]:q} --threads {threads} > {log} 2>&1"
         )
 
 
@@ -43,7 +43,7 @@ rule pose:
     resources:
         gpu=view_gpus("pose"),
         mem_mb=R.mem_mb("pose"),
-        runtime=R.runtime("pose"),
+        runtime=R.runtime("pose", MAX_MINUTES),
     conda:
         "../envs/mm.yaml"
     params:
@@ -52,5 +52,5 @@ rule pose:
     shell:
         on_gpus(
             "python -m cocon pose --rgb {input.rgb} {params.seg} --shard {wildcards.shard} --out {output}"
-            " --config-json {params.config:q} --threads {threads} > {log} 2>&1"
+            " --config-json {params.config:q} --runtime-json {RUNTIME[pose]:q} --threads {threads} > {log} 2>&1"
         )

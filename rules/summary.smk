@@ -14,7 +14,7 @@ rule preprocess_summary:
     threads: R.threads("preprocess_summary")
     resources:
         mem_mb=R.mem_mb("preprocess_summary"),
-        runtime=R.runtime("preprocess_summary"),
+        runtime=R.runtime("preprocess_summary", MAX_MINUTES),
     conda:
         "../envs/preprocess.yaml"
     shell:

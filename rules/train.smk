@@ -1,5 +1,8 @@
 # Training: stage 1, CPC per view (one job each); stage 2, CoCon joint training from the stage-1 weights;
-# the control run, stage 2 for the same epochs with the cooperative terms off (train.lam = 0).
+# the control run, stage 2 for the same epochs with the cooperative terms off (cocon.lam = 0).
+# Each job's params hold only the settings that shape its weights (cocon.workflow.jobs); speed and
+# placement settings reach it as RUNTIME, outside the params. Under SLURM a job stops itself at an epoch
+# boundary before its time limit ({resources.runtime}) and the retry resumes (docs/cluster.md).
 
 
 rule cpc:
@@ -14,19 +17,20 @@ rule cpc:
         "benchmarks/train/cpc_{view}.tsv"
     threads: R.threads("cpc")
     resources:
-        gpu=config["train"]["gpus"],
+        gpu=GPUS,
         mem_mb=R.mem_mb("cpc"),
-        runtime=R.runtime("cpc"),
+        runtime=R.runtime("cpc", MAX_MINUTES),
         tasks_per_gpu=0,
     conda:
         "../envs/train.yaml"
     params:
-        config=job("cpc"),
+        config=lambda w: job("cpc", views=w.view),
         out=output_dir_of_model,
     shell:
         on_gpus(
-            "python -m cocon train cpc --views {wildcards.view} --out {params.out}"
-            " --threads {threads} --config-json {params.config:q} > {log} 2>&1"
+            "python -m cocon train cpc --views {wildcards.view} --out {params.out} --threads {threads}"
+            " --time-limit {resources.runtime} --config-json {params.config:q} --runtime-json {RUNTIME[train]:q}"
+            " > {log} 2>&1"
         )
 
 
@@ -43,9 +47,9 @@ rule cocon:
         "benchmarks/train/cocon.tsv"
     threads: R.threads("cocon")
     resources:
-        gpu=config["train"]["gpus"],
+        gpu=GPUS,
         mem_mb=R.mem_mb("cocon"),
-        runtime=R.runtime("cocon"),
+        runtime=R.runtime("cocon", MAX_MINUTES),
         tasks_per_gpu=0,
     conda:
         "../envs/train.yaml"
@@ -56,8 +60,9 @@ rule cocon:
         out=output_dir_of_model,
     shell:
         on_gpus(
-            "python -m cocon train cocon --views {params.views} {params.init} --out {params.out}"
-            " --threads {threads} --config-json {params.config:q} > {log} 2>&1"
+            "python -m cocon train cocon --views {params.views} {params.init} --out {params.out} --threads {threads}"
+            " --time-limit {resources.runtime} --config-json {params.config:q} --runtime-json {RUNTIME[train]:q}"
+            " > {log} 2>&1"
         )
 
 
@@ -70,7 +75,7 @@ use rule cocon as control with:
     benchmark:
         "benchmarks/train/control.tsv"
     params:
-        config=with_train(job("cocon"), lam=0.0),
+        config=job("control"),
         views=" ".join(TRAIN_VIEWS),
         init=stage1_init(),
         out=output_dir_of_model,

@@ -44,7 +44,7 @@ def base_config(setting: dict, out: Path) -> dict:
     cfg["seg"] = {"enabled": False}
     cfg["pose"] = {"enabled": False}
     cfg["evaluate"]["ensemble_weights"] = {"rgb": 2, "flow_tvl1": 2}
-    for key in ("demo", "frames", "train", "finetune", "shards"):
+    for key in ("demo", "frames", "train", "cpc", "cocon", "runtime", "finetune", "shards"):
         if key in setting:
             cfg.setdefault(key, {})
             deep_merge(cfg[key], setting[key])
@@ -205,13 +205,13 @@ def run_seed(args) -> dict:
             Engine(CPC(cfg, [v]), d).fit()
     res["times"]["cpc"] = time.time() - t
     inits = {"random": None, "cpc": {v: str(sdir / "cpc" / v / "model.pt") for v in views}}
-    # stage-2 runs: {name: train.* overrides}; the default pair is CoCon (lam 10) and the control (lam 0)
+    # stage-2 runs: {name: cocon.* overrides}; the default pair is CoCon (lam 10) and the control (lam 0)
     runs = setting.get("stage2_runs") or {f"lam{lam:g}": {"lam": float(lam)} for lam in setting.get("lams", [10, 0])}
     for name, overrides in runs.items():
         t = time.time()
         c2 = copy.deepcopy(cfg)
         for k, val in {**setting.get("stage2", {}), **overrides}.items():
-            c2["train"][k] = val
+            c2["cocon"][k] = val
         d = sdir / f"cocon_{name}"
         if not (d / "model.pt").exists():
             Engine(CoCon(c2, views, inits["cpc"]), d).fit()

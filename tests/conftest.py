@@ -233,26 +233,26 @@ def stage_config(stage: str, params: dict, dataset: dict, method: str | None = N
     return json.dumps(cfg)
 
 
-def tiny_train(**overrides) -> dict:
-    """A `train:` section for tests: the smallest networks and budgets on CPU, with `overrides` on top."""
-    return {
-        "views": ["rgb", "flow_tvl1"],
-        "input_size": {"rgb": 32, "flow": 32},
-        "num_blocks": 4,
-        "block_len": 2,
-        "stride": 1,
-        "pred_steps": 2,
-        "batch_size": 2,
-        "workers": 0,
-        "val_fraction": 0.2,
-        "cpc_epochs": 1,
-        "cocon_epochs": 1,
-        "max_steps_per_epoch": 1,
-        "gpus": 0,
-        "device": "cpu",
-        "width": 4,  # tiny networks: small checkpoints (the suite's temporary files) and fast steps
-        **overrides,
+def tiny_training(**sections: dict) -> dict:
+    """The train, cpc, cocon and runtime sections for tests: the smallest networks and budgets on CPU.
+    `sections` update them key by key, e.g. tiny_training(train={"val_fraction": 0.3}, cocon={"epochs": 2})."""
+    out = {
+        "train": {
+            "views": ["rgb", "flow_tvl1"],
+            "input_size": {"rgb": 32, "flow": 32},
+            "num_blocks": 4,
+            "block_len": 2,
+            "stride": 1,
+            "val_fraction": 0.2,
+            "width": 4,  # tiny networks: small checkpoints (the suite's temporary files) and fast steps
+        },
+        "cpc": {"epochs": 1, "pred_steps": 2, "batch_size": 2, "max_steps_per_epoch": 1},
+        "cocon": {"epochs": 1},
+        "runtime": {"workers": 0, "gpus": 0, "device": "cpu"},
     }
+    for name, values in sections.items():
+        out[name] = {**out.get(name, {}), **values}
+    return out
 
 
 REPO = Path(__file__).resolve().parents[1]

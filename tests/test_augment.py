@@ -23,7 +23,7 @@ from cocon.data.clips import Augmentation, MultiViewClips, discover, make_loader
 from cocon.data.shards import ShardReader, ShardWriter, encode_frames
 from cocon.sources.records import VideoRecord
 
-from conftest import tiny_train
+from conftest import tiny_training
 
 H, W, T = 40, 48, 20
 VIEWS = ["rgb", "flow_tvl1"]
@@ -278,8 +278,7 @@ def test_engine_device_path_gives_the_cpu_batches(shards, tmp_path):
     from cocon.train.methods import get_method
 
     root = shards["rgb"][0].parents[2]
-    train = tiny_train(views=VIEWS)
-    cfg = load_config(overrides={"output_dir": str(root), "train": train})
+    cfg = load_config(overrides={"output_dir": str(root), **tiny_training(train={"views": VIEWS})})
     batches = {}
     for dev in (False, True):
         e = Engine(get_method("cocon")(cfg, VIEWS, {}), tmp_path / str(dev), device_augment=dev)

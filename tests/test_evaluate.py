@@ -33,19 +33,17 @@ def FinetuneTrainer(view, init_kind, init_path, cfg, out) -> Engine:
     return Engine(Finetune(cfg, [view], {view: init_path} if init_path else {}, init_kind), out)
 
 
-TRAIN = {
-    "views": ["rgb", "flow_tvl1"],
-    "num_blocks": 2,
-    "block_len": 3,
-    "stride": 2,
-    "pred_steps": 1,
-    "input_size": {"rgb": 32, "flow": 32},
-    "batch_size": 2,
-    "workers": 0,
-    "val_fraction": 0.3,
-    "device": "cpu",
-    "gpus": 0,
-    "keep_checkpoints": 2,
+TRAINING = {
+    "train": {
+        "views": ["rgb", "flow_tvl1"],
+        "num_blocks": 2,
+        "block_len": 3,
+        "stride": 2,
+        "input_size": {"rgb": 32, "flow": 32},
+        "val_fraction": 0.3,
+    },
+    "cpc": {"pred_steps": 1, "batch_size": 2},
+    "runtime": {"workers": 0, "device": "cpu", "gpus": 0, "keep_checkpoints": 2},
 }
 
 
@@ -58,7 +56,7 @@ def cfg(tmp_path_factory):
         overrides={
             "output_dir": str(root),
             "seed": 1,
-            "train": TRAIN,
+            **TRAINING,
             "finetune": {"epochs": 3, "batch_size": 2, "max_steps_per_epoch": 2, "lr_steps": [0.5]},
             "evaluate": {
                 "window_stride": 1,
@@ -123,7 +121,7 @@ def test_finetune_selects_the_best_validation_epoch(finetuned, pretrained):
     assert [r["epoch"] for r in hist] == [0, 1, 2]
     best = min(hist, key=lambda r: (-r["val/top1"], r["val/total"], r["epoch"]))
     assert model["selected_epoch"] == best["epoch"]
-    # the newest 2 epoch checkpoints are kept (train.keep_checkpoints), older ones deleted
+    # the newest 2 epoch checkpoints are kept (runtime.keep_checkpoints), older ones deleted
     folder = finetuned / "checkpoints"
     assert sorted(p.name for p in folder.glob("epoch_*.pt")) == ["epoch_0001.pt", "epoch_0002.pt"]
     kept = {r: load_checkpoint(folder / f"epoch_{r:04d}.pt")["models"]["rgb"] for r in (1, 2)}

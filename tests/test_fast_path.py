@@ -39,8 +39,8 @@ WIDTH = 8
 COMPILE_TIMEOUT = float(os.environ.get("COCON_COMPILE_TEST_TIMEOUT", 0))
 
 
-def tiny_config(output_dir, **train):
-    return _tiny_config(output_dir, width=WIDTH, **train)
+def tiny_config(output_dir, **sections):
+    return _tiny_config(output_dir, **{**sections, "train": {"width": WIDTH, **sections.get("train", {})}})
 
 
 def _tiny_models(views, cfg):
@@ -132,10 +132,10 @@ def _fit(cfg, out):
 
 @pytest.mark.slow
 def test_trainer_with_channels_last_completes_and_resumes(shards_dir, tmp_path, tiny, default_run):  # noqa: F811
-    cfg = tiny_config(shards_dir, channels_last=True)
+    cfg = tiny_config(shards_dir, runtime={"channels_last": True})
     straight = _fit(cfg, tmp_path / "straight")
     assert straight.models["rgb"].encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)
-    _fit(tiny_config(shards_dir, channels_last=True, cocon_epochs=1), tmp_path / "resumed")
+    _fit(tiny_config(shards_dir, runtime={"channels_last": True}, cocon={"epochs": 1}), tmp_path / "resumed")
     resumed = _fit(cfg, tmp_path / "resumed")
     assert resumed.start_epoch == 1
     a, b = load_checkpoint(tmp_path / "straight" / "model.pt"), load_checkpoint(tmp_path / "resumed" / "model.pt")
@@ -152,7 +152,7 @@ def test_trainer_with_channels_last_completes_and_resumes(shards_dir, tmp_path, 
     _assert_same_history(a["history"], default_run, rel=1e-3)
     # speed-only options are not part of the run hash: a run may be resumed with them switched
     default = tiny_config(shards_dir)
-    for switched in (cfg, tiny_config(shards_dir, compile=True)):
+    for switched in (cfg, tiny_config(shards_dir, runtime={"compile": True})):
         assert run_hash(CoCon(switched, VIEWS).identity()) == run_hash(CoCon(default, VIEWS).identity())
 
 
@@ -171,12 +171,12 @@ def test_trainer_compile_wiring_keeps_checkpoints_and_resumes(
     uncompiled run."""
     torch._dynamo.reset()
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
-    cfg1 = tiny_config(shards_dir, compile=True, cocon_epochs=1)
+    cfg1 = tiny_config(shards_dir, runtime={"compile": True}, cocon={"epochs": 1})
     with caplog.at_level(logging.INFO, logger="cocon.train"):
         first = _fit(cfg1, tmp_path / "compiled")
     assert any("torch.compile" in r.getMessage() for r in caplog.records)
     assert all(m._compiled_call_impl is not None for m in first.models.values())
-    resumed = _fit(tiny_config(shards_dir, compile=True), tmp_path / "compiled")
+    resumed = _fit(tiny_config(shards_dir, runtime={"compile": True}), tmp_path / "compiled")
     assert resumed.start_epoch == 1 and len(resumed.history) == 2
     ck = load_checkpoint(tmp_path / "compiled" / "model.pt")  # weights_only=True
     plain = _tiny_models(VIEWS, cfg1)

@@ -182,14 +182,14 @@ def test_resume_on_cuda_equals_an_uninterrupted_run(shards_dir, tmp_path, no_tf3
     integer buffers equal; the accuracies (argmax counts over a few clips) are not compared. A resume that
     lost the random state, the Adam moments or the learning rate moves the second epoch by far more."""
     views = ["flow_tvl1", "rgb"]
-    cfg = tiny_config(shards_dir, device="cuda", precision="fp32")
+    cfg = tiny_config(shards_dir, runtime={"device": "cuda"}, train={"precision": "fp32"})
     straight = Trainer("cocon", views, cfg, tmp_path / "straight", {})
     straight.fit()
     assert straight.device.type == "cuda"
     Trainer(
         "cocon",
         views,
-        tiny_config(shards_dir, device="cuda", precision="fp32", cocon_epochs=1),
+        tiny_config(shards_dir, runtime={"device": "cuda"}, train={"precision": "fp32"}, cocon={"epochs": 1}),
         tmp_path / "resumed",
         {},
     ).fit()
@@ -328,7 +328,7 @@ def test_pose_on_cuda_equals_the_cpu_result(no_tf32):
 def gpu_dag(tmp_path_factory):
     """tests/test_workflow.py's TINY demo, one shard, run by Snakemake with `--resources gpu=1`: TVL1 on the
     torch backend (flow.tvl1.backend torch, device cuda), CPC, CoCon, fine-tuning (CoCon init), the dense
-    test and the features on CUDA (train.gpus 1, train.device cuda), seg and pose on CUDA (gpus 1) when the
+    test and the features on CUDA (runtime.gpus 1, runtime.device cuda), seg and pose on CUDA (gpus 1) when the
     OpenMMLab stack is installed. Every GPU job runs under `cocon gpus 1` (its own GPU claim; the locks in
     this test's folder). Returns (workdir, whether pose and seg ran)."""
     from test_workflow import TINY, snakemake
@@ -338,7 +338,7 @@ def gpu_dag(tmp_path_factory):
         **TINY,
         "shards": {"videos_per_shard": 8},
         "flow": {"methods": ["tvl1"], "tvl1": {**TINY["flow"]["tvl1"], "backend": "torch", "device": "cuda"}},
-        "train": {**TINY["train"], "gpus": 1, "device": "cuda"},
+        "runtime": {**TINY["runtime"], "gpus": 1, "device": "cuda"},
         "finetune": {**TINY["finetune"], "inits": ["cocon"]},
     }
     if OPENMMLAB:

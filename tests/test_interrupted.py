@@ -18,7 +18,12 @@ from test_workflow import REPO, SNAKEMAKE, TINY, job_counts, snakemake
 pytestmark = pytest.mark.slow  # snakemake killed and resumed
 
 # width 64: epochs long enough to kill the job after its first checkpoint
-CFG = {**TINY, "shards": {"videos_per_shard": 8}, "train": {**TINY["train"], "cpc_epochs": 4, "width": 64}}
+CFG = {
+    **TINY,
+    "shards": {"videos_per_shard": 8},
+    "train": {**TINY["train"], "width": 64},
+    "cpc": {**TINY["cpc"], "epochs": 4},
+}
 TARGET = "results/train/cpc/rgb/model.pt"
 
 
@@ -56,4 +61,4 @@ def test_killed_training_job_leaves_nothing_complete_and_resumes(tmp_path):
     snakemake(tmp_path, CFG, "--cores", "2", "--rerun-incomplete", TARGET)
     assert "resumed from" in (tmp_path / "logs" / "train" / "cpc_rgb.log").read_text()
     ck = load_checkpoint(out / "model.pt")
-    assert [h["epoch"] for h in ck["history"]] == list(range(CFG["train"]["cpc_epochs"]))
+    assert [h["epoch"] for h in ck["history"]] == list(range(CFG["cpc"]["epochs"]))

@@ -23,7 +23,7 @@ from cocon.train.checkpoints import load_checkpoint
 from cocon.train.engine import Engine, padding_weights
 from cocon.train.methods import CPC, Finetune
 
-from conftest import gloo_process, tiny_train
+from conftest import gloo_process, tiny_training
 
 H, W, T = 36, 44, 16
 
@@ -49,14 +49,15 @@ def data(tmp_path_factory) -> Path:
     return root
 
 
-def config(root: Path, **train) -> dict:
-    t = tiny_train(
-        **{"views": ["rgb"], "input_size": {"rgb": 32}, "val_fraction": 0.3, "max_steps_per_epoch": 2, **train}
+def config(root: Path, cpc: dict | None = None, **train) -> dict:
+    t = tiny_training(
+        train={"views": ["rgb"], "input_size": {"rgb": 32}, "val_fraction": 0.3, **train},
+        cpc={"max_steps_per_epoch": 2, **(cpc or {})},
     )
     return load_config(
         overrides={
             "output_dir": str(root),
-            "train": t,
+            **t,
             "finetune": {"epochs": 1, "batch_size": 2, "max_steps_per_epoch": 2, "inits": ["random", "cpc"]},
         }
     )
@@ -131,8 +132,8 @@ def test_ddp_ranks_start_alike_and_draw_their_own_dropout_masks(data, tmp_path):
 
 
 def test_dpc_original_loss_is_reachable_from_the_config(data):
-    """train.cpc_variant: dpc = DPC's rollout (nothing normalised) and L_cpc on raw dot products, tau 1."""
-    cfg = config(data, cpc_variant="dpc")
+    """cpc.variant: dpc = DPC's rollout (nothing normalised) and L_cpc on raw dot products, tau 1."""
+    cfg = config(data, cpc={"variant": "dpc"})
     net = build_dpc("rgb", cfg)
     assert net.l2_norm is False
     method = CPC(cfg, ["rgb"])

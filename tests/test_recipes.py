@@ -37,8 +37,8 @@ def test_every_recipe_validates_and_states_the_paper_setting():
         cfg = yaml.safe_load(path.read_text())
         cfg["train"].pop("pretrained_run", None)  # checked against real files below
         cfg = load_config(overrides=cfg)
-        t = cfg["train"]
-        assert (t["depth"], t["width"], t["input_size"]["rgb"], t["num_blocks"], t["block_len"], t["pred_steps"]) == (
+        t, cpc, cocon = cfg["train"], cfg["cpc"], cfg["cocon"]
+        assert (t["depth"], t["width"], t["input_size"]["rgb"], t["num_blocks"], t["block_len"], cpc["pred_steps"]) == (
             18,
             64,
             128,
@@ -46,13 +46,13 @@ def test_every_recipe_validates_and_states_the_paper_setting():
             5,
             3,
         ), path.name
-        assert t["batch_size"] == 64 and t["lr"] == 1e-3 and t["weight_decay"] == 1e-5, path.name
+        assert cpc["batch_size"] == 64 and cpc["lr"] == 1e-3 and cpc["weight_decay"] == 1e-5, path.name
         if path.name.startswith("kinetics400_pretrain"):
-            assert (t["cpc_epochs"], t["cocon_epochs"]) == (80, 40)
+            assert (cpc["epochs"], cocon["epochs"]) == (80, 40)
         else:
             assert cfg["evaluate"]["paper"], f"{path.name}: the paper's numbers for this setting"
             if "pretrained_run" not in yaml.safe_load(path.read_text())["train"]:
-                assert (t["cpc_epochs"], t["cocon_epochs"]) == (100, 60), path.name
+                assert (cpc["epochs"], cocon["epochs"]) == (100, 60), path.name
 
 
 def _dry_run(tmp_path: Path, cfg: dict, *targets: str) -> dict[str, int]:

@@ -19,19 +19,19 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from slurm_cluster import LocalSlurm, missing_binaries
-from test_workflow import REPO, TINY, artefacts, snakemake
+from test_workflow import REPO, TINY, artefacts, comparable, snakemake
 
 pytestmark = pytest.mark.slow  # a private SLURM cluster and two DAG runs
 
 # Every rule of the default target on 8 videos in one shard, one flow method, CoCon init only: 12 SLURM
-# jobs (+ 3 local rules). train.gpus: 2, so every training job asks SLURM for 2 GPUs and every test or
+# jobs (+ 3 local rules). runtime.gpus: 2, so every training job asks SLURM for 2 GPUs and every test or
 # feature job for 1 (the test node's 8 GPUs are bookkeeping only: everything computes on the CPU, as
 # in the local run).
 SMALL = {
     **TINY,
     "shards": {"videos_per_shard": 8},
     "flow": {**TINY["flow"], "methods": ["tvl1"]},
-    "train": {**TINY["train"], "gpus": 2},
+    "runtime": {**TINY["runtime"], "gpus": 2},
     "finetune": {**TINY["finetune"], "inits": ["cocon"]},
 }
 JOBS = {"frames": 1, "flow": 1, "cpc": 2, "cocon": 1, "finetune": 2, "evaluate": 2, "features": 2, "report": 1}
@@ -133,9 +133,8 @@ def _mb(value: str) -> int:
 def test_slurm_run_equals_local_run_byte_for_byte(slurm_run):
     local, work, seconds, _ = slurm_run
     first, second = artefacts(local), artefacts(work)
-    strip = lambda keys: {k for k in keys if "/tb/" not in k and not k.endswith("checkpoints/inputs.txt")}  # noqa: E731
-    assert strip(first) == strip(second)
-    assert [k for k in strip(first) if first[k] != second[k]] == []
+    assert comparable(first) == comparable(second)
+    assert [k for k in comparable(first) if first[k] != second[k]] == []
     assert any(k.startswith("shards/rgb/") for k in first) and any(k.startswith("shards/flow_tvl1/") for k in first)
     assert json.loads(first["reports/metrics.json"]) == json.loads(second["reports/metrics.json"])
     print(f"SLURM run: {seconds:.0f} s")

@@ -22,7 +22,7 @@ from cocon.train.checkpoints import load_checkpoint
 from cocon.train.engine import Engine
 from cocon.train.methods import get_method
 
-from conftest import gloo_process, tiny_train
+from conftest import gloo_process, tiny_training
 
 
 def Trainer(method: str, views: list[str], cfg: dict, out: Path, init: dict) -> Engine:
@@ -78,9 +78,12 @@ def shards_dir(tmp_path_factory) -> Path:
     return root
 
 
-def tiny_config(output_dir: Path, **train) -> dict:
-    t = tiny_train(**{"cpc_epochs": 2, "cocon_epochs": 2, "max_steps_per_epoch": 2, "width": 8, **train})
-    return load_config(overrides={"output_dir": str(output_dir), "train": t})
+def tiny_config(output_dir: Path, **sections: dict) -> dict:
+    """tiny_training at width 8, 2 epochs of 2 steps per stage; `sections` update it key by key."""
+    base = tiny_training(train={"width": 8}, cpc={"epochs": 2, "max_steps_per_epoch": 2}, cocon={"epochs": 2})
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values}
+    return load_config(overrides={"output_dir": str(output_dir), **base})
 
 
 def _weights(path: Path) -> dict:
@@ -91,7 +94,7 @@ def test_resume_equals_an_uninterrupted_run(shards_dir, tmp_path):
     cfg = tiny_config(shards_dir)
     Trainer("cocon", ["flow_tvl1", "rgb"], cfg, tmp_path / "straight", {}).fit()
 
-    Trainer("cocon", ["flow_tvl1", "rgb"], tiny_config(shards_dir, cocon_epochs=1), tmp_path / "resumed", {}).fit()
+    Trainer("cocon", ["flow_tvl1", "rgb"], tiny_config(shards_dir, cocon={"epochs": 1}), tmp_path / "resumed", {}).fit()
     resumed = Trainer("cocon", ["flow_tvl1", "rgb"], cfg, tmp_path / "resumed", {})
     resumed.fit()
     assert resumed.start_epoch == 1  # it really resumed after the first epoch
@@ -106,10 +109,10 @@ def test_resume_equals_an_uninterrupted_run(shards_dir, tmp_path):
 
 
 def test_outputs_and_checkpoint_contents(shards_dir, tmp_path):
-    cfg = tiny_config(shards_dir, cpc_epochs=1)
+    cfg = tiny_config(shards_dir, cpc={"epochs": 1})
     Trainer("cpc", ["rgb"], cfg, tmp_path / "cpc", {}).fit()
     out = tmp_path / "cpc"
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["inputs.txt", "last.pt"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_seconds.json", "inputs.txt", "last.pt"]
     last = load_checkpoint(out / "checkpoints" / "last.pt")
     assert {
         "models",
@@ -132,7 +135,7 @@ def test_outputs_and_checkpoint_contents(shards_dir, tmp_path):
     t = Trainer(
         "cocon",
         ["rgb", "flow_tvl1"],
-        tiny_config(shards_dir, cocon_epochs=1),
+        tiny_config(shards_dir, cocon={"epochs": 1}),
         tmp_path / "cocon",
         {"rgb": str(out / "model.pt")},
     )
@@ -142,9 +145,9 @@ def test_outputs_and_checkpoint_contents(shards_dir, tmp_path):
 
 
 def test_checkpoint_of_another_config_is_set_aside_not_resumed(shards_dir, tmp_path):
-    Trainer("cpc", ["rgb"], tiny_config(shards_dir, cpc_epochs=1), tmp_path / "run", {}).fit()
+    Trainer("cpc", ["rgb"], tiny_config(shards_dir, cpc={"epochs": 1}), tmp_path / "run", {}).fit()
     first = (tmp_path / "run" / "checkpoints" / "last.pt").read_bytes()
-    t = Trainer("cpc", ["rgb"], tiny_config(shards_dir, cpc_epochs=1, lr=0.01), tmp_path / "run", {})
+    t = Trainer("cpc", ["rgb"], tiny_config(shards_dir, cpc={"epochs": 1, "lr": 0.01}), tmp_path / "run", {})
     t.fit()
     assert t.start_epoch == 0  # trained from scratch with the new learning rate
     assert (tmp_path / "run" / "checkpoints.previous" / "last.pt").read_bytes() == first
@@ -216,7 +219,7 @@ def test_ddp_two_cpu_processes_give_the_gradients_of_one_process(tmp_path):
 
 
 def test_finished_run_restarts_when_an_input_changes(shards_dir, tmp_path):
-    cfg = tiny_config(shards_dir, cpc_epochs=1, width=8)
+    cfg = tiny_config(shards_dir, cpc={"epochs": 1}, train={"width": 8})
     out = tmp_path / "cpc"
     Trainer("cpc", ["rgb"], cfg, out, {}).fit()
     again = Trainer("cpc", ["rgb"], cfg, out, {})

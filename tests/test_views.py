@@ -21,7 +21,7 @@ from cocon.train.checkpoints import load_checkpoint
 from cocon.train.engine import Engine
 from cocon.train.methods import CPC, CoCon, Finetune
 
-from conftest import tiny_train
+from conftest import tiny_training
 
 H, W, T = 36, 44, 16
 
@@ -143,11 +143,13 @@ def test_a_registered_view_is_computed_loaded_and_trained(tmp_path, edges_kind, 
     r = ShardReader(out)
     assert r.attrs["view"] == "edges" and r.read(0).shape == (T, H, W, 1)
 
-    train = tiny_train(views=["rgb", "edges"], input_size={"rgb": 32, "edges": 32}, max_steps_per_epoch=2)
+    training = tiny_training(
+        train={"views": ["rgb", "edges"], "input_size": {"rgb": 32, "edges": 32}}, cpc={"max_steps_per_epoch": 2}
+    )
     cfg = load_config(
         overrides={
             "output_dir": str(tmp_path),
-            "train": train,
+            **training,
             "finetune": {"epochs": 1, "batch_size": 2, "max_steps_per_epoch": 2},
         }
     )

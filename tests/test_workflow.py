@@ -20,7 +20,7 @@ import yaml
 from cocon.data.shards import ShardReader
 from cocon.sources.records import VideoRecord, assign_shards, write_manifest
 
-from conftest import stage_config, tiny_train
+from conftest import stage_config, tiny_training
 
 pytestmark = pytest.mark.slow  # real snakemake runs of the DAG (minutes on 2 cores)
 
@@ -42,7 +42,7 @@ TINY = {
     "shards": {"videos_per_shard": 3},
     "frames": {"short_side": 32, "min_frames": 8},
     "flow": {"tvl1": {"scales": 2, "warps": 2}},
-    "train": tiny_train(val_fraction=0.3),
+    **tiny_training(train={"val_fraction": 0.3}),
     "finetune": {"epochs": 2, "batch_size": 2, "max_steps_per_epoch": 1},
     "evaluate": {"consistency_top": 1, "consistency_min": 1, "alignment_blocks": 4, "batch_size": 4},
 }
@@ -94,6 +94,17 @@ def artefacts(workdir: Path) -> dict[str, bytes]:
     """Every file under results/ (relative path -> bytes)."""
     root = workdir / "results"
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# What holds wall-clock facts, never compared between runs: TensorBoard event files (their names and
+# records), checkpoints/inputs.txt (the shards' file times, the resume guard) and
+# checkpoints/epoch_seconds.json (epoch durations, for the deadline).
+WALL_CLOCK = ("checkpoints/inputs.txt", "checkpoints/epoch_seconds.json")
+
+
+def comparable(paths) -> set[str]:
+    """The artefact paths compared byte for byte between two runs (all but WALL_CLOCK files)."""
+    return {k for k in paths if "/tb/" not in k and not k.endswith(WALL_CLOCK)}
 
 
 @pytest.fixture(scope="module")
@@ -198,12 +209,9 @@ def test_rerun_in_place_does_nothing(demo_run):
 def test_rerun_from_clean_directory_is_byte_identical(demo_run, tmp_path):
     snakemake(tmp_path, ALL_VIEWS, "--cores", "2")
     first, second = artefacts(demo_run), artefacts(tmp_path)
-    strip = lambda keys: {k for k in keys if "/tb/" not in k and not k.endswith("checkpoints/inputs.txt")}  # noqa: E731
-    assert strip(first) == strip(second)
-    # videos, manifest, shards, summary, checkpoints, models and metrics are identical; TensorBoard event
-    # files are logs (their names and records hold the wall-clock time) and checkpoints/inputs.txt holds
-    # the shards' file times (the resume guard): they are not compared
-    different = [k for k in strip(first) if first[k] != second[k]]
+    assert comparable(first) == comparable(second)
+    # videos, manifest, shards, summary, checkpoints, models and metrics are identical
+    different = [k for k in comparable(first) if first[k] != second[k]]
     assert different == []
     assert any(k.endswith("model.pt") for k in first)
 

@@ -113,7 +113,7 @@ def evaluate(cfg: dict, view: str, model_path: str | Path, out: Path) -> dict:
     class_names = list(ck["class_names"])
     model = build_classifier(view, len(class_names), cfg)
     model.load_state_dict(ck["models"][view])
-    device = torch.device(resolve_device(cfg["train"]["device"]))
+    device = torch.device(resolve_device(cfg["runtime"]["device"]))
     precision = resolve_precision(cfg, device)
     model.to(device).eval()
     data = dense_dataset(cfg, view, "test")
@@ -124,7 +124,7 @@ def evaluate(cfg: dict, view: str, model_path: str | Path, out: Path) -> dict:
     video_ids = [v.video_id for v in data.videos]
     probs = np.zeros((len(data), len(class_names)), np.float32)
     windows = np.zeros(len(data), np.int64)
-    for item in iterate_videos(data, cfg["train"]["workers"]):
+    for item in iterate_videos(data, cfg["runtime"]["workers"]):
         i = int(item["index"])
         logits = run_in_chunks(model, item[view], cfg["evaluate"]["batch_size"], device, precision)
         probs[i] = torch.softmax(logits.double(), dim=1).mean(dim=0).numpy()

@@ -68,7 +68,7 @@ def block_features(net: DPC, x: torch.Tensor) -> torch.Tensor:
 
 def extract(cfg: dict, view: str, init_kind: str, model_path: str | None, out: Path) -> None:
     net = pretrained_network(cfg, view, init_kind, model_path)
-    device = torch.device(resolve_device(cfg["train"]["device"]))
+    device = torch.device(resolve_device(cfg["runtime"]["device"]))
     precision = resolve_precision(cfg, device)
     net.to(device)
     batch = cfg["evaluate"]["batch_size"]
@@ -79,7 +79,7 @@ def extract(cfg: dict, view: str, init_kind: str, model_path: str | None, out: P
         class_names = class_names or data.class_names
         feats = np.zeros((len(data), net.feature_size), np.float32)
         blocks = np.zeros((len(data), extra, net.feature_size), np.float32)
-        for item in iterate_videos(data, cfg["train"]["workers"]):
+        for item in iterate_videos(data, cfg["runtime"]["workers"]):
             i = int(item["index"])
             f = run_in_chunks(lambda x: context_feature(net, x), item[view], batch, device, precision)
             feats[i] = f.double().mean(dim=0).numpy()

@@ -31,16 +31,16 @@ class PerViewNetworks(nn.ModuleDict):
 
 
 def build_dpc(view: str, cfg: dict) -> DPC:
-    """The DPC network of `view` with the `train` section's depth, width, blocks and prediction
-    variant (train.cpc_variant: "cocon" = CoCon's L2-normalised rollout, "dpc" = DPC's original)."""
-    tc = cfg["train"]
+    """The DPC network of `view` with the `train` section's depth, width and blocks and the `cpc` section's
+    prediction steps and variant (cpc.variant: "cocon" = CoCon's L2-normalised rollout, "dpc" = DPC's original)."""
+    tc, cpc = cfg["train"], cfg["cpc"]
     return DPC(
         V.channels(view),
         depth=tc["depth"],
         num_blocks=tc["num_blocks"],
-        pred_steps=tc["pred_steps"],
+        pred_steps=cpc["pred_steps"],
         width=tc["width"],
-        l2_norm=tc["cpc_variant"] == "cocon",
+        l2_norm=cpc["variant"] == "cocon",
     )
 
 

@@ -4,8 +4,10 @@
     cocon train cocon --views rgb flow_tvl1 --init rgb=.../cpc/rgb/model.pt --init flow_tvl1=... --out ...
     cocon train finetune --views rgb --init-kind cpc --init rgb=.../cpc/rgb/model.pt --out ...
 
-With train.gpus > 1 and CUDA visible the command re-executes itself under torchrun (one DDP process per
-GPU, in the same job). The final metrics are printed as one JSON line on stderr.
+With runtime.gpus > 1 and CUDA visible the command re-executes itself under torchrun (one DDP process per
+GPU, in the same job). The final metrics are printed as one JSON line on stderr. Under SLURM the run stops
+at an epoch boundary before the job's time limit and exits with code 75 (cocon.train.deadline); run again,
+it resumes.
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from cocon.config import add_config_args, config_from_args
 from cocon.runtime import set_threads, setup_logging
 from cocon.train import distributed as D
 from cocon.train.methods import METHODS, get_method
+
+STARTED = time.time()  # the job's start, as near as this process knows it
 
 
 def parse_init(items: list[str], views: list[str]) -> dict[str, str]:
@@ -53,6 +58,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--init-kind", default=None, help="finetune: random | cpc | cocon | control (bookkeeping)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads of the job (split over processes)")
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="MINUTES",
+        help="the job's time limit (the rule's runtime); under SLURM the run stops at an epoch boundary before it",
+    )
     add_config_args(p)
     a = p.parse_args(argv)
     cfg = config_from_args(a, command="train")
@@ -63,13 +75,14 @@ def main(argv: list[str] | None = None) -> None:
         p.error(str(exc))
     import torch
 
+    from cocon.train.deadline import Deadline
     from cocon.train.engine import Engine
 
-    D.relaunch_under_torchrun(cfg["train"]["gpus"] if torch.cuda.is_available() else 1, "cocon", ["train", *argv])
+    D.relaunch_under_torchrun(cfg["runtime"]["gpus"] if torch.cuda.is_available() else 1, "cocon", ["train", *argv])
     setup_logging(f"rank{D.rank()}")
     if a.threads:
         set_threads(max(1, a.threads // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))))
-    engine = Engine(method, a.out)
+    engine = Engine(method, a.out, deadline=Deadline.for_job(a.time_limit, start=STARTED))
     try:
         engine.fit()
     finally:

@@ -62,6 +62,12 @@ def setup(device: str = "cpu") -> torch.device:
     return dev
 
 
+def barrier() -> None:
+    """Wait for every process (nothing without a process group)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

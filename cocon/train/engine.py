@@ -2,10 +2,12 @@
 
 The engine owns the loop, devices, DDP, precision, logging, checkpoints and exact resume; the method
 owns its networks, loss, schedule and model selection. Outputs in the run folder (docs/training.md):
-checkpoints/epoch_NNNN.pt (every epoch), checkpoints/last.pt (resume point), model.pt (the selected
-epoch's weights + provenance), metrics.csv (one row per epoch), tb/ (TensorBoard scalars). A job restarted
-in the same folder resumes after the last completed epoch, and ends with the weights and metrics of an
-uninterrupted run.
+checkpoints/last.pt (the resume point, every epoch), checkpoints/best.pt (the selected epoch's weights when
+it is not the last), checkpoints/epoch_NNNN.pt (only as runtime.keep_checkpoints asks), model.pt (the
+selected epoch's weights + provenance), metrics.csv (one row per epoch), tb/ (TensorBoard scalars). A job
+restarted in the same folder resumes after the last completed epoch, and ends with the weights and metrics
+of an uninterrupted run; with more epochs configured, a finished run continues. Under a scheduler's time
+limit the run stops itself at an epoch boundary when the next epoch would not fit (cocon.train.deadline).
 
     engine = Engine(CPC(cfg, ["rgb"]), out=Path("results/train/cpc/rgb"))
     engine.fit()
@@ -41,6 +43,7 @@ from cocon.train.checkpoints import (
     run_hash,
     seed_everything,
 )
+from cocon.train.deadline import Deadline, DeadlineReached, epoch_estimate, record_epoch
 from cocon.train.methods.base import Method
 
 log = logging.getLogger("cocon.train")
@@ -67,14 +70,15 @@ class Engine:
     """One run of `method` in the folder `out` (see the module docstring). `setup()` builds everything
     (the constructor only stores); `fit()` sets up, resumes if it can, trains and writes the outputs."""
 
-    def __init__(self, method: Method, out: Path, device_augment: bool | None = None):
+    def __init__(self, method: Method, out: Path, device_augment: bool | None = None, deadline: Deadline | None = None):
         self.method, self.out = method, Path(out)
+        self.deadline = deadline or Deadline(None)
         # uint8 clips from the workers, augmentation finished per batch on the training device
         # (cocon.data.augment): the default on every device (on a CPU too, batched finishing is faster than
         # per-sample); False makes the workers finish each sample with the same function.
         self._device_augment = device_augment
         self.cfg, self.views = method.cfg, method.views
-        self.tc = method.cfg["train"]
+        self.tc, self.rt = method.cfg["train"], method.cfg["runtime"]
         self.epochs = method.epochs
         self.start_epoch = 0
         self.history: list[dict] = []
@@ -84,22 +88,22 @@ class Engine:
     def setup(self) -> None:
         if self._ready:
             return
-        tc, method = self.tc, self.method
-        device = resolve_device(tc["device"])
+        tc, rt, method = self.tc, self.rt, self.method
+        device = resolve_device(rt["device"])
         self.device = D.setup(device)
         self.precision = tc["precision"]
         if self.precision == "auto":
             self.precision = "bf16" if self.device.type == "cuda" else "fp32"
-        if self.device.type == "cuda" and tc.get("cudnn_benchmark", False):
+        if self.device.type == "cuda" and rt["cudnn_benchmark"]:
             torch.backends.cudnn.benchmark = True
         seed_everything(self.cfg["seed"])  # identical initial weights on every rank
         self.train_set, self.val_set = method.datasets()
         self.models = D.convert_batchnorm(method.networks(self.train_set), self.device).to(self.device)
-        self.channels_last = tc["channels_last"]
+        self.channels_last = rt["channels_last"]
         if self.channels_last:  # the encoders' Conv3d weights (g and phi are 1x1 Conv2d on S x S maps)
             for m in self.models.values():
                 m.encoder.to(memory_format=torch.channels_last_3d)
-        if tc["compile"]:
+        if rt["compile"]:
             # in place (nn.Module.compile) and before the DDP wrapper, as the torch.compile docs advise:
             # parameters, state_dict keys, checkpoints and resume are those of the uncompiled networks
             for m in self.models.values():
@@ -128,7 +132,7 @@ class Engine:
             )
         self.per_rank = per_rank
         seed = self.cfg["seed"]
-        workers, pin = tc["workers"], self.device.type == "cuda"
+        workers, pin = rt["workers"], self.device.type == "cuda"
         self.device_augment = True if self._device_augment is None else bool(self._device_augment)
         if self.device_augment:  # workers hand over uint8 clips (pinned), finished on the device in _step
             self.train_set.output = self.val_set.output = "uint8"
@@ -179,22 +183,23 @@ class Engine:
         ck = load_checkpoint(last)
         stamp = self.out / "checkpoints" / INPUTS_FILE
         inputs = stamp.read_text().strip() if stamp.exists() else self.inputs
+        why = None
         if ck.get("run_hash") != self.hash or inputs != self.inputs:
+            why = (
+                f"it belongs to another configuration or other inputs (run hash {ck.get('run_hash')}, now "
+                f"{self.hash}; inputs {inputs}, now {self.inputs})"
+            )
+        elif ck["epoch"] >= self.epochs:
+            why = f"it is at epoch {ck['epoch']}, past the {self.epochs} epochs now configured"
+        if why:
             aside = self.out / "checkpoints.previous"
+            D.barrier()  # every process has read last.pt before it moves
             if D.is_main():
                 if aside.exists():
                     shutil.rmtree(aside)
                 os.replace(self.out / "checkpoints", aside)
-            log.warning(
-                "%s belongs to another configuration or other inputs (run hash %s, now %s; inputs %s, "
-                "now %s): starting afresh; its checkpoints were moved to %s",
-                last,
-                ck.get("run_hash"),
-                self.hash,
-                inputs,
-                self.inputs,
-                aside,
-            )
+            D.barrier()
+            log.warning("%s: %s; starting afresh, its checkpoints were moved to %s", last, why, aside)
             return
         for v, m in self.models.items():
             m.load_state_dict(ck["models"][v])
@@ -269,52 +274,83 @@ class Engine:
             self.per_rank,
             self.precision,
             ", channels_last" if self.channels_last else "",
-            ", compiled" if self.tc["compile"] else "",
+            ", compiled" if self.rt["compile"] else "",
             self.start_epoch,
             self.epochs - 1,
         )
-        for epoch in range(self.start_epoch, self.epochs):
-            t0 = time.perf_counter()
-            seed_everything(epoch_seed(self.cfg["seed"], epoch, D.rank()))
-            tr = self._epoch(self.train_loader, epoch, train=True)
-            va = self._epoch(self.val_loader, epoch, train=False)
-            self.method.scheduler_step(self.sched, va)
-            seconds = time.perf_counter() - t0  # logged, not stored: metrics stay identical across reruns
-            row = {
-                "epoch": epoch,
-                "lr": self.opt.param_groups[0]["lr"],
-                **{f"train/{k}": v for k, v in tr.items()},
-                **{f"val/{k}": v for k, v in va.items()},
-            }
-            self.history.append(row)
+        self.trained_from = self.start_epoch
+        try:
+            for epoch in range(self.start_epoch, self.epochs):
+                self.stop_if_out_of_time(epoch)
+                t0 = time.perf_counter()
+                seed_everything(epoch_seed(self.cfg["seed"], epoch, D.rank()))
+                tr = self._epoch(self.train_loader, epoch, train=True)
+                va = self._epoch(self.val_loader, epoch, train=False)
+                self.method.scheduler_step(self.sched, va)
+                seconds = time.perf_counter() - t0  # logged, not stored: metrics stay identical across reruns
+                row = {
+                    "epoch": epoch,
+                    "lr": self.opt.param_groups[0]["lr"],
+                    **{f"train/{k}": v for k, v in tr.items()},
+                    **{f"val/{k}": v for k, v in va.items()},
+                }
+                self.history.append(row)
+                if D.is_main():
+                    for k, v in row.items():
+                        if k != "epoch":
+                            writer.add_scalar(k, v, epoch)
+                    self.save_checkpoints(epoch)
+                    record_epoch(self.out / "checkpoints", time.perf_counter() - t0)
+                    log.info(
+                        "epoch %d: train total %.4f val total %.4f lr %.2e (%.1f s)",
+                        epoch,
+                        tr.get("total", 0.0),
+                        va.get("total", 0.0),
+                        row["lr"],
+                        seconds,
+                    )
+        finally:
             if D.is_main():
-                for k, v in row.items():
-                    if k != "epoch":
-                        writer.add_scalar(k, v, epoch)
-                self.save_checkpoints(epoch)
-                log.info(
-                    "epoch %d: train total %.4f val total %.4f lr %.2e (%.1f s)",
-                    epoch,
-                    tr.get("total", 0.0),
-                    va.get("total", 0.0),
-                    row["lr"],
-                    seconds,
-                )
+                writer.close()
         if D.is_main():
-            writer.close()
             self.write_outputs()
         return self.history
 
+    def stop_if_out_of_time(self, epoch: int) -> None:
+        """Before `epoch`: raise DeadlineReached (exit code 75, the retry resumes) when the job's deadline
+        does not leave time for one more epoch (the longest of the last recorded ones). Rank 0 decides for
+        all processes. The first epoch of a run, with no duration recorded yet, always starts."""
+        if self.deadline.end is None:
+            return
+        stop = 0.0
+        if D.is_main():
+            estimate = epoch_estimate(self.out / "checkpoints")
+            stop = float(estimate is not None and not self.deadline.fits(estimate))
+        if not float(D.all_reduce_sum(torch.tensor([stop], device=self.device))[0]):
+            return
+        left = max(0.0, self.deadline.left())
+        estimate = epoch_estimate(self.out / "checkpoints") or 0.0
+        raise DeadlineReached(
+            f"stopping before epoch {epoch}: it would take ~{estimate / 60:.1f} min and the job has "
+            f"{left / 60:.1f} min left before its time limit (minus {self.deadline.margin:.0f} s to finish); "
+            f"checkpoints/last.pt holds epochs 0..{epoch - 1} and a retry resumes from it"
+            + (
+                ". Not one epoch fits in this job's time: raise the rule's runtime (or runtime.max_job_minutes)"
+                if epoch == self.trained_from
+                else ""
+            )
+        )
+
     def save_checkpoints(self, epoch: int) -> None:
         """After `epoch`: last.pt (the resume point); best.pt (weights only) when the method selects this
-        epoch so far and it is not the last; epoch_NNNN.pt for the newest train.keep_checkpoints epochs
+        epoch so far and it is not the last; epoch_NNNN.pt for the newest runtime.keep_checkpoints epochs
         (null: every epoch), older ones deleted. best.pt goes first: a job killed between the two writes
         resumes from the previous last.pt and writes both again."""
         folder = self.out / "checkpoints"
         ck = self.checkpoint(epoch)
         if epoch < self.epochs - 1 and self.method.select_epoch(self.history) == epoch:
             save_torch({"epoch": epoch, "run_hash": self.hash, "models": ck["models"]}, folder / "best.pt")
-        keep = self.tc["keep_checkpoints"]
+        keep = self.rt["keep_checkpoints"]
         if keep is None or keep > 0:
             save_torch(ck, folder / f"epoch_{epoch:04d}.pt")
         if keep is not None:

@@ -1,11 +1,20 @@
 """The config contract between the workflow and its jobs, in one place.
 
-Every job gets, as `--config-json`, exactly the config sections it depends on (`job_config`), so
-Snakemake reruns it when one of them changes and only then; the job validates those sections against
-the schema (cocon.config.config_from_args) and reads nothing else. Cross-section checks run once, on the
-whole config, when the workflow is parsed (rules/common.smk), before any job starts.
+Every job reads a fixed set of config keys (`READS`). The rules split them in two:
 
-A preprocessing stage turns its sections into the parameters it records in its shards (`stage_params`).
+- the **results** part (`job_config`): the keys that can change what the job writes. It is the job's
+  Snakemake `params`, so Snakemake reruns the job when one of them changes, and only then; the training
+  methods hash the same part (minus the epoch count) into the run identity that decides whether
+  checkpoints may resume (cocon.train.methods.base.Method.identity).
+- the **runtime** part (`runtime_config`): keys that change only speed or placement (`SPEED_ONLY`: GPUs,
+  device, workers, batch sizes of inference, compile, ...). The rules pass it outside `params`
+  (`--runtime-json`), so changing it reruns nothing.
+
+A job validates what it gets against the schema (cocon.config.config_from_args) and cannot read a key it
+was not given. Cross-section checks run once, on the whole config, when the workflow is parsed
+(rules/common.smk), before any job starts. docs/reruns.md tabulates which jobs each key reruns.
+
+A preprocessing stage turns its results part into the parameters it records in its shards (`stage_params`).
 """
 
 from __future__ import annotations
@@ -13,47 +22,165 @@ from __future__ import annotations
 import copy
 import json
 
-# What each command depends on: top-level sections, or "section.key" for a part of one; "{method}" is a
-# flow method. Scheduling keys of view sections (enabled, gpus) are left out: they change where a job
-# runs, not what it writes.
-SECTIONS: dict[str, tuple[str, ...]] = {
-    "demo": ("output_dir", "seed", "dataset", "demo"),
+from cocon import views as V
+
+_TRAINING = ("output_dir", "seed", "dataset.split", "train")
+# Dense test and features: the network and the clips, without the validation subset (they read whole roles).
+_TESTING = (
+    "output_dir",
+    "seed",
+    "dataset.split",
+    *(f"train.{k}" for k in ("depth", "width", "num_blocks", "block_len", "stride", "input_size", "eval_crop")),
+    "train.precision",
+)
+# Every key a job of each command reads: "section" or "section.key[.key]"; "{method}" is the flow method.
+READS: dict[str, tuple[str, ...]] = {
+    "demo": ("output_dir", "seed", "demo"),
     "manifest": ("output_dir", "seed", "dataset", "demo", "shards"),
     "frames": ("dataset.name", "dataset.format", "frames"),
     "flow": ("dataset.name", "dataset.format", "flow.bound", "flow.encoding", "flow.{method}"),
     "seg": ("seed", "dataset.name", "dataset.format", "seg"),
     "pose": ("seed", "dataset.name", "dataset.format", "pose"),
-    "cpc": ("output_dir", "seed", "dataset", "train"),
-    "cocon": ("output_dir", "seed", "dataset", "train"),
-    "finetune": ("output_dir", "seed", "dataset", "train", "finetune"),
-    "evaluate": ("output_dir", "seed", "dataset", "train", "finetune", "evaluate"),
-    "features": ("output_dir", "seed", "dataset", "train", "evaluate"),
-    "report": ("output_dir", "seed", "dataset", "train", "finetune", "evaluate"),
-    "claim": ("output_dir", "seed", "dataset", "train", "finetune", "evaluate", "claim"),
+    "cpc": (*_TRAINING, "cpc", "runtime"),
+    "cocon": (*_TRAINING, "cpc", "cocon", "runtime"),
+    "control": (*_TRAINING, "cpc", "cocon.epochs", "runtime"),
+    "finetune": (*_TRAINING, "finetune", "runtime"),
+    "evaluate": (
+        *_TESTING,
+        "finetune.protocol",
+        "finetune.dropout",
+        "evaluate.window_stride",
+        "evaluate.batch_size",
+        "runtime.device",
+        "runtime.workers",
+    ),
+    "features": (
+        *_TESTING,
+        "cpc.pred_steps",
+        "cpc.variant",
+        "evaluate.window_stride",
+        "evaluate.alignment_blocks",
+        "evaluate.batch_size",
+        "runtime.device",
+        "runtime.workers",
+    ),
+    "report": ("seed", "dataset.name", "dataset.format", "dataset.split", "evaluate"),
+    "claim": ("seed", "dataset.name", "dataset.format", "dataset.split", "evaluate.ensemble_weights", "claim"),
 }
+# Keys that change speed or placement, never a result beyond float rounding (the runtime part).
+SPEED_ONLY = (
+    "runtime",
+    "flow.tvl1.device",
+    "flow.tvl1.batch_size",
+    "seg.enabled",
+    "seg.gpus",
+    "seg.device",
+    "seg.batch_size",
+    "pose.enabled",
+    "pose.gpus",
+    "pose.device",
+    "pose.batch_size",
+    "pose.detector.batch_size",
+    "evaluate.batch_size",
+)
+# Keys that no job reads as a setting: which views are trained (the jobs' wildcards and --views say it),
+# where pretrained models come from (the jobs' input files say it), which inits are compared (which jobs exist).
+NOT_A_SETTING = ("train.views", "train.pretrained_run", "finetune.inits")
+# The epoch count of each training command: left out of the run identity (raising it continues a finished run).
+EPOCHS_KEY = {"cpc": "cpc.epochs", "cocon": "cocon.epochs", "control": "cocon.epochs"}
+# Keys of a view section that say whether and where its job runs, not what it writes.
 SCHEDULING_KEYS = ("enabled", "gpus")
 
 
-def sections(config: dict, command: str, **wildcards) -> dict:
-    """The part of `config` a job of `command` gets (a new dict)."""
+def _get(cfg: dict, path: str):
+    node = cfg
+    for key in path.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return _MISSING
+        node = node[key]
+    return node
+
+
+def _put(cfg: dict, path: str, value) -> None:
+    *heads, last = path.split(".")
+    node = cfg
+    for key in heads:
+        node = node.setdefault(key, {})
+    node[last] = copy.deepcopy(value)
+
+
+def _drop(cfg: dict, path: str) -> None:
+    *heads, last = path.split(".")
+    node = _get(cfg, ".".join(heads)) if heads else cfg
+    if isinstance(node, dict):
+        node.pop(last, None)
+        if heads and not node:
+            _drop(cfg, ".".join(heads))
+
+
+_MISSING = object()
+
+
+def _job_views(config: dict, command: str, views) -> list[str]:
+    """The views whose input sizes and ensemble weights a job depends on: `views` when given (a per-view
+    job's one view, or stage 2's views), else train.views for the commands that combine views."""
+    if views is not None:
+        return [views] if isinstance(views, str) else list(views)
+    trained = _get(config, "train.views")
+    return list(trained) if trained is not _MISSING and command in ("cocon", "control", "report", "claim") else []
+
+
+def _reads(config: dict, command: str, method: str | None) -> dict:
+    """Every key `command` reads, with its value (missing keys skipped: a job's own, already pruned config
+    gives the same selection again)."""
     out: dict = {}
-    paths = list(SECTIONS[command])
-    if command == "pose" and config["pose"]["boxes"] == "seg":
-        paths.append("seg")  # its boxes come from the seg view: seg's parameters shape the pose maps
-    for path in paths:
-        path = path.format(**wildcards)
-        head, _, key = path.partition(".")
-        if key:
-            out.setdefault(head, {})[key] = copy.deepcopy(config[head][key])
+    for path in READS[command]:
+        value = _get(config, path.format(method=method))
+        if value is not _MISSING:
+            _put(out, path.format(method=method), value)
+    if command == "pose" and _get(config, "pose.boxes") == "seg" and "seg" in config:
+        out["seg"] = copy.deepcopy(config["seg"])  # its boxes come from the seg view
+    if command == "pose" and _get(out, "pose.boxes") not in ("detector", _MISSING):
+        _drop(out, "pose.detector")
+    if command == "manifest":  # a demo's manifest depends on the generator; another's on its annotations
+        if _get(config, "dataset.format") == "demo":
+            for key in ("root", "manifest", "on_missing"):
+                _drop(out, f"dataset.{key}")
         else:
-            out[head] = copy.deepcopy(config[head])
-    for view in ("seg", "pose"):
-        if isinstance(out.get(view), dict):
-            for key in SCHEDULING_KEYS:
-                out[view].pop(key, None)
-    if command == "pose" and out["pose"]["boxes"] != "detector":
-        out["pose"].pop("detector", None)
+            _drop(out, "demo")
+            _drop(out, "seed")
+        _drop(out, "dataset.split")  # the manifest holds every split's roles
     return out
+
+
+def job_sections(
+    config: dict, command: str, *, views=None, method: str | None = None, seed: int | None = None
+) -> tuple[dict, dict]:
+    """(results, runtime): the keys a job of `command` reads, split as the module docstring says. `views`:
+    the view of a per-view job (cpc, finetune, evaluate, features) or stage 2's views (default: train.views);
+    `method`: the flow method; `seed`: a training seed other than config's (the claim target)."""
+    out = _reads(config, command, method)
+    for path in NOT_A_SETTING:
+        _drop(out, path)
+    views = _job_views(config, command, views)
+    sizes = _get(out, "train.input_size")
+    if sizes is not _MISSING:
+        kinds = {V.kind_of(v).name for v in views}
+        out["train"]["input_size"] = {k: s for k, s in sizes.items() if k in kinds}
+    weights = _get(out, "evaluate.ensemble_weights")
+    if weights is not _MISSING:
+        out["evaluate"]["ensemble_weights"] = {v: w for v, w in weights.items() if v in views}
+    if command == "control":
+        _put(out, "cocon.lam", 0.0)
+    if seed is not None:
+        out["seed"] = int(seed)
+    runtime: dict = {}
+    for path in SPEED_ONLY:
+        value = _get(out, path)
+        if value is not _MISSING:
+            _put(runtime, path, value)
+            _drop(out, path)
+    return out, runtime
 
 
 def as_json(obj) -> str:
@@ -61,16 +188,31 @@ def as_json(obj) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
-def job_config(config: dict, command: str, **wildcards) -> str:
-    """`--config-json` of a job of `command` (canonical JSON of `sections`)."""
-    return as_json(sections(config, command, **wildcards))
+def job_config(config: dict, command: str, **kw) -> str:
+    """`--config-json` of a job of `command` (canonical JSON of the results part): its Snakemake params."""
+    return as_json(job_sections(config, command, **kw)[0])
+
+
+def runtime_config(config: dict, command: str, **kw) -> str:
+    """`--runtime-json` of a job of `command` (canonical JSON of the runtime part): not a param."""
+    return as_json(job_sections(config, command, **kw)[1])
+
+
+def run_identity_config(cfg: dict, command: str, views: list[str]) -> dict:
+    """What a training run of `command` on `views` is, for its run identity: the results part of its job
+    without the epoch count (cpc, cocon, control: raising it continues a finished run)."""
+    out, _ = job_sections(cfg, command, views=views)
+    if command in EPOCHS_KEY:
+        _drop(out, EPOCHS_KEY[command])
+    return out
 
 
 def stage_params(cfg: dict, stage: str, method: str | None = None) -> dict:
-    """The parameters a preprocessing stage records in its shards (root attribute `params`), from the
-    validated job config: frames - the frames section; flow - bound, encoding and the method's
-    section; any other view (seg, pose, a registered one) - its section without scheduling keys, with the
-    global seed when the job has it and, for pose with boxes from seg, the seg parameters."""
+    """The parameters a preprocessing stage runs with and records in its shards (root attribute `params`),
+    from its validated config (results and runtime parts): frames - the frames section; flow - bound,
+    encoding and the method's section; any other view (seg, pose, a registered one) - its section without
+    the scheduling keys (enabled, gpus), with the global seed when the job has it and, for pose with boxes
+    from seg, the seg parameters."""
     if stage == "frames":
         return dict(cfg["frames"])
     if stage == "flow":

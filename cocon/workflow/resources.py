@@ -1,6 +1,7 @@
 """Threads, memory and runtime of every rule, in one place (the rules read it; the SLURM profile adds
 only executor settings). Memory and runtime are multiplied by the attempt, so a job that SLURM killed
-for memory or time is resubmitted (profiles/slurm: retries) with twice, then three times, as much.
+for memory or time is resubmitted (profiles/slurm: retries) with twice, then three times, as much; the
+runtime never above runtime.max_job_minutes (a partition's limit: sbatch rejects longer requests).
 
 threads: CPUs of the job (SLURM --cpus-per-task; the stages size their thread pools from it);
 mem_mb: memory in MB; runtime: minutes. Sizes for UCF101-scale shards (256 videos) and GPU training.
@@ -45,7 +46,8 @@ def mem_mb(rule: str):
     return lambda wildcards, attempt: base * attempt
 
 
-def runtime(rule: str):
-    """Snakemake resource callable: runtime of `rule` x attempt (minutes)."""
+def runtime(rule: str, max_minutes: int | None = None):
+    """Snakemake resource callable: runtime of `rule` x attempt (minutes), at most `max_minutes`."""
     base = RULES[rule].runtime
-    return lambda wildcards, attempt: base * attempt
+    cap = max_minutes or base * 1000
+    return lambda wildcards, attempt: min(base * attempt, cap)

@@ -14,11 +14,13 @@ import torch
 from cocon import views as V
 from cocon.data.clips import Augmentation, MultiViewClips, discover, eval_centre_crop
 from cocon.models.build import PerViewNetworks
+from cocon.workflow.jobs import run_identity_config
 
 
 class Method:
     """Base of the training methods (cpc, cocon, finetune). Subclasses set `name`, the number of views
-    they train and override what differs; the defaults are those of pretraining (the `train` section)."""
+    they train and override what differs; the defaults are those of pretraining (the `cpc` section, whose
+    loss and optimiser settings both stages use)."""
 
     name: ClassVar[str] = ""
     min_views: ClassVar[int] = 1
@@ -36,15 +38,20 @@ class Method:
         self.init_kind = init_kind
         self.tc = cfg["train"]
 
+    @property
+    def command(self) -> str:
+        """The workflow command (cocon.workflow.jobs) whose results part configures this run."""
+        return self.name
+
     # ------------------------------------------------------------ hyper-parameters
     @property
     def epochs(self) -> int:
-        return int(self.tc[f"{self.name}_epochs"])
+        return int(self.cfg[self.name]["epochs"])
 
     @property
     def section(self) -> dict:
         """The config section holding lr, weight_decay, batch_size, max_steps_per_epoch."""
-        return self.tc
+        return self.cfg["cpc"]
 
     def batch_size(self) -> int:
         """Clips per optimiser step over all processes (the global batch)."""
@@ -55,7 +62,7 @@ class Method:
 
     def optimizer(self, params) -> torch.optim.Optimizer:
         s = self.section
-        fused = self.tc.get("fused_adam", False) and torch.cuda.is_available()
+        fused = self.cfg["runtime"]["fused_adam"] and torch.cuda.is_available()
         return torch.optim.Adam(
             params, lr=s["lr"], weight_decay=s["weight_decay"], **({"fused": True} if fused else {})
         )
@@ -63,7 +70,7 @@ class Method:
     def scheduler(self, opt):
         """ReduceLROnPlateau (x0.1) on the validation total loss (CoCon's schedule)."""
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            opt, mode="min", factor=0.1, patience=self.tc["plateau_patience"], min_lr=self.tc["min_lr"]
+            opt, mode="min", factor=0.1, patience=self.section["plateau_patience"], min_lr=self.section["min_lr"]
         )
 
     def scheduler_step(self, sched, val: dict[str, float]) -> None:
@@ -104,34 +111,15 @@ class Method:
         return self.epochs - 1
 
     def identity(self) -> dict:
-        """What identifies a run of this method (its checkpoints resume only into the same run):
-        everything but the epoch count (raising it continues a finished run) and speed-only options."""
-        train = {k: v for k, v in self.tc.items() if k not in NOT_HASHED}
+        """What identifies a run of this method (its checkpoints resume only into the same run): the results
+        part of its job's config (cocon.workflow.jobs; speed-only settings are not in it) without the epoch
+        count (raising it continues a finished run), its views and where its initial weights come from."""
         return {
             "method": self.name,
             "views": self.views,
-            "train": train,
-            "seed": self.cfg["seed"],
-            "dataset": self.cfg["dataset"],
+            "config": run_identity_config(self.cfg, self.command, self.views),
             "init": sorted(self.init),
         }
 
     def checkpoint_extras(self) -> dict:
         return {}
-
-
-# Options that change no result beyond float rounding (or only how long a run is): a run may be resumed
-# with them switched, and checkpoints written before they existed still resume.
-NOT_HASHED = (
-    "cpc_epochs",
-    "keep_checkpoints",
-    "cocon_epochs",
-    "channels_last",
-    "compile",
-    "fused_adam",
-    "cudnn_benchmark",
-    "workers",
-    "gpus",
-    "device",
-    "precision",
-)

@@ -17,17 +17,7 @@ class CPC(Method):
 
     def __init__(self, cfg, views, init=None, init_kind=None):
         super().__init__(cfg, views, init, init_kind)
-        tc = self.tc
-        self.criterion = CoconLoss(
-            lam=tc["lam"],
-            alpha=tc["alpha"],
-            variant=tc["loss_variant"],
-            temperature=tc["temperature"] if tc["cpc_variant"] == "cocon" else 1.0,
-            normalize=tc["cpc_variant"] == "cocon",
-            mask_group_negatives=not tc["sibling_negatives"],
-            centre=tc["coop_centre"],
-            sync_weight=tc["sync_weight"],
-        )
+        self.criterion = CoconLoss(**loss_settings(cfg, cooperative=self.min_views > 1))
 
     def networks(self, train_set) -> PerViewNetworks:
         nets = PerViewNetworks({v: build_dpc(v, self.cfg) for v in self.views})
@@ -44,6 +34,23 @@ class CPC(Method):
         for v, out in outputs.items():
             terms[f"cos/{v}"] = mean_pairwise_cosine(out.z.detach())
         return terms
+
+
+def loss_settings(cfg: dict, cooperative: bool) -> dict:
+    """CoconLoss arguments: L_cpc from the `cpc` section; with `cooperative` (stage 2) the cooperative terms
+    from the `cocon` section, else none (stage 1 trains one view: there is no view pair to cooperate)."""
+    cpc = cfg["cpc"]
+    coop = cfg["cocon"] if cooperative else {"lam": 0.0}
+    return dict(
+        lam=coop["lam"],
+        alpha=coop.get("alpha", 1.0),
+        variant=coop.get("loss_variant", "code"),
+        temperature=cpc["temperature"] if cpc["variant"] == "cocon" else 1.0,
+        normalize=cpc["variant"] == "cocon",
+        mask_group_negatives=not cpc["sibling_negatives"],
+        centre=coop.get("coop_centre", False),
+        sync_weight=coop.get("sync_weight", 1.0),
+    )
 
 
 def mean_pairwise_cosine(z: torch.Tensor) -> torch.Tensor:

@@ -81,10 +81,8 @@ class Finetune(Method):
         return int(best["epoch"])
 
     def identity(self):
-        # the epochs stay in: the step schedule's milestones are fractions of them
-        fc = {k: v for k, v in self.cfg["finetune"].items() if k != "inits"}
+        # finetune.epochs stays in (cocon.workflow.jobs.EPOCHS_KEY): the milestones are fractions of them
         ident = super().identity()
-        ident["finetune"] = fc
         ident["init"] = [f"{self.init_kind}:{v}" for v in sorted(self.init)] or ["random"]
         return ident
 
