@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "seg": ("cocon.preprocess.seg", "person segmentation probability (mmsegmentation) of an rgb shard"),
     "pose": ("cocon.preprocess.pose", "pose keypoint heatmaps (mmpose) of an rgb shard"),
     "summary": ("cocon.preprocess.summary", "report every video that failed preprocessing"),
+    "views-figure": ("cocon.evaluate.views_figure", "figures of what preprocessing produced: a few videos, every view"),
     "train": ("cocon.train.command", "run a training method: cpc (stage 1), cocon (stage 2), finetune"),
     "evaluate": ("cocon.evaluate.dense", "dense test of a fine-tuned classifier on one view"),
     "features": ("cocon.evaluate.features", "pretrained video features for the analyses"),
