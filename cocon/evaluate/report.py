@@ -13,6 +13,10 @@ Reads the dense-test scores of every (init, view) (cocon.evaluate.dense) and the
     figures/       confusion_<init>_<view>.png, tsne_<init>_<view>.png, cosine_<init>_<view>.png,
                    alignment_<init>_<view>_<k>.png
 
+With --views-dir (the folder of `cocon views-figure`) and --failed-videos (the summary's failed_videos.tsv),
+tables.html and tables.md also show what preprocessing produced: thumbnails of the per-video view figures
+(relative links), what they flag (failed, empty or misaligned maps), and every failed video with its reason.
+
 The ensemble of an init is the weighted mean (`evaluate.ensemble_weights`) of its views' per-video
 probabilities, over the videos scored in every view. Retrieval: test videos query the training videos.
 Cosine histograms, t-SNE and class similarities use the test videos. All analyses use cosines of
@@ -24,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import html
+import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -294,7 +300,90 @@ def tables(metrics: dict, views: list[str], ks: list[int]) -> tuple[str, str]:
     return "\n".join(h) + "\n", "\n".join(md) + "\n"
 
 
-def report(cfg: dict, scores: dict, features: dict, out: Path) -> dict:
+MAX_FAILED_HTML = 1000  # failed-video rows in tables.html (failed_videos.tsv holds them all)
+
+
+def _figure_notes(fig: dict) -> list[str]:
+    """What a view figure flags (cocon.evaluate.views_figure's index entry): failed views, empty maps,
+    maps held at another rgb frame than their column."""
+    notes = []
+    for view, info in fig["views"].items():
+        if info["status"] != "ok":
+            notes.append(f"{view}: FAILED ({info['reason']})")
+            continue
+        n = len(info.get("empty", []))
+        if any(info.get("empty", [])):
+            notes.append(f"{view}: empty in {sum(info['empty'])}/{n} frames")
+        off = sum(int(h != k) for h, k in zip(info.get("rgb_held", []), fig["rgb_frames"]))
+        if off and not view.startswith("flow"):
+            notes.append(f"{view}: {off}/{n} maps from a neighbouring rgb frame")
+    return notes
+
+
+def preprocessing_section(views_dir: Path | None, failed_tsv: Path | None, rel: str) -> tuple[str, str]:
+    """(HTML, Markdown) of what preprocessing produced: the view figures listed in views_dir/index.json as
+    thumbnails linking to the PNGs (at `rel`, relative to the tables), and the failed videos of the
+    summary's TSV (view, shard, video, reason)."""
+    from cocon.evaluate.views_figure import read_failures
+
+    h, md = [], []
+    index = None
+    if views_dir is not None and (Path(views_dir) / "index.json").exists():
+        index = json.loads((Path(views_dir) / "index.json").read_text(encoding="utf-8"))
+    if index is not None:
+        h.append(
+            "<h3>Preprocessing: what the views look like</h3><p>A few videos per role of split "
+            f"{html.escape(index['split'])}; columns are rgb frames, rows the views "
+            f"({html.escape(', '.join(index['views']))}); each view at the index the training loader pairs with "
+            "the frame. Flow: hue = direction (right = red, left = cyan), saturation = magnitude. "
+            "Click a figure for full size.</p><div>"
+        )
+        md += ["**Preprocessing: what the views look like**", ""]
+        for fig in index["figures"]:
+            link = f"{rel}/{fig['file']}"
+            notes = _figure_notes(fig)
+            caption = f"{fig['role']}: {fig['video_id']} ({fig['label']})"
+            h.append(
+                "<figure style='display:inline-block;vertical-align:top;margin:6px'>"
+                f'<a href="{html.escape(link)}"><img src="{html.escape(link)}" width="520" '
+                f'alt="{html.escape(caption)}"></a><figcaption>{html.escape(caption)}'
+                + "".join(f"<br><b style='color:#b00'>{html.escape(n)}</b>" for n in notes)
+                + "</figcaption></figure>"
+            )
+            md.append(f"- [{caption}]({link})" + (f" — {'; '.join(notes)}" if notes else ""))
+        h.append("</div>")
+        md.append("")
+    if failed_tsv is not None:
+        rows = read_failures(failed_tsv)
+        videos = len({r["video_id"] for r in rows})
+        h.append(f"<h3>Failed videos: {videos} ({len(rows)} view failures)</h3>")
+        md += [f"**Failed videos: {videos} ({len(rows)} view failures)**", ""]
+        if index is not None:
+            link = f"{rel}/{index['failed']['file']}"
+            h.append(f'<p><a href="{html.escape(link)}">one line per video</a>; every view: failed_videos.tsv</p>')
+        if rows:
+            header = ["view", "shard", "video", "reason"]
+            h.append("<table border='1' cellpadding='4'><tr>" + "".join(f"<th>{c}</th>" for c in header) + "</tr>")
+            for r in rows[:MAX_FAILED_HTML]:
+                cells = (r["view"], r["shard"], r["video_id"], r["reason"])
+                h.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+            h.append("</table>")
+            if len(rows) > MAX_FAILED_HTML:
+                h.append(f"<p>… and {len(rows) - MAX_FAILED_HTML} more in failed_videos.tsv</p>")
+            md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            md += [f"| {r['view']} | {r['shard']} | {r['video_id']} | {r['reason']} |" for r in rows[:MAX_FAILED_HTML]]
+            md.append("")
+    return "\n".join(h), "\n".join(md) + ("\n" if md else "")
+
+
+def report(
+    cfg: dict,
+    scores: dict,
+    features: dict,
+    out: Path,
+    views_dir: Path | None = None,
+    failed_tsv: Path | None = None,
+) -> dict:
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     ev = cfg["evaluate"]
@@ -310,6 +399,11 @@ def report(cfg: dict, scores: dict, features: dict, out: Path) -> dict:
         "library_versions": library_versions(),
     }
     page, md = tables(metrics, views, ev["retrieval_ks"])
+    if views_dir is not None or failed_tsv is not None:
+        rel = Path(os.path.relpath(views_dir, out)).as_posix() if views_dir is not None else ""
+        pre_html, pre_md = preprocessing_section(views_dir, failed_tsv, rel)
+        page = page.replace("</body></html>", pre_html + "\n</body></html>")
+        md = md + "\n" + pre_md
     write_text(out / "tables.html", page)
     write_text(out / "tables.md", md)
     write_json(out / "metrics.json", metrics)
@@ -323,9 +417,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scores", nargs="*", default=[], metavar="INIT/VIEW=PATH")
     p.add_argument("--features", nargs="*", default=[], metavar="INIT/VIEW=PATH")
     p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--views-dir", type=Path, default=None, help="folder of `cocon views-figure` (index.json, PNGs)")
+    p.add_argument("--failed-videos", type=Path, default=None, help="the summary's failed_videos.tsv")
     add_config_args(p)
     a = p.parse_args(argv)
-    report(config_from_args(a), parse_pairs(a.scores), parse_pairs(a.features), a.out)
+    cfg = config_from_args(a)
+    report(cfg, parse_pairs(a.scores), parse_pairs(a.features), a.out, a.views_dir, a.failed_videos)
 
 
 if __name__ == "__main__":
