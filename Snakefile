@@ -23,6 +23,7 @@ include: "rules/frames.smk"
 include: "rules/flow.smk"
 include: "rules/pose_seg.smk"
 include: "rules/summary.smk"
+include: "rules/views.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
 

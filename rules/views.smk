@@ -1,0 +1,34 @@
+# What preprocessing produced, to look at: for a few videos per role of the split, every computed view over
+# time, and the failed videos (cocon.evaluate.views_figure; docs/evaluation.md). The report takes them; on
+# its own: `snakemake --cores 1 views_figure`.
+
+
+rule views_figure:
+    input:
+        shards=[p for view in VIEWS for p in shard_paths(view)],
+        failed=f"{OUT}/reports/failed_videos.tsv",
+    output:
+        report(
+            directory(f"{OUT}/reports/views"),
+            patterns=["{name}.png"],
+            category="Preprocessing",
+            caption="../report/views.rst",
+        ),
+    log:
+        "logs/views_figure.log",
+    benchmark:
+        "benchmarks/views_figure.tsv"
+    # a few frames read and drawn: as light as the summary
+    threads: R.threads("preprocess_summary")
+    resources:
+        mem_mb=R.mem_mb("preprocess_summary"),
+        runtime=R.runtime("preprocess_summary"),
+    conda:
+        "../envs/train.yaml"
+    params:
+        root=lambda w, input: os.path.dirname(os.path.dirname(os.path.dirname(input.shards[0]))),  # <root>/shards/<view>/x.h5
+        views=" ".join(VIEWS),
+        split=config["dataset"]["split"],
+    shell:
+        "rm -rf {output} && python -m cocon views-figure --output-dir {params.root} --views {params.views}"
+        " --split {params.split} --failed {input.failed} --out {output} > {log} 2>&1"
