@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,8 @@ from cocon.models.losses import cocon_loss
 from cocon.models.networks import DPC
 from cocon.sources.records import VideoRecord
 from cocon.train import distributed as D
-from cocon.train.checkpoints import load_checkpoint
+from cocon.train.checkpoints import load_checkpoint, run_hash
+from cocon.train.deadline import RESUME_EXIT_CODE, Deadline, DeadlineReached
 from cocon.train.engine import Engine
 from cocon.train.methods import get_method
 
@@ -152,6 +154,66 @@ def test_checkpoint_of_another_config_is_set_aside_not_resumed(shards_dir, tmp_p
     assert t.start_epoch == 0  # trained from scratch with the new learning rate
     assert (tmp_path / "run" / "checkpoints.previous" / "last.pt").read_bytes() == first
     assert load_checkpoint(tmp_path / "run" / "model.pt")["history"][0]["lr"] == pytest.approx(0.01)
+
+
+def test_speed_only_settings_keep_the_run_and_other_sections_do_not_enter_it(shards_dir):
+    """The run identity (which checkpoints may resume) holds what shapes the weights: not the runtime
+    section, not the epoch count of pretraining, not stage 2's settings for a CPC run; a CPC setting
+    changes it."""
+    base = run_hash(get_method("cpc")(tiny_config(shards_dir), ["rgb"]).identity())
+    same = [
+        tiny_config(shards_dir, runtime={"gpus": 4, "workers": 3, "compile": True, "keep_checkpoints": None}),
+        tiny_config(shards_dir, cpc={"epochs": 7}),
+        tiny_config(shards_dir, cocon={"lam": 1.0, "epochs": 9}, finetune={"epochs": 5}),
+        tiny_config(shards_dir, train={"input_size": {"rgb": 32, "flow": 48}}),  # another view's size
+    ]
+    for cfg in same:
+        assert run_hash(get_method("cpc")(cfg, ["rgb"]).identity()) == base
+    for cfg in (tiny_config(shards_dir, cpc={"lr": 0.01}), tiny_config(shards_dir, train={"stride": 2})):
+        assert run_hash(get_method("cpc")(cfg, ["rgb"]).identity()) != base
+    # stage 2: its own settings count; the control run (lam 0) ignores the cooperative ones
+    cocon = lambda **kw: run_hash(get_method("cocon")(tiny_config(shards_dir, **kw), ["rgb", "flow_tvl1"]).identity())
+    assert cocon(cocon={"lam": 1.0}) != cocon()
+    assert cocon(cocon={"lam": 0.0, "alpha": 0.5}) == cocon(cocon={"lam": 0.0})
+
+
+def test_a_run_stops_before_its_deadline_and_resumes_exactly(shards_dir, tmp_path):
+    """Under a deadline that has passed, the run trains the first epoch (no duration known yet), then
+    stops before the next with exit code 75 and last.pt written; a retry still out of time stops at once;
+    a retry with time resumes and ends as an uninterrupted run, byte for byte."""
+    cfg = tiny_config(shards_dir, cpc={"epochs": 3})
+    Trainer("cpc", ["rgb"], cfg, tmp_path / "straight", {}).fit()
+    out = tmp_path / "limited"
+    for attempt in (1, 2):
+        engine = Engine(get_method("cpc")(cfg, ["rgb"]), out, deadline=Deadline(time.time(), margin=0))
+        with pytest.raises(DeadlineReached) as stop:
+            engine.fit()
+        assert stop.value.code == RESUME_EXIT_CODE == 75
+        assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 0 and not (out / "model.pt").exists()
+        assert ("Not one epoch fits" in stop.value.message) == (attempt == 2)
+    resumed = Trainer("cpc", ["rgb"], cfg, out, {})
+    resumed.fit()
+    assert resumed.start_epoch == 1
+    for name in ("model.pt", "metrics.csv"):
+        a, b = (
+            load_checkpoint(d / name) if name.endswith(".pt") else (d / name).read_bytes()
+            for d in (out, tmp_path / "straight")
+        )
+        if name.endswith(".pt"):
+            assert a["history"] == b["history"]
+            assert all(torch.equal(a["models"]["rgb"][k], v) for k, v in b["models"]["rgb"].items())
+        else:
+            assert a == b
+
+
+def test_deadline_comes_from_slurm_only(monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert Deadline.for_job(60).end is None  # a workstation has none
+    monkeypatch.setenv("SLURM_JOB_ID", "no-such-job")  # squeue cannot tell: the start plus the time limit
+    assert Deadline.for_job(60, start=1000.0).end == 1000.0 + 3600.0
+    d = Deadline(1000.0, now=400.0)  # 600 s left: a 5 % margin (30 s), within 10 s .. 5 min
+    assert d.margin == 30.0 and d.left(now=400.0) == 570.0 and d.fits(570.0, now=400.0)
+    assert not d.fits(571.0, now=400.0) and Deadline(None).fits(1e12)
 
 
 # ---------------------------------------------------------------- DDP on CPU

@@ -1,0 +1,170 @@
+"""What reruns when one config key changes: on one finished tiny run, each group of keys is changed in turn
+and `snakemake -n` (Snakemake's default rerun triggers, no extra flags: what users get) must schedule
+exactly the jobs that key can affect (docs/reruns.md has the same table). Raising an epoch count continues
+the finished run from its last checkpoint and gives the weights of an uninterrupted run."""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import pytest
+import torch
+
+from cocon.train.checkpoints import load_checkpoint
+
+from test_workflow import TINY, snakemake
+
+pytestmark = pytest.mark.slow  # one finished DAG run, then a dry run per change
+
+VIEWS = ["rgb", "flow_tvl1"]
+INITS = ["random", "cpc", "cocon", "control"]
+BASE = {**TINY, "flow": {**TINY["flow"], "methods": ["tvl1"]}, "finetune": {**TINY["finetune"], "inits": INITS}}
+
+
+def evaluation(inits, views=VIEWS, rules=("finetune", "evaluate", "features")) -> set[str]:
+    """The evaluation jobs of these inits and views, as job names (see `scheduled`)."""
+    return {f"{rule}[init={i},view={v}]" for rule in rules for i in inits for v in views}
+
+
+def flow_shards(method: str) -> set[str]:
+    return {f"flow[method={method},shard={k:05d}]" for k in range(3)}
+
+
+COOPERATIVE = {"cocon", *evaluation(["cocon"]), "report"}  # CoCon and what uses its weights
+STAGE2 = {"cocon", "control", *evaluation(["cocon", "control"]), "report"}
+PRETRAINING = {"cpc[view=rgb]", "cpc[view=flow_tvl1]", *STAGE2, *evaluation(["cpc"])}
+FLOW_VIEW = {"cpc[view=flow_tvl1]", *STAGE2, *evaluation(INITS, ["flow_tvl1"])}  # what trains on flow_tvl1
+
+# (the group of keys changed, {section: {key: value}} written over BASE, the jobs a dry run must schedule)
+CASES = [
+    (
+        "cooperative: cocon.lam, alpha, sync_weight, loss_variant, coop_centre",
+        {"cocon": {"lam": 5.0, "alpha": 0.5, "sync_weight": 2.0, "loss_variant": "paper", "coop_centre": True}},
+        COOPERATIVE,
+    ),
+    ("cocon.epochs", {"cocon": {"epochs": 2}}, STAGE2),
+    (
+        "cpc: lr, temperature, sibling_negatives",
+        {"cpc": {"lr": 0.002, "temperature": 0.01, "sibling_negatives": False}},
+        PRETRAINING,
+    ),
+    ("cpc.epochs", {"cpc": {"epochs": 2}}, PRETRAINING),
+    ("train.input_size.flow", {"train": {"input_size": {"rgb": 32, "flow": 40}}}, FLOW_VIEW),
+    (
+        "flow.tvl1.scales",
+        {"flow": {"tvl1": {**TINY["flow"]["tvl1"], "scales": 3}}},
+        {*flow_shards("tvl1"), "preprocess_summary", "views_figure", *FLOW_VIEW},
+    ),
+    (
+        "a new view: flow_farneback",
+        {"flow": {"methods": ["tvl1", "farneback"]}, "train": {"views": [*VIEWS, "flow_farneback"]}},
+        {
+            *flow_shards("farneback"),
+            "preprocess_summary",
+            "views_figure",
+            "cpc[view=flow_farneback]",
+            *evaluation(INITS, ["flow_farneback"]),
+            *STAGE2,
+            *evaluation(["cocon", "control"], ["rgb", "flow_tvl1", "flow_farneback"]),
+        },
+    ),
+    (
+        "finetune: epochs, lr, protocol",
+        {"finetune": {"epochs": 3, "lr": 0.002, "protocol": "reference"}},
+        {*evaluation(INITS, rules=("finetune", "evaluate")), "report"},
+    ),
+    ("finetune.inits without control", {"finetune": {"inits": ["random", "cpc", "cocon"]}}, {"report"}),
+    (
+        "analyses: evaluate.ensemble_weights, tsne_perplexity, retrieval_ks",
+        {"evaluate": {"ensemble_weights": {"rgb": 1, "flow_tvl1": 3}, "tsne_perplexity": 5, "retrieval_ks": [1, 2]}},
+        {"report"},
+    ),
+    (
+        "evaluate.window_stride",
+        {"evaluate": {"window_stride": 1}},
+        {*evaluation(INITS, rules=("evaluate", "features")), "report"},
+    ),
+    ("claim.seeds (not in the default target)", {"claim": {"seeds": [5]}}, set()),
+    (
+        "speed and placement: runtime.*, evaluate.batch_size, flow.tvl1 batch_size and device",
+        {
+            "runtime": {
+                "gpus": 2,
+                "workers": 1,
+                "device": "auto",
+                "compile": True,
+                "channels_last": True,
+                "fused_adam": True,
+                "cudnn_benchmark": True,
+                "keep_checkpoints": 3,
+                "max_job_minutes": 600,
+            },
+            "evaluate": {"batch_size": 2},
+            "flow": {"tvl1": {**TINY["flow"]["tvl1"], "batch_size": 8, "device": "cpu"}},
+        },
+        set(),
+    ),
+]
+
+
+def changed(overrides: dict) -> dict:
+    cfg = copy.deepcopy(BASE)
+    for section, values in overrides.items():
+        cfg[section] = {**cfg.get(section, {}), **values}
+    return cfg
+
+
+def scheduled(dry_run_output: str) -> set[str]:
+    """The jobs a dry run lists, as "rule[key=value,...]" (wildcards sorted by name; `all` left out)."""
+    jobs, rule = set(), None
+    for line in dry_run_output.splitlines():
+        m = re.match(r"^(?:local)?rule (\w+):$", line.strip())
+        if m:
+            rule = m.group(1)
+            if rule != "all":
+                jobs.add(rule)
+            continue
+        m = re.match(r"^wildcards: (.*)$", line.strip())
+        if m and rule and rule != "all":
+            jobs.discard(rule)
+            items = sorted(kv.strip() for kv in m.group(1).split(","))
+            jobs.add(f"{rule}[{','.join(items)}]")
+            rule = None
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    work = tmp_path_factory.mktemp("reruns")
+    snakemake(work, BASE, "--cores", "2")
+    assert "Nothing to be done" in (lambda p: p.stdout + p.stderr)(snakemake(work, BASE, "-n"))
+    return work
+
+
+@pytest.mark.parametrize("what, overrides, expected", CASES, ids=[c[0] for c in CASES])
+def test_a_change_reruns_exactly_the_jobs_it_can_affect(finished, what, overrides, expected):
+    proc = snakemake(finished, changed(overrides), "-n")
+    assert scheduled(proc.stdout + proc.stderr) == expected, what
+
+
+def test_a_lambda_change_reruns_no_pretraining(finished):
+    proc = snakemake(finished, changed({"cocon": {"lam": 1.0}}), "-n")
+    assert scheduled(proc.stdout + proc.stderr) == COOPERATIVE and len(COOPERATIVE) <= 10
+
+
+def test_raising_the_epochs_continues_the_finished_run(finished, tmp_path):
+    """cpc.epochs 1 -> 2: the rerun trains only epoch 1, resumed from the finished run's last checkpoint, and
+    ends with the weights and metrics of a run that trained 2 epochs from the start."""
+    more = changed({"cpc": {"epochs": 2}})
+    target = "results/train/cpc/rgb/model.pt"
+    snakemake(finished, more, "--cores", "2", target)
+    log = (finished / "logs" / "train" / "cpc_rgb.log").read_text()
+    assert "resumed from" in log and "at epoch 1" in log and "epoch 0:" not in log
+    snakemake(tmp_path, more, "--cores", "2", target)
+    continued, straight = (load_checkpoint(w / target) for w in (finished, tmp_path))
+    assert continued["history"] == straight["history"] and [h["epoch"] for h in straight["history"]] == [0, 1]
+    for k, t in straight["models"]["rgb"].items():
+        torch.testing.assert_close(continued["models"]["rgb"][k], t, rtol=0, atol=0)
+    metrics = "results/train/cpc/rgb/metrics.csv"
+    assert (finished / metrics).read_bytes() == (tmp_path / metrics).read_bytes()
