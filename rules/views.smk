@@ -22,7 +22,7 @@ rule views_figure:
     threads: R.threads("preprocess_summary")
     resources:
         mem_mb=R.mem_mb("preprocess_summary"),
-        runtime=R.runtime("preprocess_summary"),
+        runtime=R.runtime("preprocess_summary", MAX_MINUTES),
     conda:
         "../envs/train.yaml"
     params:

@@ -313,7 +313,8 @@ def _figure_notes(fig: dict) -> list[str]:
             continue
         n = len(info.get("empty", []))
         if any(info.get("empty", [])):
-            notes.append(f"{view}: empty in {sum(info['empty'])}/{n} frames")
+            what = "no motion" if "flow_max" in info else "empty"
+            notes.append(f"{view}: {what} in {sum(info['empty'])}/{n} frames")
         off = sum(int(h != k) for h, k in zip(info.get("rgb_held", []), fig["rgb_frames"]))
         if off and not view.startswith("flow"):
             notes.append(f"{view}: {off}/{n} maps from a neighbouring rgb frame")

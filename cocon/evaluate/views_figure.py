@@ -23,8 +23,8 @@ Colour conventions: flow = Middlebury colour wheel (Baker et al. 2011): hue = di
 down = yellow, left = cyan, up = blue/magenta), saturation = magnitude / `flow_max` px (default: the
 shard's quantisation bound), darker beyond it; black arrows = block-mean flow. Pose: max over the
 keypoint channels; seg: person probability; both in [0, 1], overlaid on the dimmed rgb frame. A map whose
-maximum over the shown frame is below EMPTY_MAX (pose/seg, in [0, 1]) or EMPTY_FLOW_PX (flow, px) is
-labelled EMPTY / NO MOTION in the cell.
+maximum over the shown frame is below EMPTY_MAX (pose/seg, in [0, 1]) or EMPTY_FLOW_STEPS quantisation steps
+(flow) is labelled EMPTY / NO MOTION in the cell; block arrows below that are left out.
 
 Output is deterministic: same shards, same options -> same PNG bytes (Agg, fixed size and dpi, no
 Software metadata).
@@ -55,9 +55,9 @@ log = logging.getLogger("cocon.evaluate.views_figure")
 
 ROLES = ("train", "test")
 EMPTY_MAX = 0.02  # pose/seg: a frame whose maximum confidence is below this is "EMPTY" (5/255 = 0.0196)
-EMPTY_FLOW_PX = (
-    0.25  # flow: a frame whose largest |f| is below this (px) is "NO MOTION" (~1.6 quantisation steps at bound 20)
-)
+# flow: a frame whose largest |f| is below this many quantisation steps (2 * bound / 255 px each; 0.31 px at
+# bound 20) is "NO MOTION" (a stored zero reads back as 0.08 px per component, one step off as 0.25 px)
+EMPTY_FLOW_STEPS = 2
 DPI = 100
 CELL_IN = 1.6  # width of one frame cell (inches)
 LABEL_IN = 1.45  # row-label column
@@ -265,8 +265,9 @@ def _stamp(axes, text: str, y: float = 0.96, colour: str = "red") -> None:
               bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": colour, "pad": 1.5})  # fmt: skip
 
 
-def _arrows(axes, u: np.ndarray, v: np.ndarray, gain: float) -> None:
-    """Block-mean flow as black arrows from block centres, `gain` display px per flow px (image coords)."""
+def _arrows(axes, u: np.ndarray, v: np.ndarray, gain: float, still: float) -> None:
+    """Block-mean flow of u, v (h, w) px as black arrows from block centres, `gain` display px per flow px
+    (image coords); blocks moving less than `still` px get none."""
     h, w = u.shape
     step = max(1, int(np.ceil(max(h, w) / ARROW_GRID)))
     ys, xs = np.arange(0, h - step + 1, step), np.arange(0, w - step + 1, step)
@@ -275,6 +276,10 @@ def _arrows(axes, u: np.ndarray, v: np.ndarray, gain: float) -> None:
     cu = np.array([[u[y : y + step, x : x + step].mean() for x in xs] for y in ys])
     cv = np.array([[v[y : y + step, x : x + step].mean() for x in xs] for y in ys])
     gx, gy = np.meshgrid(xs + (step - 1) / 2, ys + (step - 1) / 2)
+    moving = np.hypot(cu, cv) >= still
+    if not moving.any():
+        return
+    gx, gy, cu, cv = gx[moving], gy[moving], cu[moving], cv[moving]
     axes.quiver(gx, gy, cu * gain, cv * gain, angles="xy", scale_units="xy", scale=1, color="black",
                 width=0.012, headwidth=4, headlength=4, headaxislength=3.5, minlength=0.3)  # fmt: skip
 
@@ -376,6 +381,8 @@ def render_video(
             info["bound"] = d.bound
             fmax = float(flow_max if flow_max is not None else d.bound)
             info["flow_max"] = fmax
+            still = EMPTY_FLOW_STEPS * 2 * d.bound / 255  # px
+            info["no_motion_px"] = still
             flows = dequantize(d.frames, d.bound)  # (F, h, w, 2) px
             mags = np.hypot(flows[..., 0], flows[..., 1])
             p95 = float(np.percentile(mags, 95)) if mags.size else 0.0
@@ -395,16 +402,16 @@ def render_video(
             elif kind == "flow":
                 u, v = flows[c, ..., 0], flows[c, ..., 1]
                 ax.imshow(flow_colour(u, v, fmax), interpolation="nearest")
-                _arrows(ax, u, v, gain)
+                _arrows(ax, u, v, gain, still)
                 ax.set_xlim(-0.5, frame.shape[1] - 0.5)
                 ax.set_ylim(frame.shape[0] - 0.5, -0.5)
                 peak = float(mags[c].max())
-                empty = peak < EMPTY_FLOW_PX
+                empty = peak < still
                 j = int(d.stored[c])
                 pair = f"{j - 1}→{j} (repeat)" if j == d.n_frames - 1 and j > 0 else f"{j}→{j + 1}"
                 caption = f"{pair}  max {peak:.2f} px"
                 if empty:
-                    _stamp(ax, f"NO MOTION (< {EMPTY_FLOW_PX:g} px)")
+                    _stamp(ax, f"NO MOTION (< {still:.2f} px)")
             else:
                 scale = float(d.attrs.get("value_scale", 1 / 255))
                 values = frame.astype(np.float32).max(axis=-1) * scale
@@ -520,7 +527,7 @@ def run(
         "figures": figures,
         "failed": {"file": "failed_videos.png", "videos": len(failed)},
         "empty_max": EMPTY_MAX,
-        "empty_flow_px": EMPTY_FLOW_PX,
+        "empty_flow_steps": EMPTY_FLOW_STEPS,
     }
     write_json(out / "index.json", index)
     missing = {r for r in ROLES} - {f["role"] for f in figures}
