@@ -280,22 +280,46 @@ def test_same_shards_give_the_same_bytes_through_the_command(drawn, tmp_path):
 
 
 @pytest.mark.slow
-def test_rule_draws_the_demo_views_and_the_report_shows_them(tmp_path):
+def test_rule_draws_the_demo_views_and_the_report_takes_them(tmp_path):
+    """The rule on the tiny demo with every view (pose and seg by the demo's randomly initialised models): one
+    figure per chosen video with a row per view, in snakemake --report under Preprocessing; the report rule
+    takes the folder and the failed videos, and its tables link every figure (the full training run, which
+    the rule's other inputs need, is test_workflow's)."""
+    from cocon.evaluate.report import preprocessing_section
+
     from test_workflow import ALL_VIEWS, snakemake
 
     snakemake(tmp_path, ALL_VIEWS, "--cores", "2", "views_figure")
-    views = tmp_path / "results" / "reports" / "views"
-    index = json.loads((views / "index.json").read_text())
-    assert [f["role"] for f in index["figures"]] == ["train", "train", "test", "test"]
+    reports = tmp_path / "results" / "reports"
+    index = json.loads((reports / "views" / "index.json").read_text())
+    assert [(f["role"], f["label"]) for f in index["figures"]] == [
+        ("train", "JumpingJack"),
+        ("train", "Wave"),
+        ("test", "JumpingJack"),
+        ("test", "Wave"),
+    ]
+    assert sorted(p.name for p in (reports / "views").glob("*.png")) == sorted(
+        ["failed_videos.png", *(f["file"] for f in index["figures"])]
+    )
     for fig in index["figures"]:
-        assert (views / fig["file"]).stat().st_size > 10_000
-        assert list(fig["views"]) == VIEWS and all(v["status"] == "ok" for v in fig["views"].values())
-        assert fig["views"]["pose"]["rgb_held"] == fig["rgb_frames"]  # stride 2: columns on its grid
-    assert (tmp_path / "logs" / "views_figure.log").exists()
+        image = png(reports / "views" / fig["file"])
+        assert image.shape[0] > 5 * 100 and image.shape[1] > 6 * 160  # a row per view, a column per frame
+        assert sorted(fig["views"]) == sorted(VIEWS) and all(v["status"] == "ok" for v in fig["views"].values())
+        assert fig["rgb_frames"] == [0, 2, 4, 6, 8, 10]  # on the pose/seg grid (stride 2, offset 0)
+        assert fig["views"]["pose"]["rgb_held"] == fig["rgb_frames"] == fig["views"]["seg"]["rgb_held"]
+        assert len(fig["views"]["flow_tvl1"]["cells"]) == 6 and fig["views"]["flow_tvl1"]["bound"] == 20
+    assert index["views"] == VIEWS and index["failed"]["videos"] == 0  # rows in this order
+    assert (tmp_path / "logs" / "views_figure.log").stat().st_size > 0
     assert (tmp_path / "benchmarks" / "views_figure.tsv").exists()
-    # the report takes them: its dry run lists the rule's output as an input, and the page links them
-    from cocon.evaluate.report import preprocessing_section
 
-    page, _ = preprocessing_section(views, tmp_path / "results" / "reports" / "failed_videos.tsv", "views")
-    for fig in index["figures"]:
-        assert f'href="views/{fig["file"]}"' in page
+    page = tmp_path / "report.html"
+    snakemake(tmp_path, ALL_VIEWS, "--report", str(page), "views_figure")
+    text = page.read_text(errors="replace")
+    assert "Preprocessing" in text and all(f["file"] in text for f in index["figures"])
+
+    dry = snakemake(tmp_path, ALL_VIEWS, "-n", "-p", "--cores", "2").stdout
+    command = dry[dry.index("python -m cocon report") :].splitlines()[0]
+    assert "--views-dir results/reports/views --failed-videos results/reports/failed_videos.tsv" in command
+    html, md = preprocessing_section(reports / "views", reports / "failed_videos.tsv", "views")
+    assert all(f'href="views/{f["file"]}"' in html for f in index["figures"])
+    assert "Failed videos: 0" in html
