@@ -1,4 +1,4 @@
-"""The training fast path (train.channels_last, train.compile) on CPU: same losses and gradients as the
+"""The training fast path (runtime.channels_last, runtime.compile) on CPU: same losses and gradients as the
 default path, Trainer runs that complete and resume, checkpoints unchanged (weights_only, same keys).
 
 The engine tests use encoder width 8 (D = 32, train.width): the code path is the engine's own, only the
@@ -165,7 +165,7 @@ def test_trainer_compile_wiring_keeps_checkpoints_and_resumes(
     monkeypatch,
     caplog,
 ):
-    """train.compile with TorchDynamo's "eager" backend (graph capture without code generation, seconds
+    """runtime.compile with TorchDynamo's "eager" backend (graph capture without code generation, seconds
     instead of the minutes inductor's C++ build takes here): compiled in place, the log line, unchanged
     state_dict keys, checkpoints that load with weights_only=True, resume, and the losses of the
     uncompiled run."""

@@ -1,7 +1,9 @@
 """The SLURM profile on a real SLURM: a private single-node cluster on localhost (tests/slurm_cluster.py)
 runs the demo DAG with tiny settings through `--profile profiles/slurm`; the results must equal a local
 run's byte for byte. One training job is cancelled while it runs: the profile's retry resubmits it with
-doubled memory and runtime, and the results are still identical.
+doubled memory and runtime, and the results are still identical. A training job longer than its
+1-minute time limit, cancelled once mid-epoch too, finishes through retries (each stops itself before
+the limit and the next resumes) with the weights and metrics of an uninterrupted local run.
 
 Needs Debian's slurm-wlm and munge, root (slurmd), and snakemake-executor-plugin-slurm (`make setup`).
 Skipped when they are missing, unless COCON_REQUIRE_SLURM=1 (set by .ci/run, which installs them).
@@ -15,8 +17,11 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
+
+from cocon.train.checkpoints import load_checkpoint
 
 from slurm_cluster import LocalSlurm, missing_binaries
 from test_workflow import REPO, TINY, artefacts, comparable, snakemake
@@ -182,6 +187,79 @@ def test_cancelled_job_is_resubmitted_with_doubled_resources(slurm_run, cluster)
     assert len(again) == 1 and again[0]["JobState"] == "COMPLETED"
     assert _mb(again[0]["MinMemoryNode"]) == 2 * _mb(first["MinMemoryNode"])  # mem_mb: "... * attempt"
     assert _hours(again[0]["TimeLimit"]) == 2 * _hours(first["TimeLimit"])  # runtime: "... * attempt"
+
+
+# ---- a training job longer than its time limit
+
+# CPC on rgb alone, ~1.5 min of epochs of ~3 s (28 training videos, 6 steps of 2 clips per epoch): more
+# than one 1-minute allocation holds
+LONG = {
+    **SMALL,
+    "demo": {**SMALL["demo"], "groups_per_class": 8},
+    "shards": {"videos_per_shard": 32},
+    "train": {**SMALL["train"], "width": 16},
+    "cpc": {**SMALL["cpc"], "epochs": 30, "max_steps_per_epoch": 6},
+}
+LONG_TARGET = "results/train/cpc/rgb/model.pt"
+
+
+class CancelMidEpoch(threading.Thread):
+    """`scancel` (SIGTERM to every process, then SIGKILL) the first cpc job once its first epoch is
+    checkpointed, i.e. in the middle of a later epoch."""
+
+    def __init__(self, cluster: LocalSlurm, last: Path):
+        super().__init__(daemon=True)
+        self.cluster, self.last, self.killed, self.done = cluster, last, None, threading.Event()
+
+    def run(self):
+        while not self.done.is_set() and not self.last.exists():
+            time.sleep(0.2)
+        out = self.cluster.run("squeue", "-h", "-o", "%i %T %k", check=False).stdout
+        for line in out.splitlines():
+            job_id, state, comment = (line.split(None, 2) + ["", ""])[:3]
+            if state == "RUNNING" and comment.startswith("rule_cpc"):
+                time.sleep(0.5)
+                self.cluster.run("scancel", job_id, check=False)
+                self.killed = job_id
+                return
+
+
+@pytest.fixture(scope="module")
+def time_limited_run(cluster, tmp_path_factory):
+    """(local run's folder, SLURM run's folder, id of the job cancelled mid-epoch, what Snakemake printed):
+    CPC on rgb through the profile with `runtime` 1 minute for every attempt (--set-resources), beside an
+    uninterrupted local run."""
+    local, work = tmp_path_factory.mktemp("local_long"), tmp_path_factory.mktemp("slurm_long")
+    watcher = CancelMidEpoch(cluster, work / "results/train/cpc/rgb/checkpoints/last.pt")
+    with ThreadPoolExecutor(1) as pool:
+        local_done = pool.submit(snakemake, local, LONG, "--cores", "2", LONG_TARGET)
+        watcher.start()
+        try:
+            proc = snakemake(work, LONG, *PROFILE, "--set-resources=cpc:runtime=1", LONG_TARGET)
+        finally:
+            watcher.done.set()
+            watcher.join()
+        local_done.result()
+    return local, work, watcher.killed, proc.stdout + proc.stderr
+
+
+def test_training_longer_than_its_time_limit_finishes_through_retries(time_limited_run, cluster):
+    local, work, killed, printed = time_limited_run
+    jobs = sorted(
+        (j for j in cluster.jobs() if j["WorkDir"] == str(work) and _rule(j) == "cpc"), key=lambda j: int(j["JobId"])
+    )
+    states = [j["JobState"] for j in jobs]
+    assert killed is not None and jobs[0]["JobId"] == killed and states[0] == "CANCELLED", states
+    # allocations ended by the job itself at an epoch boundary (the profile shows their logs), then one finished
+    assert len(jobs) >= 3 and set(states[1:-1]) == {"FAILED"} and states[-1] == "COMPLETED", states
+    assert all(j["TimeLimit"] == "00:01:00" for j in jobs)
+    assert printed.count("stopping before epoch") >= len(jobs) - 2 and "Not one epoch fits" not in printed
+    assert "resumed from" in (work / "logs" / "train" / "cpc_rgb.log").read_text()
+    ck = load_checkpoint(work / LONG_TARGET)
+    assert [h["epoch"] for h in ck["history"]] == list(range(LONG["cpc"]["epochs"]))
+    for name in ("model.pt", "metrics.csv"):
+        path = Path(LONG_TARGET).with_name(name)
+        assert (work / path).read_bytes() == (local / path).read_bytes(), name
 
 
 def _hours(limit: str) -> float:

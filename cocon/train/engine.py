@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import os
 import shutil
@@ -166,7 +167,9 @@ class Engine:
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
             "rng": rng_state(),
-            "history": self.history,
+            # a JSON round trip: the same rows pickle to the same bytes, whether they were built in this
+            # process or loaded from a checkpoint (pickle writes shared and distinct equal strings apart)
+            "history": json.loads(json.dumps(self.history)),
             "config": dumps(self.cfg),
             "code_revision": dumps(code_revision()),
             "library_versions": dumps(library_versions()),
