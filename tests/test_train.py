@@ -196,15 +196,7 @@ def test_a_run_stops_before_its_deadline_and_resumes_exactly(shards_dir, tmp_pat
     resumed.fit()
     assert resumed.start_epoch == 1
     for name in ("model.pt", "metrics.csv"):
-        a, b = (
-            load_checkpoint(d / name) if name.endswith(".pt") else (d / name).read_bytes()
-            for d in (out, tmp_path / "straight")
-        )
-        if name.endswith(".pt"):
-            assert a["history"] == b["history"]
-            assert all(torch.equal(a["models"]["rgb"][k], v) for k, v in b["models"]["rgb"].items())
-        else:
-            assert a == b
+        assert (out / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name
 
 
 def test_deadline_comes_from_slurm_only(monkeypatch):
