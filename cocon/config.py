@@ -7,6 +7,7 @@ Snakemake validates `config` with the same schema (rules/common.smk calls `valid
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import jsonschema
@@ -26,6 +27,7 @@ class ConfigError(ValueError):
 def schema() -> dict:
     """The config schema: the file, with the view names and kinds filled in from the views registry
     (cocon.views), so that a registered view is a valid config value everywhere a view is named."""
+    from cocon import inits as I
     from cocon import views as V
 
     with open(SCHEMA_PATH, encoding="utf-8") as fh:
@@ -35,6 +37,7 @@ def schema() -> dict:
     props["train"]["properties"]["input_size"]["properties"] = {
         k.name: {"type": "integer", "minimum": 32, "default": k.default_size} for k in V.KINDS.values()
     }
+    props["finetune"]["properties"]["inits"]["items"] = {"enum": list(I.NAMES)}
     props["evaluate"]["properties"]["ensemble_weights"]["properties"] = {
         v: {"type": "number", "minimum": 0, "default": V.kind_of(v).ensemble_weight} for v in V.all_views()
     }
@@ -131,21 +134,23 @@ def check(cfg: dict) -> None:
             raise ConfigError(
                 "train.views", f"view '{v}' is not computed by this configuration: {V.kind_of(v).missing(v)}"
             )
+    from cocon import inits as I
+
     run = cfg["train"]["pretrained_run"]
     if run is not None:
         need = {
-            "cpc": [f"train/cpc/{v}/model.pt" for v in cfg["train"]["views"]],
-            "cocon": ["train/cocon/model.pt"],
-            "control": ["train/control/model.pt"],
+            I.model_path(i, v, str(Path(run) / "train"))
+            for i in cfg["finetune"]["inits"]
+            for v in cfg["train"]["views"]
         }
-        missing = [p for init in cfg["finetune"]["inits"] for p in need.get(init, []) if not (Path(run) / p).is_file()]
+        missing = sorted(p for p in need if p is not None and not Path(p).is_file())
         if missing:
             raise ConfigError(
                 "train.pretrained_run",
                 f"{run} lacks {', '.join(missing)} (run its `pretrain` target with these train.views first)",
             )
-    for init in ("cocon", "control"):
-        if init in cfg["finetune"]["inits"] and len(cfg["train"]["views"]) < 2:
+    for init in cfg["finetune"]["inits"]:
+        if len(cfg["train"]["views"]) < I.get(init).min_views:
             raise ConfigError(
                 "finetune.inits", f"'{init}' needs at least two train.views (stage 2 trains views jointly)"
             )
@@ -201,7 +206,8 @@ def _merge(base: dict, extra: dict) -> None:
 def add_config_args(parser) -> None:
     """`--config FILE` and/or `--config-json JSON`, the two ways a command gets its configuration:
     a whole YAML config (by hand), or the sections a job depends on (rules; cocon.workflow.jobs); and
-    `--runtime-json`, the job's speed and placement settings, which the rules pass outside the job's params."""
+    `--runtime-json`, speed and placement settings (a job of the workflow gets them from the environment,
+    cocon.workflow.jobs.RUNTIME_ENV, outside its params)."""
     parser.add_argument("--config", help="YAML config file: the whole configuration (default: the defaults)")
     parser.add_argument("--config-json", help="config sections as JSON (merged over --config when both are given)")
     parser.add_argument(
@@ -233,9 +239,13 @@ def config_from_args(args, command: str | None = None) -> dict:
     cross-field check. With `--config-json` alone (a job of the workflow, cocon.workflow.jobs): the keys it
     holds are validated against the schema; cross-section checks are not repeated (they ran on the whole
     config before any job started) and keys it does not hold are absent from the result, so a job cannot
-    silently read a default it was not given. `--runtime-json` is merged over either."""
+    silently read a default it was not given. Speed and placement settings (`--runtime-json`, else the
+    environment's RUNTIME_ENV) are merged over either: the `runtime` section always, the speed-only keys of
+    other sections where the job has that section."""
+    from cocon.workflow.jobs import RUNTIME_ENV
+
     extra = _json_arg(args.config_json, "--config-json")
-    runtime = _json_arg(getattr(args, "runtime_json", None), "--runtime-json")
+    runtime = _json_arg(getattr(args, "runtime_json", None) or os.environ.get(RUNTIME_ENV), "--runtime-json")
     if args.config is not None or extra is None:
         cfg: dict = {}
         if args.config is not None:
@@ -246,7 +256,7 @@ def config_from_args(args, command: str | None = None) -> dict:
                 _merge(cfg, part)
         return validate(cfg)
     if runtime:
-        _merge(extra, runtime)
+        _merge(extra, {k: v for k, v in runtime.items() if k == "runtime" or k in extra})
     given = json.loads(json.dumps(extra))
     cfg = _given(validate(extra, checks=False), given)
     # speed and placement settings not given: the defaults (they change no result)

@@ -190,21 +190,33 @@ def input_size(view: str, sizes: dict) -> int:
 FLOW_METHODS = ("tvl1", "farneback")
 
 
+def tvl1_placement(p: dict, gpu_visible: bool) -> tuple[str, str]:
+    """(backend, device) of TVL1 for the flow.tvl1 section `p` when a GPU is (not) visible: the one place
+    that decides whether a flow job uses a GPU. opencv runs on the CPU; device auto is cuda when a GPU is
+    visible; backend auto is torch on cuda (gamma 0: the torch backend has no gamma term), else opencv."""
+    backend, device = p.get("backend", "opencv"), p.get("device", "auto")
+    if backend == "opencv":
+        return "opencv", "cpu"
+    if device == "auto":
+        device = "cuda" if gpu_visible else "cpu"
+    if backend == "auto":
+        return ("torch", device) if device.startswith("cuda") and p.get("gamma", 0) == 0 else ("opencv", "cpu")
+    return "torch", device
+
+
 def _flow_gpus(cfg: dict, view: str) -> int:
-    """1 for TVL1 on the torch backend on a GPU: backend torch on a device other than cpu, or backend auto
-    on a machine that has a GPU (cocon.workflow.gpus's list); 0 otherwise (OpenCV, Farneback)."""
+    """GPUs a flow job asks for (tvl1_placement): 1 for TVL1 on CUDA, where backend torch counts on one
+    and backend auto on a machine that has one (cocon.workflow.gpus's list); 0 otherwise (Farneback)."""
     if view != "flow_tvl1":
         return 0
     t = cfg["flow"]["tvl1"]
-    if t["device"] == "cpu":
-        return 0
-    if t["backend"] == "torch":
-        return 1
-    if t["backend"] == "auto" and t["gamma"] == 0:
+    if t["backend"] == "auto" and t["device"] != "cpu":
         from cocon.workflow.gpus import machine_gpu_ids
 
-        return int(bool(machine_gpu_ids()))
-    return 0
+        visible = bool(machine_gpu_ids())
+    else:
+        visible = t["backend"] == "torch"
+    return int(tvl1_placement(t, visible)[1].startswith("cuda"))
 
 
 register(

@@ -8,11 +8,12 @@ import os
 import shlex
 
 from cocon import config as cocon_config
+from cocon import inits as I
 from cocon import views as V
 from cocon.sources import ingest
 from cocon.sources.records import assign_shards, shard_name
 from cocon.workflow import resources as R
-from cocon.workflow.jobs import job_config, runtime_config
+from cocon.workflow.jobs import RUNTIME_ENV, job_config, runtime_config
 
 # The whole config, before any job starts: unknown keys, wrong values and cross-section mistakes are
 # rejected here with the key named (defaults are filled in place).
@@ -21,10 +22,16 @@ cocon_config.validate(config)
 # Every job runs `python -m cocon <command>`: make the workflow's own package importable in every job,
 # including conda environments that do not install it. HDF5's file locking fails or hangs on NFS and
 # Lustre, and our writers never share a file (each writes <name>.partial, then renames): every job,
-# local or on SLURM, runs with it off unless HDF5_USE_FILE_LOCKING is set.
+# local or on SLURM, runs with it off unless HDF5_USE_FILE_LOCKING is set. The speed and placement
+# settings (runtime.*, inference batch sizes, devices) reach every job in COCON_RUNTIME_JSON, outside the
+# rules' params: changing one reruns no job (cocon.workflow.jobs, docs/reruns.md).
 shell.prefix(
     "export PYTHONPATH={}${{{{PYTHONPATH:+:$PYTHONPATH}}}}"
-    " HDF5_USE_FILE_LOCKING=${{{{HDF5_USE_FILE_LOCKING:-FALSE}}}}; ".format(shlex.quote(workflow.basedir))
+    " HDF5_USE_FILE_LOCKING=${{{{HDF5_USE_FILE_LOCKING:-FALSE}}}} {}={}; ".format(
+        shlex.quote(workflow.basedir),
+        RUNTIME_ENV,
+        shlex.quote(runtime_config(config)).replace("{", "{{").replace("}", "}}"),
+    )
 )
 
 OUT = config["output_dir"]
@@ -45,7 +52,7 @@ wildcard_constraints:
     shard=r"\d{5}",
     view="|".join(VIEWS),
     method="|".join(config["flow"]["methods"]) or "none",
-    init="random|cpc|cocon|control",
+    init="|".join(I.NAMES),
     cseed=r"\d+",
 
 
@@ -54,11 +61,6 @@ def job(command, **kw):
     (cocon.workflow.jobs; views= the job's view(s), method= the flow method, seed= a claim seed)."""
     return job_config(config, command, **kw)
 
-
-# The --runtime-json of each command: its speed and placement settings (cocon.workflow.jobs). The shell
-# commands read this global, not a param, so that changing one of these settings reruns no job.
-RUNTIME = {command: runtime_config(config, command) for command in ("flow", "seg", "pose", "evaluate", "features")}
-RUNTIME["train"] = runtime_config(config, "cpc")  # every training command reads the runtime section
 MAX_MINUTES = config["runtime"]["max_job_minutes"]  # the partition's limit: no job asks for more
 
 
@@ -132,7 +134,7 @@ def train_shards():
 
 
 def stage1_models(train_dir=f"{OUT}/train"):
-    return [f"{train_dir}/cpc/{view}/model.pt" for view in TRAIN_VIEWS]
+    return [I.model_path("cpc", view, train_dir) for view in TRAIN_VIEWS]
 
 
 def stage1_init(train_dir=f"{OUT}/train"):
@@ -141,9 +143,9 @@ def stage1_init(train_dir=f"{OUT}/train"):
 
 
 def pretrained_model(init, view, train_dir=PRETRAINED):
-    """The model.pt a fine-tuning or feature job starts from ([] for random weights)."""
-    return {"random": [], "cpc": [f"{train_dir}/cpc/{view}/model.pt"], "cocon": [f"{train_dir}/cocon/model.pt"],
-            "control": [f"{train_dir}/control/model.pt"]}[init]
+    """The model.pt a fine-tuning or feature job starts from ([] for random weights; cocon.inits)."""
+    path = I.model_path(init, view, train_dir)
+    return [] if path is None else [path]
 
 
 def init_arg(wildcards, input):
@@ -160,8 +162,8 @@ def eval_paths(kind):
     return [pattern.format(key=key) for key in eval_keys()]
 
 
-# The claim compares Random, CPC, CoCon and the control (stage 2 needs two views) whatever finetune.inits.
-CLAIM_INITS = ["random", "cpc", "cocon", "control"] if len(TRAIN_VIEWS) > 1 else ["random", "cpc"]
+# The claim compares every initialisation the views allow (stage 2 needs two), whatever finetune.inits.
+CLAIM_INITS = I.possible(len(TRAIN_VIEWS))
 
 
 def claim_keys():
@@ -202,7 +204,8 @@ def training_targets():
 
 def pretraining_targets():
     """Every pretrained model of this run (the `pretrain` target): CPC per view, CoCon, the control."""
-    return [*stage1_models(), f"{OUT}/train/cocon/model.pt", f"{OUT}/train/control/model.pt"]
+    paths = [I.model_path(i, v, f"{OUT}/train") for i in I.possible(len(TRAIN_VIEWS)) for v in TRAIN_VIEWS]
+    return list(dict.fromkeys(p for p in paths if p))
 
 
 def print_summary(path):

@@ -29,7 +29,7 @@ rule finetune:
         on_gpus(
             "python -m cocon train finetune --views {wildcards.view} --init-kind {wildcards.init} {params.init}"
             " --out {params.out} --threads {threads} --time-limit {resources.runtime}"
-            " --config-json {params.config:q} --runtime-json {RUNTIME[train]:q} > {log} 2>&1"
+            " --config-json {params.config:q} > {log} 2>&1"
         )
 
 
@@ -56,7 +56,7 @@ rule evaluate:
     shell:
         on_gpus(
             "python -m cocon evaluate --view {wildcards.view} --model {input.model} --out {output} --threads {threads}"
-            " --config-json {params.config:q} --runtime-json {RUNTIME[evaluate]:q} > {log} 2>&1"
+            " --config-json {params.config:q} > {log} 2>&1"
         )
 
 
@@ -84,7 +84,7 @@ rule features:
     shell:
         on_gpus(
             "python -m cocon features --view {wildcards.view} --init-kind {wildcards.init} {params.model}"
-            " --out {output} --threads {threads} --config-json {params.config:q} --runtime-json {RUNTIME[features]:q}"
+            " --out {output} --threads {threads} --config-json {params.config:q}"
             " > {log} 2>&1"
         )
 

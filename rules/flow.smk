@@ -22,6 +22,6 @@ rule flow:
     shell:
         on_gpus(
             "python -m cocon flow --method {wildcards.method} --rgb {input.rgb} --shard {wildcards.shard}"
-            " --out {output} --config-json {params.config:q} --runtime-json {RUNTIME[flow]:q} --threads {threads}"
+            " --out {output} --config-json {params.config:q} --threads {threads}"
             " > {log} 2>&1"
         )

@@ -24,7 +24,7 @@ rule seg:
     shell:
         on_gpus(
             "python -m cocon seg --rgb {input.rgb} --shard {wildcards.shard} --out {output}"
-            " --config-json {params.config:q} --runtime-json {RUNTIME[seg]:q} --threads {threads} > {log} 2>&1"
+            " --config-json {params.config:q} --threads {threads} > {log} 2>&1"
         )
 
 
@@ -52,5 +52,5 @@ rule pose:
     shell:
         on_gpus(
             "python -m cocon pose --rgb {input.rgb} {params.seg} --shard {wildcards.shard} --out {output}"
-            " --config-json {params.config:q} --runtime-json {RUNTIME[pose]:q} --threads {threads} > {log} 2>&1"
+            " --config-json {params.config:q} --threads {threads} > {log} 2>&1"
         )

@@ -1,8 +1,8 @@
 # Training: stage 1, CPC per view (one job each); stage 2, CoCon joint training from the stage-1 weights;
 # the control run, stage 2 for the same epochs with the cooperative terms off (cocon.lam = 0).
 # Each job's params hold only the settings that shape its weights (cocon.workflow.jobs); speed and
-# placement settings reach it as RUNTIME, outside the params. Under SLURM a job stops itself at an epoch
-# boundary before its time limit ({resources.runtime}) and the retry resumes (docs/cluster.md).
+# placement settings reach it in the environment, outside the params. Under SLURM a job stops itself at
+# an epoch boundary before its time limit ({resources.runtime}) and the retry resumes (docs/cluster.md).
 
 
 rule cpc:
@@ -29,7 +29,7 @@ rule cpc:
     shell:
         on_gpus(
             "python -m cocon train cpc --views {wildcards.view} --out {params.out} --threads {threads}"
-            " --time-limit {resources.runtime} --config-json {params.config:q} --runtime-json {RUNTIME[train]:q}"
+            " --time-limit {resources.runtime} --config-json {params.config:q}"
             " > {log} 2>&1"
         )
 
@@ -61,7 +61,7 @@ rule cocon:
     shell:
         on_gpus(
             "python -m cocon train cocon --views {params.views} {params.init} --out {params.out} --threads {threads}"
-            " --time-limit {resources.runtime} --config-json {params.config:q} --runtime-json {RUNTIME[train]:q}"
+            " --time-limit {resources.runtime} --config-json {params.config:q}"
             " > {log} 2>&1"
         )
 

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cocon import inits as I
 from cocon.config import add_config_args, config_from_args
-from cocon.evaluate.report import INIT_ORDER, INIT_TITLE, ensemble_accuracy
+from cocon.evaluate.report import ensemble_accuracy
 from cocon.files import read_h5, write_json, write_text
 from cocon.provenance import code_revision, library_versions
 from cocon.runtime import setup_logging
@@ -94,10 +95,10 @@ def claim(
     }
     if metrics:
         result["diagnostics"] = figures(metrics, scores, out)
-    inits = [i for i in INIT_ORDER if any(i in d for d in summary.values())]
+    inits = [i for i in I.NAMES if any(i in d for d in summary.values())]
     lines = [
         "| view | "
-        + " | ".join(INIT_TITLE[i] for i in inits)
+        + " | ".join(I.INITS[i].title for i in inits)
         + " | "
         + " | ".join(f"{low} < {high}" for low, high in ORDERINGS)
         + " |",
@@ -172,12 +173,12 @@ def figures(metrics: dict[tuple[int, str], Path], scores: dict[tuple[int, str, s
         ax.plot(np.arange(len(m1)), m1, color="k", label="CPC (stage 1)")
         ax.fill_between(np.arange(len(m1)), m1 - sd1, m1 + sd1, color="k", alpha=0.15)
         numbers["collapse"][f"cpc/{view}"] = m1.tolist()
-        for run, colour in (("cocon", "tab:red"), ("control", "tab:blue")):
+        for run, colour in ((r, I.INITS[r].colour) for r in ("cocon", "control")):
             curves = [read[(s, run)][col] for s in seeds if col in read.get((s, run), {})]
             if curves:
                 m, sd = _mean_curve(curves)
                 x = len(m1) + np.arange(len(m))
-                ax.plot(x, m, color=colour, label=f"{INIT_TITLE[run]} (stage 2)")
+                ax.plot(x, m, color=colour, label=f"{I.INITS[run].title} (stage 2)")
                 ax.fill_between(x, m - sd, m + sd, color=colour, alpha=0.15)
                 numbers["collapse"][f"{run}/{view}"] = m.tolist()
         ax.set_title(f"{view}: mean pairwise cosine of block features")
@@ -193,12 +194,12 @@ def figures(metrics: dict[tuple[int, str], Path], scores: dict[tuple[int, str, s
     for k, pair in enumerate(pairs):
         for row, term in enumerate(("sync", "sim")):
             ax = fig.add_subplot(2, max(1, len(pairs)), row * len(pairs) + k + 1)
-            for run, colour in (("cocon", "tab:red"), ("control", "tab:blue")):
+            for run, colour in ((r, I.INITS[r].colour) for r in ("cocon", "control")):
                 col = f"val/{term}/{pair}"
                 curves = [read[(s, run)][col] for s in seeds if col in read.get((s, run), {})]
                 if curves:
                     m, sd = _mean_curve(curves)
-                    ax.plot(m, color=colour, label=INIT_TITLE[run])
+                    ax.plot(m, color=colour, label=I.INITS[run].title)
                     ax.fill_between(np.arange(len(m)), m - sd, m + sd, color=colour, alpha=0.15)
                     numbers["coop"][f"{run}/{term}/{pair}"] = m.tolist()
             ax.set_title(f"L_{term} {pair} (val)")
@@ -207,8 +208,8 @@ def figures(metrics: dict[tuple[int, str], Path], scores: dict[tuple[int, str, s
     fig.tight_layout()
     A._save_png(fig, out_fig / "coop.png")
 
-    inits = [i for i in INIT_ORDER if any(r == f"finetune:{i}:{v}" for r in runs for v in views)]
-    colours = {"random": "tab:gray", "cpc": "k", "cocon": "tab:red", "control": "tab:blue"}
+    inits = [i for i in I.NAMES if any(r == f"finetune:{i}:{v}" for r in runs for v in views)]
+    colours = {i.name: i.colour for i in I.INITS.values()}
     fig = A._new_figure(5.0 * max(1, len(views)), 3.6)
     for k, view in enumerate(views):
         ax = fig.add_subplot(1, max(1, len(views)), k + 1)
@@ -220,7 +221,7 @@ def figures(metrics: dict[tuple[int, str], Path], scores: dict[tuple[int, str, s
             ]
             if curves:
                 m, sd = _mean_curve(curves)
-                ax.plot(100 * m, color=colours[init], label=INIT_TITLE[init])
+                ax.plot(100 * m, color=colours[init], label=I.INITS[init].title)
                 numbers["finetune"][f"{init}/{view}"] = m.tolist()
         ax.set_title(f"{view}: fine-tuning, validation top-1 (%)")
         ax.set_xlabel("epoch")
@@ -237,13 +238,13 @@ def figures(metrics: dict[tuple[int, str], Path], scores: dict[tuple[int, str, s
         acc = [float((pred[lab == c] == c).mean()) if (lab == c).any() else np.nan for c in range(len(names))]
         per_class.setdefault((init, view), []).append(acc)
     if per_class:
-        keys = [(i, v) for v in views for i in INIT_ORDER if (i, v) in per_class]
+        keys = [(i, v) for v in views for i in I.NAMES if (i, v) in per_class]
         grid = np.array([np.nanmean(per_class[k], axis=0) for k in keys])
         fig = A._new_figure(1.2 + 0.8 * len(names), 1.0 + 0.35 * len(keys))
         ax = fig.add_subplot(1, 1, 1)
         im = ax.imshow(100 * grid, vmin=0, vmax=100, cmap="viridis", aspect="auto")
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
-        ax.set_yticks(range(len(keys)), [f"{INIT_TITLE[i]} {v}" for i, v in keys], fontsize=7)
+        ax.set_yticks(range(len(keys)), [f"{I.INITS[i].title} {v}" for i, v in keys], fontsize=7)
         for (r, c), value in np.ndenumerate(grid):
             ax.text(c, r, f"{100 * value:.0f}", ha="center", va="center", fontsize=6, color="w")
         ax.set_title("test top-1 per class (%), mean over seeds")

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cocon import inits as I
 from cocon.config import add_config_args, config_from_args
 from cocon.evaluate.dense import (
     dense_dataset,
@@ -40,7 +41,6 @@ from cocon.files import write_h5
 from cocon.models.build import build_dpc, load_view_weights
 from cocon.models.networks import DPC, l2_normalize
 from cocon.runtime import resolve_device, set_threads, setup_logging
-from cocon.train.methods.finetune import INIT_KINDS
 
 log = logging.getLogger("cocon.evaluate.features")
 
@@ -99,7 +99,7 @@ def extract(cfg: dict, view: str, init_kind: str, model_path: str | None, out: P
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Pretrained video features for the analyses.")
     p.add_argument("--view", required=True)
-    p.add_argument("--init-kind", required=True, choices=INIT_KINDS)
+    p.add_argument("--init-kind", required=True, choices=I.NAMES)
     p.add_argument("--model", default=None, help="stage-1 or stage-2 model.pt (not for random)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--threads", type=int, default=None)

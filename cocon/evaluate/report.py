@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cocon import inits as I
 from cocon.config import add_config_args, config_from_args
 from cocon.evaluate import analyses as A
 from cocon.files import read_h5, write_json, write_text
@@ -42,8 +43,6 @@ from cocon.provenance import code_revision, library_versions
 from cocon.runtime import setup_logging
 
 log = logging.getLogger("cocon.evaluate.report")
-INIT_ORDER = ("random", "cpc", "cocon", "control")
-INIT_TITLE = {"random": "Random", "cpc": "CPC", "cocon": "CoCon", "control": "Control (λ = 0)"}
 
 
 def parse_pairs(items: list[str]) -> dict[tuple[str, str], Path]:
@@ -103,7 +102,7 @@ def classification(scores: dict, weights: dict, figures: Path) -> dict:
                 cm,
                 names,
                 figures / f"confusion_{init}_{view}.png",
-                f"{INIT_TITLE.get(init, init)} {view}: top-1 {pct(entry['accuracy'])}%",
+                f"{I.get(init).title} {view}: top-1 {pct(entry['accuracy'])}%",
             )
         out.setdefault(init, {})[view] = entry
         by_init.setdefault(init, {})[view] = (arr["video_id"], probs, labels)
@@ -131,7 +130,7 @@ def feature_analyses(features: dict, ev: dict, seed: int, figures: Path) -> dict
     for (init, view), path in sorted(features.items()):
         arr, attrs = read_h5(path)
         names = attrs["class_names"]
-        title = f"{INIT_TITLE.get(init, init)} {view}"
+        title = f"{I.get(init).title} {view}"
         tr, te, yl, ql = arr["train/feature"], arr["test/feature"], arr["train/label"], arr["test/label"]
         entry: dict = {"n_gallery": len(yl), "n_queries": len(ql)}
         # pooled GRU states share a large common component (raw cosines are all ~0.99): every analysis
@@ -204,14 +203,14 @@ def alignments(arr: dict, ev: dict, init: str, view: str, title: str, figures: P
 def tables(metrics: dict, views: list[str], ks: list[int]) -> tuple[str, str]:
     """(HTML, Markdown) of the accuracy, retrieval, cosine and consistency tables."""
     acc, feats, cons = metrics["classification"], metrics["analyses"]["per_view"], metrics["analyses"]["consistency"]
-    inits = [i for i in INIT_ORDER if i in acc or i in feats]
+    inits = [i for i in I.NAMES if i in acc or i in feats]
     sections = []
     cols = [*views, "ensemble"] if any("ensemble" in acc.get(i, {}) for i in inits) else views
-    rows = [[INIT_TITLE[i], *(pct(acc.get(i, {}).get(c, {}).get("accuracy")) for c in cols)] for i in inits]
+    rows = [[I.INITS[i].title, *(pct(acc.get(i, {}).get(c, {}).get("accuracy")) for c in cols)] for i in inits]
     paper = metrics["config"]["evaluate"].get("paper") or {}
-    for i in INIT_ORDER:  # the paper's numbers for this setting (configs/*.yaml), beside ours
+    for i in I.NAMES:  # the paper's numbers for this setting (configs/*.yaml), beside ours
         if i in paper:
-            rows.append([f"paper: {INIT_TITLE[i]}", *(f"{paper[i][c]:.1f}" if c in paper[i] else "–" for c in cols)])
+            rows.append([f"paper: {I.INITS[i].title}", *(f"{paper[i][c]:.1f}" if c in paper[i] else "–" for c in cols)])
     sections.append(
         (
             "Table 1. Test top-1 accuracy (%), dense evaluation, per view and initialisation, over the "
@@ -220,7 +219,7 @@ def tables(metrics: dict, views: list[str], ks: list[int]) -> tuple[str, str]:
             rows,
         )
     )
-    rows = [[INIT_TITLE[i], *(pct(acc.get(i, {}).get(c, {}).get("accuracy_all")) for c in cols)] for i in inits]
+    rows = [[I.INITS[i].title, *(pct(acc.get(i, {}).get(c, {}).get("accuracy_all")) for c in cols)] for i in inits]
     sections.append(
         (
             "Table 1b. The same over all test videos of the split (videos that failed preprocessing "
@@ -234,7 +233,7 @@ def tables(metrics: dict, views: list[str], ks: list[int]) -> tuple[str, str]:
         for v in views:
             r = feats.get(i, {}).get(v, {}).get("retrieval")
             if r:
-                rows.append([INIT_TITLE[i], v, *(pct(r.get(f"R@{k}")) for k in ks)])
+                rows.append([I.INITS[i].title, v, *(pct(r.get(f"R@{k}")) for k in ks)])
     sections.append(
         (
             "Table 2. Nearest-neighbour retrieval, test queries vs training gallery (R@k, %)",
@@ -249,7 +248,7 @@ def tables(metrics: dict, views: list[str], ks: list[int]) -> tuple[str, str]:
             if c:
                 rows.append(
                     [
-                        INIT_TITLE[i],
+                        I.INITS[i].title,
                         v,
                         *(
                             f"{c.get(k):.3f}" if c.get(k) is not None else "–"
@@ -266,7 +265,7 @@ def tables(metrics: dict, views: list[str], ks: list[int]) -> tuple[str, str]:
     )
     rows = [
         [
-            INIT_TITLE[i],
+            I.INITS[i].title,
             cons[i].get("consistent_classes", "–"),
             cons[i].get("classes", "–"),
             cons[i].get("top", "–"),

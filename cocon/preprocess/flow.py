@@ -32,6 +32,7 @@ from cocon.preprocess import stage
 from cocon.preprocess import tvl1 as tvl1_torch
 from cocon.preprocess.video import BadVideo
 from cocon.runtime import resolve_device
+from cocon.views import tvl1_placement
 
 log = logging.getLogger("cocon")
 
@@ -75,16 +76,13 @@ def make_tvl1(p: dict):
 
 
 def tvl1_backend(p: dict) -> tuple[str, str]:
-    """(backend, device) that TVL1 runs on for the flow.tvl1 section `p`: 'auto' resolves to torch on
-    CUDA when a GPU is visible, else opencv on the CPU."""
-    backend, device = p.get("backend", "opencv"), p.get("device", "auto")
-    if backend == "opencv":
-        return "opencv", "cpu"
-    device = resolve_device(device)
-    if backend == "auto":
-        gpu = device.startswith("cuda") and p.get("gamma", 0) == 0  # torch has no gamma term
-        return ("torch", device) if gpu else ("opencv", "cpu")
-    return "torch", device
+    """(backend, device) that TVL1 runs on in this job for the flow.tvl1 section `p`
+    (cocon.views.tvl1_placement with the GPUs torch sees; an explicit cuda device without one fails)."""
+    import torch
+
+    if p.get("backend", "opencv") != "opencv":
+        resolve_device(p.get("device", "auto"))
+    return tvl1_placement(p, torch.cuda.is_available())
 
 
 class FlowComputer:

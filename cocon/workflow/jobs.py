@@ -6,9 +6,10 @@ Every job reads a fixed set of config keys (`READS`). The rules split them in tw
   Snakemake `params`, so Snakemake reruns the job when one of them changes, and only then; the training
   methods hash the same part (minus the epoch count) into the run identity that decides whether
   checkpoints may resume (cocon.train.methods.base.Method.identity).
-- the **runtime** part (`runtime_config`): keys that change only speed or placement (`SPEED_ONLY`: GPUs,
-  device, workers, batch sizes of inference, compile, ...). The rules pass it outside `params`
-  (`--runtime-json`), so changing it reruns nothing.
+- the **runtime** part: keys that change only speed or placement (`SPEED_ONLY`: GPUs, device, workers,
+  batch sizes of inference, compile, ...). The rules pass them outside `params`, in the environment
+  variable RUNTIME_ENV (`runtime_config`, set by the workflow's shell prefix), so changing one reruns
+  nothing; each job takes the part it reads (cocon.config.config_from_args).
 
 A job validates what it gets against the schema (cocon.config.config_from_args) and cannot read a key it
 was not given. Cross-section checks run once, on the whole config, when the workflow is parsed
@@ -193,9 +194,17 @@ def job_config(config: dict, command: str, **kw) -> str:
     return as_json(job_sections(config, command, **kw)[0])
 
 
-def runtime_config(config: dict, command: str, **kw) -> str:
-    """`--runtime-json` of a job of `command` (canonical JSON of the runtime part): not a param."""
-    return as_json(job_sections(config, command, **kw)[1])
+RUNTIME_ENV = "COCON_RUNTIME_JSON"
+
+
+def runtime_config(config: dict) -> str:
+    """Every speed-only key of `config` (SPEED_ONLY) as canonical JSON: the value of RUNTIME_ENV."""
+    out: dict = {}
+    for path in SPEED_ONLY:
+        value = _get(config, path)
+        if value is not _MISSING:
+            _put(out, path, value)
+    return as_json(out)
 
 
 def run_identity_config(cfg: dict, command: str, views: list[str]) -> dict:

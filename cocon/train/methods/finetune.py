@@ -18,11 +18,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+from cocon import inits as I
 from cocon.data.clips import FINETUNE_AUGMENTATION
 from cocon.models.build import PerViewNetworks, build_classifier, load_view_weights
 from cocon.train.methods.base import Method
-
-INIT_KINDS = ("random", "cpc", "cocon", "control")
 
 
 def milestones(epochs: int, fractions: list[float]) -> list[int]:
@@ -37,8 +36,7 @@ class Finetune(Method):
 
     def __init__(self, cfg, views, init=None, init_kind=None):
         init_kind = init_kind or ("random" if not init else "cpc")
-        if init_kind not in INIT_KINDS:
-            raise ValueError(f"init kind must be one of {INIT_KINDS}, got {init_kind!r}")
+        I.get(init_kind)  # unknown kinds fail here
         if (init_kind == "random") != (not init):
             raise ValueError("an init model is required for a pretrained initialisation and not allowed for 'random'")
         super().__init__(cfg, views, init, init_kind)
