@@ -194,7 +194,8 @@ def claim_metrics():
 
 
 def preprocess_targets():
-    return [f"{OUT}/reports/preprocess_summary.json"]
+    """The summary of failed videos and the figures of what preprocessing produced."""
+    return [f"{OUT}/reports/preprocess_summary.json", f"{OUT}/reports/views"]
 
 
 def training_targets():

@@ -18,15 +18,14 @@ rule views_figure:
         "logs/views_figure.log",
     benchmark:
         "benchmarks/views_figure.tsv"
-    # a few frames read and drawn: as light as the summary
-    threads: R.threads("preprocess_summary")
+    threads: R.threads("views_figure")
     resources:
-        mem_mb=R.mem_mb("preprocess_summary"),
-        runtime=R.runtime("preprocess_summary", MAX_MINUTES),
+        mem_mb=R.mem_mb("views_figure"),
+        runtime=R.runtime("views_figure", MAX_MINUTES),
     conda:
         "../envs/train.yaml"
     params:
-        root=lambda w, input: os.path.dirname(os.path.dirname(os.path.dirname(input.shards[0]))),  # <root>/shards/<view>/x.h5
+        root=OUT,
         views=" ".join(VIEWS),
         split=config["dataset"]["split"],
     shell:

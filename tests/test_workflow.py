@@ -190,7 +190,8 @@ def test_demo_dag_finetunes_tests_and_reports(demo_run):
         "alignment_cocon_flow_tvl1_0.png",
         "alignment_cocon_flow_tvl1_1.png",
     } <= figures
-    assert "Table 1" in (res / "reports" / "tables.html").read_text()
+    page = (res / "reports" / "tables.html").read_text()
+    assert "Table 1" in page and 'href="views/train1_' in page  # the preprocessing figures, linked
     assert (demo_run / "benchmarks" / "finetune" / "cocon_rgb.tsv").exists()
 
 

@@ -22,6 +22,7 @@ RULES: dict[str, Resources] = {
     "demo_dataset": Resources(1, 2000, 30),
     "manifest": Resources(1, 2000, 30),
     "preprocess_summary": Resources(1, 2000, 30),
+    "views_figure": Resources(1, 2000, 30),  # a few frames read and drawn
     "frames": Resources(4, 4000, 60),
     "flow": Resources(8, 4000, 240),
     "seg": Resources(4, 8000, 240),
