@@ -3,14 +3,18 @@
 
 from snakemake.utils import min_version
 
+from cocon.config import config_sources
+
 min_version("9.0")
 
 
-# The demo config, unless the command line gives one: `--configfile configs/ucf101_split1.yaml` replaces it
-# (it is not merged into the demo's settings).
-if not workflow.overwrite_configfiles:
+# The demo config (config.yaml), with any --configfile merged over it, as Snakemake does; except a recipe,
+# a file that names its dataset (configs/*.yaml): it replaces the demo, and what it leaves out takes the
+# schema's defaults (the paper's settings). Which one this run uses is printed before any job (README).
+DEMO_CONFIG, CONFIG_SOURCES = config_sources(workflow.overwrite_configfiles, f"{workflow.basedir}/config.yaml")
+if DEMO_CONFIG:
 
-    configfile: "config.yaml"
+    configfile: DEMO_CONFIG
 
 
 

@@ -184,6 +184,28 @@ def check_encoding(enc: dict, key: str) -> None:
         raise ConfigError(f"{key}.level", "a level applies to raw storage only with compression: gzip")
 
 
+def config_sources(files, demo: str) -> tuple[str | None, str]:
+    """Which config a workflow run uses, from its --configfile `files` and the demo config `demo`:
+    (the demo file to read first, or None; a sentence saying what the run uses). A given file that names a
+    `dataset` is a recipe: the demo is not read and the keys the files leave out take the schema's
+    defaults. Files without one are overlays, merged over the demo as Snakemake merges config files."""
+    files = [str(f) for f in files or ()]
+    docs = []
+    for f in files:
+        with open(f, encoding="utf-8") as fh:
+            docs.append(yaml.safe_load(fh) or {})
+    if not files:
+        return demo, f"config: {demo} (the demo)"
+    if not any("dataset" in d for d in docs):
+        return demo, f"config: {demo} (the demo), with {', '.join(files)} merged over it"
+    given = set().union(*docs)
+    unset = [k for k in schema()["properties"] if k not in given]
+    return None, (
+        f"config: {', '.join(files)} (a recipe: it names its dataset, so {demo} is not read; keys it leaves out"
+        f" take the schema's defaults{', whole sections: ' + ', '.join(unset) if unset else ''})"
+    )
+
+
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> dict:
     """Read a YAML config (or start empty), apply `overrides` (nested dict), validate, fill defaults."""
     cfg: dict = {}

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shlex
+import sys
 
 from cocon import config as cocon_config
 from cocon import inits as I
@@ -18,6 +19,8 @@ from cocon.workflow.jobs import RUNTIME_ENV, job_config, runtime_config
 # The whole config, before any job starts: unknown keys, wrong values and cross-section mistakes are
 # rejected here with the key named (defaults are filled in place).
 cocon_config.validate(config)
+if workflow.is_main_process:  # what this run's config is made of (Snakefile), before any job
+    print(CONFIG_SOURCES, file=sys.stderr)
 
 # Every job runs `python -m cocon <command>`: make the workflow's own package importable in every job,
 # including conda environments that do not install it. HDF5's file locking fails or hangs on NFS and

@@ -132,3 +132,32 @@ def test_kinetics_pretraining_then_fine_tuning_on_another_dataset(tmp_path):
         timeout=300,
     ).stdout
     assert f"--init rgb={k400['output_dir']}/train/cocon/model.pt" in out
+
+
+def _dry_run_printed(tmp_path: Path, configfile: Path, *targets: str) -> str:
+    """What `snakemake -n -p` prints (stdout and stderr) for one --configfile."""
+    cmd = [sys.executable, "-m", "snakemake", *targets, "-n", "-p", "--cores", "4", "-s", str(REPO / "Snakefile")]
+    proc = subprocess.run(
+        [*cmd, "-d", str(tmp_path), "--configfile", str(configfile)], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_a_partial_config_merges_over_the_demo_and_a_recipe_replaces_it(tmp_path):
+    """A file without a dataset (an overlay) changes only what it sets: the rest is the demo's (config.yaml),
+    as Snakemake merges config files. A recipe (it names its dataset) replaces the demo: what it leaves out
+    is the schema's default. Each run says which it is before any job."""
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("claim: {seeds: [21, 22]}\n")
+    printed = _dry_run_printed(tmp_path / "demo", overlay, "claim")
+    assert f"config: {REPO / 'config.yaml'} (the demo), with {overlay} merged over it" in printed
+    demo = yaml.safe_load((REPO / "config.yaml").read_text())
+    assert f'"epochs":{demo["cpc"]["epochs"]}' in printed and '"width":8' in printed  # the demo's, not the schema's
+    assert printed.count("train cpc --views rgb") == 2  # one per claim seed
+    cfg = _on_stand_in(tmp_path, "ucf101_split1.yaml")
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(cfg))
+    printed = _dry_run_printed(tmp_path / "ucf", tmp_path / "recipe.yaml")
+    assert "(a recipe: it names its dataset, so" in printed and "config.yaml is not read" in printed
+    assert '"epochs":100' in printed and '"width":64' in printed

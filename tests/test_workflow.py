@@ -30,6 +30,7 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 TINY = {
     "output_dir": "results",
     "seed": 3,
+    "dataset": {"format": "demo", "name": "demo"},  # a config of its own (a recipe), not merged over config.yaml
     "demo": {
         "classes": 2,
         "groups_per_class": 2,
