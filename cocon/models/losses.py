@@ -73,8 +73,6 @@ __all__ = [
     "sim_loss",
     "coop_loss",
     "cocon_loss",
-    "DenseNCELoss",
-    "CoopLoss",
     "CoconLoss",
 ]
 
@@ -448,62 +446,8 @@ def cocon_loss(
 
 
 # --------------------------------------------------------------------------------------------------
-# the losses as modules holding their hyper-parameters
+# the loss as a module holding its hyper-parameters
 # --------------------------------------------------------------------------------------------------
-
-
-class DenseNCELoss(torch.nn.Module):
-    """L_cpc, the dense predictive NCE of DPC as CoCon computes it (:func:`cpc_loss`).
-
-    Args:
-        temperature: tau (0.005, the paper; CoCon's code: 0.07**2).
-        normalize: L2-normalise predictions and targets (True); DPC's original: False with tau 1.
-        distributed: negatives from the global batch under torch.distributed.
-
-    Examples:
-        >>> loss, top1 = DenseNCELoss()(out.pred, out.target)
-    """
-
-    def __init__(self, temperature: float = DEFAULT_TEMPERATURE, normalize: bool = True, distributed: bool = True):
-        super().__init__()
-        self.temperature, self.normalize, self.distributed = temperature, normalize, distributed
-
-    def forward(self, pred, target, groups=None):
-        return cpc_loss(pred, target, self.temperature, self.distributed, groups=groups, normalize=self.normalize)
-
-
-class CoopLoss(torch.nn.Module):
-    """L_coop = L_sync + alpha * L_sim for one pair of views (:func:`sync_loss`, :func:`sim_loss`).
-
-    Args:
-        alpha: weight of L_sim (1).
-        variant: "code" (CoCon's code, default) or "paper" (Eq. 2-3 read literally).
-        margin, same_video_negatives: see :func:`sim_loss`.
-
-    forward(ha, hb, groups=None) -> (L_sync, L_sim), scalars; ha, hb (B, N, D) block features.
-    """
-
-    def __init__(
-        self,
-        alpha: float = 1.0,
-        variant: str = DEFAULT_VARIANT,
-        margin: float = 1.0,
-        same_video_negatives: bool = True,
-        distributed: bool = True,
-        centre: bool = False,
-    ):
-        super().__init__()
-        _check_variant(variant)
-        self.alpha, self.variant, self.margin = alpha, variant, margin
-        self.same_video_negatives, self.distributed, self.centre = same_video_negatives, distributed, centre
-
-    def forward(self, ha, hb, groups=None):
-        return (
-            sync_loss(ha, hb, self.variant, self.distributed, self.centre),
-            sim_loss(
-                ha, hb, self.variant, self.margin, self.same_video_negatives, groups, self.distributed, self.centre
-            ),
-        )
 
 
 class CoconLoss(torch.nn.Module):

@@ -392,20 +392,4 @@ def metrics_csv(history: list[dict]) -> str:
     return buf.getvalue()
 
 
-def train(
-    method: str,
-    cfg: dict,
-    views: list[str],
-    out: Path,
-    init: dict[str, str] | None = None,
-    init_kind: str | None = None,
-) -> Engine:
-    """Build the named method and run it to the end in `out`; returns the engine (history, models)."""
-    from cocon.train.methods import get_method
-
-    engine = Engine(get_method(method)(cfg, views, init, init_kind), out)
-    engine.fit()
-    return engine
-
-
-__all__ = ["Engine", "train", "channels_last_3d", "metrics_csv"]
+__all__ = ["Engine", "channels_last_3d", "metrics_csv"]

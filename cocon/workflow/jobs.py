@@ -21,9 +21,9 @@ A preprocessing stage turns its results part into the parameters it records in i
 from __future__ import annotations
 
 import copy
-import json
 
 from cocon import views as V
+from cocon.provenance import dumps as as_json  # canonical JSON: the same config gives the same string
 
 _TRAINING = ("output_dir", "seed", "dataset.split", "train")
 # Dense test and features: the network and the clips, without the validation subset (they read whole roles).
@@ -182,11 +182,6 @@ def job_sections(
             _put(runtime, path, value)
             _drop(out, path)
     return out, runtime
-
-
-def as_json(obj) -> str:
-    """Canonical JSON (sorted keys, compact): the same config gives the same string."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
 def job_config(config: dict, command: str, **kw) -> str:

@@ -1,4 +1,4 @@
-"""Stage 1: dense predictive coding (DPC/CPC) of one view, L_cpc (cocon.models.losses.DenseNCELoss)."""
+"""Stage 1: dense predictive coding (DPC/CPC) of one view, L_cpc (cocon.models.losses.CoconLoss on one view)."""
 
 from __future__ import annotations
 
