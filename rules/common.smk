@@ -38,7 +38,7 @@ shell.prefix(
 )
 
 OUT = config["output_dir"]
-RECORDS, MISSING = ingest.load_dataset(config)
+RECORDS, MISSING = ingest.load_dataset(config, plan_demo=True)  # the demo job has not run yet
 SHARD_LIST = assign_shards(RECORDS, config["shards"]["videos_per_shard"])
 SHARDS = [shard_name(k) for k in range(len(SHARD_LIST))]
 VIEWS = V.enabled_views(config)  # every view this config computes (registry order)

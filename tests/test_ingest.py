@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -454,14 +452,24 @@ def test_csv_skip_and_no_train(tmp_path):
     raises_at(lambda: load_dataset(cfg), path, None, "no training videos")
 
 
-def test_demo_is_delegated(monkeypatch):
-    fake = types.ModuleType("cocon.sources.demo")
-    fake.plan = lambda cfg: ["planned", cfg["seed"]]
-    monkeypatch.setitem(sys.modules, "cocon.sources.demo", fake)
-    import cocon.sources
+def test_demo_manifest_reads_what_the_generator_wrote(tmp_path):
+    """The manifest job reads the demo's videos and UCF101-style annotations as written; they hold what
+    the workflow planned before the demo job ran."""
+    from cocon.config import load_config
+    from cocon.sources import demo
 
-    monkeypatch.setattr(cocon.sources, "demo", fake, raising=False)
-    assert load_dataset({"seed": 7, "dataset": {"format": "demo"}}) == (["planned", 7], [])
+    cfg = load_config(
+        overrides={
+            "output_dir": str(tmp_path),
+            "demo": {"classes": 2, "groups_per_class": 3, "clips_per_group": 2, "test_groups": 1, "frames": 8},
+        }
+    )
+    with pytest.raises(ManifestError):
+        load_dataset(cfg)  # nothing written yet
+    demo.generate(cfg)
+    records, missing = load_dataset(cfg)
+    assert records == load_dataset(cfg, plan_demo=True)[0] == demo.plan(cfg) and missing == []
+    assert len(records) == 12 and {r.splits["1"] for r in records} == {"train", "test"}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -584,15 +584,19 @@ def read_csv_manifest(csv_path, root=None, on_missing="error") -> tuple[list[Vid
 # dispatch and command line
 
 
-def load_dataset(cfg: dict) -> tuple[list[VideoRecord], list[Missing]]:
-    """Records (sorted by video_id) and missing videos of the dataset configured in cfg['dataset']."""
+def load_dataset(cfg: dict, plan_demo: bool = False) -> tuple[list[VideoRecord], list[Missing]]:
+    """Records (sorted by video_id) and missing videos of the dataset configured in cfg['dataset']. The demo
+    is read like UCF101 from what its generator wrote (cocon.sources.demo), or, with `plan_demo`, taken from
+    the generator's plan: the workflow's view of it before the demo job has run."""
     ds = cfg["dataset"]
     fmt = ds["format"]
+    on_missing = ds.get("on_missing", "error")
     if fmt == "demo":
         from cocon.sources import demo
 
-        return demo.plan(cfg), []
-    on_missing = ds.get("on_missing", "error")
+        if plan_demo:
+            return demo.plan(cfg), []
+        return read_ucf101(demo.video_root(cfg), demo.annotation_dir(cfg), "error")
     where = ds["manifest"]
     if fmt == "ucf101":
         records, missing = read_ucf101(ds["root"], where, on_missing)
