@@ -17,7 +17,6 @@ if DEMO_CONFIG:
     configfile: DEMO_CONFIG
 
 
-
 report: "report/workflow.rst"
 
 
@@ -41,10 +40,10 @@ localrules:
 
 
 rule all:
+    default_target: True
     input:
         preprocess_targets(),
         training_targets(),
-    default_target: True
 
 
 # Pretraining only (e.g. on Kinetics-400, for another run's train.pretrained_run).

@@ -190,6 +190,8 @@ def config_sources(files, demo: str) -> tuple[str | None, str]:
     `dataset` is a recipe: the demo is not read and the keys the files leave out take the schema's
     defaults. Files without one are overlays, merged over the demo as Snakemake merges config files."""
     files = [str(f) for f in files or ()]
+    if len(files) == 1 and Path(files[0]).resolve() == Path(demo).resolve():
+        files = []
     docs = []
     for f in files:
         with open(f, encoding="utf-8") as fh:

@@ -64,6 +64,7 @@ def job(command, **kw):
     (cocon.workflow.jobs; views= the job's view(s), method= the flow method, seed= a claim seed)."""
     return job_config(config, command, **kw)
 
+
 MAX_MINUTES = config["runtime"]["max_job_minutes"]  # the partition's limit: no job asks for more
 
 
@@ -171,14 +172,20 @@ CLAIM_INITS = I.possible(len(TRAIN_VIEWS))
 
 def claim_keys():
     """seed/init/view of every test job of the claim target."""
-    return [f"{seed}/{init}/{view}" for seed in config["claim"]["seeds"] for init in CLAIM_INITS for view in TRAIN_VIEWS]
+    return [
+        f"{seed}/{init}/{view}" for seed in config["claim"]["seeds"] for init in CLAIM_INITS for view in TRAIN_VIEWS
+    ]
 
 
 def claim_paths(kind):
-    pattern = {"scores": "{claim}/seed{seed}/eval/{init}/{view}/scores.h5",
-               "features": "{claim}/seed{seed}/features/{init}/{view}.h5"}[kind]
-    return [pattern.format(claim=CLAIM, seed=seed, init=init, view=view)
-            for seed, init, view in (key.split("/") for key in claim_keys())]
+    pattern = {
+        "scores": "{claim}/seed{seed}/eval/{init}/{view}/scores.h5",
+        "features": "{claim}/seed{seed}/features/{init}/{view}.h5",
+    }[kind]
+    return [
+        pattern.format(claim=CLAIM, seed=seed, init=init, view=view)
+        for seed, init, view in (key.split("/") for key in claim_keys())
+    ]
 
 
 def claim_metrics():
@@ -219,6 +226,11 @@ def print_summary(path):
     if os.path.exists(path):
         with open(path) as fh:
             print(format_summary(json.load(fh)))
+
+
+def shards_root(wildcards, input):
+    """The output_dir holding a job's input shards (<output_dir>/shards/<view>/<shard>.h5)."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(input.shards[0])))
 
 
 def output_dir_of_model(wildcards, output):

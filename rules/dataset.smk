@@ -7,12 +7,12 @@ rule demo_dataset:
         class_index=f"{OUT}/demo/annotations/classInd.txt",
     log:
         "logs/demo_dataset.log",
+    conda:
+        "../envs/preprocess.yaml"
     threads: R.threads("demo_dataset")
     resources:
         mem_mb=R.mem_mb("demo_dataset"),
         runtime=R.runtime("demo_dataset", MAX_MINUTES),
-    conda:
-        "../envs/preprocess.yaml"
     params:
         config=job("demo"),
     shell:
@@ -27,12 +27,12 @@ rule manifest:
         missing=f"{OUT}/manifest/missing.tsv",
     log:
         "logs/manifest.log",
+    conda:
+        "../envs/preprocess.yaml"
     threads: R.threads("manifest")
     resources:
         mem_mb=R.mem_mb("manifest"),
         runtime=R.runtime("manifest", MAX_MINUTES),
-    conda:
-        "../envs/preprocess.yaml"
     params:
         config=job("manifest"),
     shell:

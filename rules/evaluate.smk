@@ -13,14 +13,14 @@ rule finetune:
         "logs/finetune/{init}_{view}.log",
     benchmark:
         "benchmarks/finetune/{init}_{view}.tsv"
+    conda:
+        "../envs/train.yaml"
     threads: R.threads("finetune")
     resources:
         gpu=GPUS,
         mem_mb=R.mem_mb("finetune"),
         runtime=R.runtime("finetune", MAX_MINUTES),
         tasks_per_gpu=0,
-    conda:
-        "../envs/train.yaml"
     params:
         config=lambda w: job("finetune", views=w.view),
         init=init_arg,
@@ -43,14 +43,14 @@ rule evaluate:
         "logs/eval/{init}_{view}.log",
     benchmark:
         "benchmarks/eval/{init}_{view}.tsv"
+    conda:
+        "../envs/train.yaml"
     threads: R.threads("evaluate")
     resources:
         gpu=min(1, GPUS),
         mem_mb=R.mem_mb("evaluate"),
         runtime=R.runtime("evaluate", MAX_MINUTES),
         tasks_per_gpu=0,
-    conda:
-        "../envs/train.yaml"
     params:
         config=lambda w: job("evaluate", views=w.view),
     shell:
@@ -70,14 +70,14 @@ rule features:
         "logs/features/{init}_{view}.log",
     benchmark:
         "benchmarks/features/{init}_{view}.tsv"
+    conda:
+        "../envs/train.yaml"
     threads: R.threads("features")
     resources:
         gpu=min(1, GPUS),
         mem_mb=R.mem_mb("features"),
         runtime=R.runtime("features", MAX_MINUTES),
         tasks_per_gpu=0,
-    conda:
-        "../envs/train.yaml"
     params:
         config=lambda w: job("features", views=w.view),
         model=lambda w, input: f"--model {input.init}" if input.init else "",
@@ -107,12 +107,12 @@ rule report:
         ),
     log:
         "logs/report.log",
+    conda:
+        "../envs/train.yaml"
     threads: R.threads("report")
     resources:
         mem_mb=R.mem_mb("report"),
         runtime=R.runtime("report", MAX_MINUTES),
-    conda:
-        "../envs/train.yaml"
     params:
         config=job("report"),
         scores=lambda w, input: " ".join(f"{k}={p}" for k, p in zip(eval_keys(), input.scores)),
@@ -219,12 +219,12 @@ rule claim:
         ),
     log:
         "logs/claim/claim.log",
+    conda:
+        "../envs/train.yaml"
     threads: R.threads("claim")
     resources:
         mem_mb=R.mem_mb("claim"),
         runtime=R.runtime("claim", MAX_MINUTES),
-    conda:
-        "../envs/train.yaml"
     params:
         config=job("claim"),
         scores=lambda w, input: " ".join(f"{k}={p}" for k, p in zip(claim_keys(), input.scores)),

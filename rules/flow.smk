@@ -10,13 +10,13 @@ rule flow:
         "logs/flow_{method}/{shard}.log",
     benchmark:
         "benchmarks/flow_{method}/{shard}.tsv"
+    conda:
+        "../envs/preprocess.yaml"
     threads: R.threads("flow")
     resources:
         gpu=lambda wildcards: view_gpus(f"flow_{wildcards.method}"),
         mem_mb=R.mem_mb("flow"),
         runtime=R.runtime("flow", MAX_MINUTES),
-    conda:
-        "../envs/preprocess.yaml"
     params:
         config=lambda wildcards: job("flow", method=wildcards.method),
     shell:

@@ -10,12 +10,12 @@ rule frames:
         "logs/frames/{shard}.log",
     benchmark:
         "benchmarks/frames/{shard}.tsv"
+    conda:
+        "../envs/preprocess.yaml"
     threads: R.threads("frames")
     resources:
         mem_mb=R.mem_mb("frames"),
         runtime=R.runtime("frames", MAX_MINUTES),
-    conda:
-        "../envs/preprocess.yaml"
     params:
         config=job("frames"),
         videos=shard_fingerprint,

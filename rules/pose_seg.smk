@@ -12,13 +12,13 @@ rule seg:
         "logs/seg/{shard}.log",
     benchmark:
         "benchmarks/seg/{shard}.tsv"
+    conda:
+        "../envs/mm.yaml"
     threads: R.threads("seg")
     resources:
         gpu=view_gpus("seg"),
         mem_mb=R.mem_mb("seg"),
         runtime=R.runtime("seg", MAX_MINUTES),
-    conda:
-        "../envs/mm.yaml"
     params:
         config=job("seg"),
     shell:
@@ -39,13 +39,13 @@ rule pose:
         "logs/pose/{shard}.log",
     benchmark:
         "benchmarks/pose/{shard}.tsv"
+    conda:
+        "../envs/mm.yaml"
     threads: R.threads("pose")
     resources:
         gpu=view_gpus("pose"),
         mem_mb=R.mem_mb("pose"),
         runtime=R.runtime("pose", MAX_MINUTES),
-    conda:
-        "../envs/mm.yaml"
     params:
         config=job("pose"),
         seg=lambda w, input: f"--seg {input.seg}" if input.seg else "",

@@ -11,12 +11,12 @@ rule preprocess_summary:
         tsv=f"{OUT}/reports/failed_videos.tsv",
     log:
         "logs/preprocess_summary.log",
+    conda:
+        "../envs/preprocess.yaml"
     threads: R.threads("preprocess_summary")
     resources:
         mem_mb=R.mem_mb("preprocess_summary"),
         runtime=R.runtime("preprocess_summary", MAX_MINUTES),
-    conda:
-        "../envs/preprocess.yaml"
     shell:
         "python -m cocon summary --manifest {input.manifest} --missing {input.missing}"
         " --json {output.json} --tsv {output.tsv} {input.shards} > {log} 2>&1"

@@ -15,14 +15,14 @@ rule cpc:
         "logs/train/cpc_{view}.log",
     benchmark:
         "benchmarks/train/cpc_{view}.tsv"
+    conda:
+        "../envs/train.yaml"
     threads: R.threads("cpc")
     resources:
         gpu=GPUS,
         mem_mb=R.mem_mb("cpc"),
         runtime=R.runtime("cpc", MAX_MINUTES),
         tasks_per_gpu=0,
-    conda:
-        "../envs/train.yaml"
     params:
         config=lambda w: job("cpc", views=w.view),
         out=output_dir_of_model,
@@ -45,14 +45,14 @@ rule cocon:
         "logs/train/cocon.log",
     benchmark:
         "benchmarks/train/cocon.tsv"
+    conda:
+        "../envs/train.yaml"
     threads: R.threads("cocon")
     resources:
         gpu=GPUS,
         mem_mb=R.mem_mb("cocon"),
         runtime=R.runtime("cocon", MAX_MINUTES),
         tasks_per_gpu=0,
-    conda:
-        "../envs/train.yaml"
     params:
         config=job("cocon"),
         views=" ".join(TRAIN_VIEWS),

@@ -18,14 +18,14 @@ rule views_figure:
         "logs/views_figure.log",
     benchmark:
         "benchmarks/views_figure.tsv"
+    conda:
+        "../envs/train.yaml"
     threads: R.threads("views_figure")
     resources:
         mem_mb=R.mem_mb("views_figure"),
         runtime=R.runtime("views_figure", MAX_MINUTES),
-    conda:
-        "../envs/train.yaml"
     params:
-        root=OUT,
+        root=shards_root,
         views=" ".join(VIEWS),
         split=config["dataset"]["split"],
     shell:
