@@ -8,6 +8,9 @@ local path, or None = random initialisation, which is recorded as `weights: none
 Frame map: a view computed on a frame stride s from offset o stores at its index j the output for rgb
 frame o + j*s (j = 0 .. ceil((T - o) / s) - 1). The loader reads both numbers from the shard's root
 attributes `frame_stride` and `frame_offset` (cocon.data.clips.frame_map).
+
+Importing this module registers the stand-ins of cocon.preprocess.mm_ops (mmcv-lite has no compiled
+`mmcv._ext`; the PyPI xtcocotools does not load under numpy 2) before any OpenMMLab module is imported.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import numpy as np
 import torch
 
 from cocon.data.shards import ShardReader
-from cocon.preprocess import stage
+from cocon.preprocess import mm_ops, stage
 from cocon.preprocess.video import resized_size
 from cocon.provenance import distribution_versions
 
@@ -32,13 +35,16 @@ log = logging.getLogger("cocon")
 
 PACKAGES = {"pose": "mmpose", "seg": "mmseg", "det": "mmdet"}
 SCOPES = {"pose": "mmpose", "seg": "mmseg", "det": "mmdet"}
-DISTRIBUTIONS = ("mmcv", "mmengine", "mmpose", "mmsegmentation", "mmdet")
+DISTRIBUTIONS = ("mmcv", "mmcv-lite", "mmengine", "mmpose", "mmsegmentation", "mmdet", "xtcocotools")
 FRAME_INDEX = "j: output for rgb frame frame_offset + j * frame_stride"
 VALUE_SCALE = 1.0 / 255.0  # stored uint8 q means confidence q * VALUE_SCALE
 
 
 class ModelLoadError(RuntimeError):
     """A model that cannot be built or whose checkpoint cannot be loaded; names config and checkpoint."""
+
+
+OPS = mm_ops.install()  # before any OpenMMLab import: mmcv.ops and mmpose import the compiled modules
 
 
 # ---------------------------------------------------------------- devices, scopes, versions
@@ -55,8 +61,10 @@ def scope(kind: str):
 
 
 def mm_versions() -> dict:
-    """Versions of the OpenMMLab distributions (recorded in the pose/seg shards)."""
-    return distribution_versions(DISTRIBUTIONS)
+    """Versions of the OpenMMLab distributions ("absent" if not installed; mmcv or mmcv-lite) and what
+    provides the compiled modules `mmcv._ext` and `xtcocotools._mask` (compiled, or the stand-ins of
+    cocon.preprocess.mm_ops); recorded in the pose/seg shards."""
+    return {**distribution_versions(DISTRIBUTIONS), **mm_ops.install()}
 
 
 # ---------------------------------------------------------------- configs and checkpoints
@@ -160,6 +168,7 @@ def build_model(kind: str, config: str, checkpoint: str | None, device: str, see
     Any failure is a ModelLoadError naming the config and the checkpoint."""
     what = f"{kind} model (config {config!r}, checkpoint {checkpoint!r})"
     try:
+        mm_ops.require()
         from mmengine.config import Config
 
         path = find_config(config, kind)
@@ -180,6 +189,8 @@ def build_model(kind: str, config: str, checkpoint: str | None, device: str, see
             meta, sha = load_weights(model, checkpoint)
     except ModelLoadError:
         raise
+    except mm_ops.StackMissing as exc:  # says what to install; no need to name the model
+        raise ModelLoadError(str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - any failure to build or load is reported the same way
         raise ModelLoadError(f"cannot load the {what}: {type(exc).__name__}: {exc}") from exc
     if checkpoint is None:

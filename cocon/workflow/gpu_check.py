@@ -136,6 +136,7 @@ def environment() -> dict:
                 "snakemake",
                 "pytest",
                 "mmcv",
+                "mmcv-lite",
                 "mmengine",
                 "mmpose",
                 "mmsegmentation",
