@@ -3,10 +3,11 @@ its torch `nms` against the answers of mmcv 2.1.0's compiled CPU kernel, recorde
 (CI has no compiled mmcv), and the module that stands in for `mmcv._ext`.
 
 The reference file was written by `python bench/nms.py --write-reference tests/data/nms_reference.npz` in an
-environment with mmcv 2.1.0 compiled from source (`make mm-full`), torch 2.13.0 CPU: 600 random box sets of
-`bench/nms.py:random_case` (0-144 boxes; grids with exact IoU values, duplicate, zero-area and inverted boxes,
-exact score ties; IoU thresholds 0-1; offset 0 and 1) and the nms calls of RTMDet-tiny (random weights) on 2
-demo frames, with the compiled op's kept indices."""
+environment with mmcv 2.1.0 compiled from source (`make mm-full`), torch 2.13.0 CPU: 200 random box sets of
+`bench/nms.py:random_case` (0-89 boxes; grids with exact IoU values, duplicate, zero-area and inverted boxes,
+exact score ties; IoU thresholds 0-1; offset 0 and 1) and the 2 nms calls of RTMDet-tiny (random weights,
+`bench/nms.py:spread`) on 2 demo frames, with the compiled op's kept indices. (bench/nms.py compares the two on
+20,000 more random sets and every call of RTMDet-tiny on 4 frames; BENCHMARKS.md, "NMS".)"""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def reference_cases():
 def test_nms_gives_the_compiled_kernels_answers():
     """Same kept indices in the same order as mmcv's compiled CPU nms, on every recorded case."""
     cases = reference_cases()
-    assert len(cases) >= 600 and {c[4] for c in cases} == {0, 1}  # random sets and RTMDet calls
+    assert len(cases) >= 200 and {c[4] for c in cases} == {0, 1}  # random sets and RTMDet calls
     assert any(len(c[1]) == 0 for c in cases) and any(len(c[1]) == 1 for c in cases)
     assert sum(len(np.unique(c[1])) < len(c[1]) for c in cases) > 100  # exact score ties
     assert {c[3] for c in cases} == {0, 1}
@@ -103,9 +104,8 @@ def test_nms_blocks_and_non_finite_coordinates_agree_with_the_plain_greedy_loop(
                 yy2 = y2[j] if y2[j] < y2[i] else y2[i]
                 w, h = xx2 - xx1 + f32(offset), yy2 - yy1 + f32(offset)
                 inter = (w if f32(0) < w else f32(0)) * (h if f32(0) < h else f32(0))
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    if inter / (area[i] + area[j] - inter) > f32(thr):
-                        keep[_j] = False
+                if inter / (area[i] + area[j] - inter) > f32(thr):
+                    keep[_j] = False
         return order[keep].tolist()
 
     g = torch.Generator().manual_seed(3)
@@ -116,7 +116,9 @@ def test_nms_blocks_and_non_finite_coordinates_agree_with_the_plain_greedy_loop(
         if bad:
             boxes[::7, 0], boxes[3::11, 2], boxes[5::13, 3] = float("nan"), float("inf"), -float("inf")
         for thr, off in ((0.5, 0), (0.3, 1)):
-            assert mm_ops.nms(boxes, scores, thr, off).tolist() == loop(boxes, scores, thr, off)
+            with np.errstate(invalid="ignore", divide="ignore"):  # inf - inf, 0 / 0: as in the kernel
+                expected = loop(boxes, scores, thr, off)
+            assert mm_ops.nms(boxes, scores, thr, off).tolist() == expected
 
 
 def test_stand_in_module():
