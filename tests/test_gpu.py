@@ -278,7 +278,6 @@ def test_seg_on_cuda_equals_the_cpu_result(no_tf32):
     """SegFormer-B0 (the package's config, random weights with the classifier amplified and the person
     logit shifted so that the maps span the probability range, as tests/test_pose_seg.py does), the same
     weights on the CPU and on CUDA: person probabilities within 2e-3, stored uint8 maps within 1 level."""
-    pytest.importorskip("mmcv.ops", reason=NO_OPENMMLAB)
     from test_pose_seg import balance_person, seg_params
 
     from cocon.preprocess import seg
@@ -300,7 +299,6 @@ def test_pose_on_cuda_equals_the_cpu_result(no_tf32):
     """MobileNetV2 top-down heatmaps (the package's config, random weights with the last layer x 40 as
     tests/test_pose_seg.py does), one box per frame, the same weights on the CPU and on CUDA: raw heatmaps
     within 1e-3 of their largest magnitude, the stored uint8 maps within 1 level."""
-    pytest.importorskip("mmcv.ops", reason=NO_OPENMMLAB)
     from test_pose_seg import pose_params
 
     from cocon.preprocess import pose

@@ -5,6 +5,7 @@ checkpoint loading, failures, reproducibility and a real snakemake run of both r
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 
@@ -14,16 +15,17 @@ import torch
 
 from conftest import run_cocon, stage_config
 
-pytest.importorskip("mmcv.ops", reason="the OpenMMLab stack is installed by `make setup`")
+pytest.importorskip("mmcv", reason="the OpenMMLab stack is installed by `make setup`")
 
 from cocon.config import load_config  # noqa: E402
 from cocon.data.clips import MultiViewClips, view_frame_indices  # noqa: E402
 from cocon.data.shards import ShardReader  # noqa: E402
-from cocon.preprocess import (
+from cocon.preprocess import (  # noqa: E402  (mm registers the stand-ins of mm_ops: mmcv-lite has no compiled ops)
     frames,
     mm,
+    mm_ops,
     pose,
-    seg,  # noqa: E402
+    seg,
 )
 
 pytestmark = pytest.mark.slow  # OpenMMLab models built and run on CPU
@@ -299,6 +301,47 @@ def test_pose_with_an_mmdet_person_detector(rgb, tmp_path):
     r = ShardReader(out)
     assert r.attrs["weights"] == "none" and json.loads(r.attrs["detector"])["checkpoint"] == "none"
     assert r.read(r.ok_rows()[0]).shape == (8, 32, 43, 17)
+
+
+def test_pose_with_detector_boxes_is_the_same_with_the_stand_in_nms_as_with_the_compiled_one(rgb, tmp_path):
+    """Where mmcv's compiled ops are installed (`make mm-full`): the pose stage with RTMDet person boxes
+    (classifier amplified so that the scores spread and NMS has work to do) stores the same maps when mmcv's
+    nms runs the stand-in's torch nms. Without them (CI, `make setup`) tests/test_nms.py checks the
+    stand-in against the compiled op's recorded answers."""
+    if mm.OPS["mmcv._ext"] != "compiled":
+        pytest.skip("needs mmcv's compiled ops (make mm-full); tests/test_nms.py covers the stand-in")
+    params = pose_params(boxes="detector", max_people=3)
+    det = pose.DetectorBoxes(params, "cpu", 0)
+    with torch.no_grad():  # scores spread, boxes of a few strides that overlap (random ones are < 1 px), people
+        for cls, reg in zip(det.model.bbox_head.rtm_cls, det.model.bbox_head.rtm_reg):
+            cls.weight *= 20
+            cls.bias *= 20
+            cls.bias[det.person] += 6
+            reg.weight *= 20
+            reg.bias += 2
+    torch.save({"state_dict": det.model.state_dict()}, tmp_path / "det.pth")
+    params["detector"]["checkpoint"] = str(tmp_path / "det.pth")
+    nms_module = importlib.import_module("mmcv.ops.nms")  # (mmcv.ops.nms is the function)
+    compiled, stand_in = nms_module.ext_module, mm_ops.stand_in()
+    calls = []
+
+    class Counting:
+        def nms(self, *args, **kw):
+            calls.append(len(args[0]))
+            return stand_in.nms(*args, **kw)
+
+    maps = {}
+    for name, ext in (("compiled", compiled), ("stand-in", Counting())):
+        nms_module.ext_module = ext
+        try:
+            pose.run(str(rgb), "00000", str(tmp_path / f"{name}.h5"), params, DATASET, threads=2)
+        finally:
+            nms_module.ext_module = compiled
+        r = ShardReader(tmp_path / f"{name}.h5")
+        maps[name] = [r.read(i) for i in r.ok_rows()]
+    assert calls and max(calls) > 1000  # the stand-in ran, on many boxes
+    assert all(np.array_equal(a, b) for a, b in zip(maps["compiled"], maps["stand-in"]))
+    assert max(m.max() for m in maps["compiled"]) > 0  # people were found
 
 
 def test_checkpoint_round_trip_gives_identical_outputs(rgb, tmp_path):
