@@ -6,12 +6,13 @@
 #   make lint       ruff (style, imports, errors), ruff format --check, snakemake --lint
 #   make format     ruff format + import order, in place
 #   make gpu-check  the GPU test tier and every GPU benchmark, into OUT=<folder> (a CUDA machine)
+#   make mm-full    mmcv compiled from source in place of mmcv-lite (docs/pose_seg.md, Install; opt-in)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: setup mm-stack demo test test-fast lint format gpu-check bench clean
+.PHONY: setup mm-stack mm-full demo test test-fast lint format gpu-check bench clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt envs/mm-requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,16 +22,28 @@ $(BIN)/.installed: pyproject.toml constraints.txt envs/mm-requirements.txt
 	touch $@
 
 # The OpenMMLab stack of the pose and seg stages (docs/pose_seg.md, "Install"), next to torch 2.13 CPU,
-# numpy 2 and the contrib OpenCV: build tools first; mmcv 2.1.0 built from source against the installed
-# torch (~15 min on 2 cores the first time; pip caches the wheel) and xtcocotools against numpy 2; then
-# the rest without their declared dependencies, which would pull opencv-python over the contrib cv2,
-# a CUDA torchvision and chumpy (none of them is needed).
+# numpy 2 and the contrib OpenCV, with nothing compiled (~15 s): the packages without their declared
+# dependencies, which would pull opencv-python over the contrib cv2, a CUDA torchvision and chumpy (none
+# of them is needed); mmcv-lite (mmcv without its compiled ops: cocon.preprocess.mm_ops stands in, with
+# nms in torch) and the PyPI wheel of xtcocotools (built for numpy 1: pycocotools' mask code stands in),
+# unless `make mm-full` has installed the compiled ones. The check imports cocon.preprocess.mm first:
+# it registers the stand-ins.
+MM_CHECK = $(BIN)/python -c "import cocon.preprocess.mm as mm, cv2, mmcv.ops, mmpose.models, mmseg.apis, mmdet.apis; \
+	cv2.optflow.DualTVL1OpticalFlow_create; print('OpenMMLab stack:', mm.OPS)"
 mm-stack:
+	$(BIN)/pip install --quiet -c constraints.txt --no-deps setuptools -r envs/mm-requirements.txt
+	$(BIN)/pip show --quiet mmcv 2>/dev/null || $(BIN)/pip install --quiet -c constraints.txt --no-deps mmcv-lite xtcocotools
+	$(MM_CHECK)
+
+# Opt-in, for GPU speed or models with other mmcv ops: mmcv 2.1.0 built from source against the installed
+# torch, with all its compiled CPU (and, with CUDA, GPU) ops (~15-30 min on 2 cores the first time; pip
+# caches the wheel), and xtcocotools built against numpy 2, in place of mmcv-lite and the stand-ins.
+mm-full: setup
 	$(BIN)/pip install --quiet -c constraints.txt setuptools ninja wheel Cython
+	$(BIN)/pip uninstall --quiet -y mmcv-lite
 	MAX_JOBS=$$(nproc) $(BIN)/pip install --quiet -c constraints.txt --no-deps --no-build-isolation \
-		--no-binary xtcocotools mmcv xtcocotools
-	$(BIN)/pip install --quiet -c constraints.txt --no-deps -r envs/mm-requirements.txt
-	$(BIN)/python -c "import cv2, mmcv.ops, mmpose.models, mmseg.apis, mmdet.apis; cv2.optflow.DualTVL1OpticalFlow_create"
+		--force-reinstall --no-binary xtcocotools mmcv xtcocotools
+	$(MM_CHECK)
 
 setup: $(BIN)/.installed
 
