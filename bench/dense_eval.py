@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loader import build_shards, source_records  # noqa: E402
 
-from cocon.data import clips  # noqa: E402
+from cocon.data import reading  # noqa: E402
+from cocon.data.augment import centre_box  # noqa: E402
 from cocon.data.clips import DenseClips, discover  # noqa: E402
 from cocon.evaluate.dense import run_in_chunks  # noqa: E402
 from cocon.models.networks import ActionClassifier  # noqa: E402
@@ -53,8 +54,8 @@ def baseline_inputs(ds: DenseClips, i: int, size: int):
     for idx in ds.windows(i):
         frames = reader.read(row, idx)
         h, w = frames.shape[1:3]
-        frames = clips._crop_resize(frames, clips._centre_box(h, w), size)
-        yield clips._to_tensor(frames, N, K, *ds._norm["rgb"])[None]
+        frames = reading.crop_resize(frames, centre_box(h, w), size)
+        yield reading.to_tensor(frames, N, K, *ds._norm["rgb"])[None]
 
 
 def baseline_video(ds: DenseClips, i: int, model, size: int) -> np.ndarray:

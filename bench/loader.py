@@ -83,7 +83,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cocon.config import load_config  # noqa: E402
 from cocon.data import augment as A  # noqa: E402
-from cocon.data import clips  # noqa: E402
+from cocon.data import clips, reading  # noqa: E402
+from cocon.data import loader as L  # noqa: E402
 from cocon.data.shards import ShardReader, ShardWriter, encode_frames  # noqa: E402
 from cocon.preprocess import flow, frames  # noqa: E402
 from cocon.provenance import library_versions  # noqa: E402
@@ -225,7 +226,7 @@ class FolderReader:
 
     def __init__(self, root: Path, reader: ShardReader):
         self.dirs = [str(root / r["video_id"]) for r in reader.index]
-        self.index = clips._SlimIndex(reader.index)
+        self.index = reading.SlimIndex(reader.index)
         self.path = reader.path
 
     def shape(self, row: int) -> tuple[int, int, int]:
@@ -310,13 +311,13 @@ class OriginalClips(clips.MultiViewClips):
         (colour, flips, flip_rule), size, aug = self._aug_rules[view], self.sizes[view], self.augmentation
         h, w = frames_.shape[1:3]
         rng = np.random.default_rng([self.seed, epoch, i, 1, zlib.crc32(view.encode())])
-        area, ratio, ux, uy, flip = A._draw_box(rng, aug)
-        frames_ = A._crop_resize(frames_, A._box(h, w, area, ratio, ux, uy), size)
+        area, ratio, ux, uy, flip = A.draw_box(rng, aug)
+        frames_ = reading.crop_resize(frames_, A.crop_box(h, w, area, ratio, ux, uy), size)
         if colour:
             original_colour(frames_, rng, aug)
         if flip and (flips or aug.flip_all_views):
             frames_ = flip_rule.apply(frames_)
-        return clips._to_tensor(frames_, self.num_blocks, self.block_len, *self._norm[view])
+        return reading.to_tensor(frames_, self.num_blocks, self.block_len, *self._norm[view])
 
 
 class FolderClips(clips.MultiViewClips):
@@ -447,8 +448,8 @@ def cuda_loader(ds, a, n_batches: int) -> clips.ClipLoader:
         num_workers=a.workers,
         pin_memory=True,
         drop_last=True,
-        worker_init_fn=clips._worker_init if a.workers else None,
-        multiprocessing_context=clips._worker_context() if a.workers else None,
+        worker_init_fn=L.worker_init if a.workers else None,
+        multiprocessing_context=L.worker_context() if a.workers else None,
     )
 
 

@@ -18,7 +18,7 @@ from torch.utils.data import default_collate
 
 from cocon import views as V
 from cocon.data import augment as A
-from cocon.data import clips
+from cocon.data import reading
 from cocon.data.clips import Augmentation, MultiViewClips, discover, make_loader
 from cocon.data.shards import ShardReader, ShardWriter, encode_frames
 from cocon.sources.records import VideoRecord
@@ -90,15 +90,15 @@ def reference(ds: MultiViewClips, i: int, view: str) -> np.ndarray:
     frames = ShardReader(ds._readers[view][v.shard].path).read(v.row, ds.frame_indices(i))
     size, aug = ds.sizes[view], ds.augmentation
     rng = np.random.default_rng([ds.seed, ds.epoch, i, 1, zlib.crc32(view.encode())])
-    area, ratio, ux, uy, flip = A._draw_box(rng, aug)
-    x0, y0, bw, bh = A._box(H, W, area, ratio, ux, uy)
+    area, ratio, ux, uy, flip = A.draw_box(rng, aug)
+    x0, y0, bw, bh = A.crop_box(H, W, area, ratio, ux, uy)
     out = []
     colour = A.draw_colour(rng, len(frames), aug) if view == "rgb" else None
     for t, f in enumerate(frames):
         crop = f[y0 : y0 + bh, x0 : x0 + bw]
         hc, wc = ds._canvas[view]
-        if A._area_shrink(bh, bw, size) or bh > hc or bw > wc:  # resized by the worker: OpenCV on uint8
-            interp = cv2.INTER_AREA if A._area_shrink(bh, bw, size) else cv2.INTER_LINEAR
+        if A.area_shrink(bh, bw, size) or bh > hc or bw > wc:  # resized by the worker: OpenCV on uint8
+            interp = cv2.INTER_AREA if A.area_shrink(bh, bw, size) else cv2.INTER_LINEAR
             x = cv2.resize(crop, (size, size), interpolation=interp)
         else:
             x = cv2.resize(crop.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
@@ -195,8 +195,8 @@ def test_parameters_are_drawn_from_the_seeded_generator(shards):
     for i in range(len(ds)):
         s = ds[i]
         rng = np.random.default_rng([7, 3, i, 1, zlib.crc32(b"rgb")])
-        area, ratio, ux, uy, flip = A._draw_box(rng, ds.augmentation)
-        x0, y0, bw, bh = A._box(H, W, area, ratio, ux, uy)
+        area, ratio, ux, uy, flip = A.draw_box(rng, ds.augmentation)
+        x0, y0, bw, bh = A.crop_box(H, W, area, ratio, ux, uy)
         want = A.draw_colour(rng, 6, ds.augmentation)
         for k in ("grey", "jitter", "order"):
             assert np.array_equal(s[f"aug/rgb/{k}"].numpy(), want[k])
@@ -245,10 +245,10 @@ def test_crop_resize_takes_any_number_of_channels():
     frames = np.random.default_rng(0).integers(0, 256, (2, 60, 80, 17), dtype=np.uint8)
     box = (5, 3, 70, 54)
     for size in (32, 48):  # area (70 x 54 -> 32 shrinks by >= 1.5x), then bilinear
-        out = A._crop_resize(frames, box, size)
+        out = reading.crop_resize(frames, box, size)
         assert out.shape == (2, size, size, 17) and out.dtype == np.uint8
         crop = frames[:, 3:57, 5:75]
-        interp = cv2.INTER_AREA if A._area_shrink(54, 70, size) else cv2.INTER_LINEAR
+        interp = cv2.INTER_AREA if A.area_shrink(54, 70, size) else cv2.INTER_LINEAR
         for ch in (0, 5, 16):
             np.testing.assert_array_equal(
                 out[1, ..., ch], cv2.resize(crop[1, ..., ch], (size, size), interpolation=interp)
@@ -257,15 +257,15 @@ def test_crop_resize_takes_any_number_of_channels():
 
 def test_offsets_are_read_once_when_the_dataset_is_built(shards, monkeypatch):
     calls = []
-    real = clips._read_offsets
-    monkeypatch.setattr(clips, "_read_offsets", lambda path, rows: calls.append(path) or real(path, rows))
+    real = reading.read_offsets
+    monkeypatch.setattr(reading, "read_offsets", lambda path, rows: calls.append(path) or real(path, rows))
     ds = dataset(shards)
     assert calls == [ds._readers["rgb"][0].path, ds._readers["flow_tvl1"][0].path]  # one call per shard and view
 
     def no_lookup(*a):
         raise AssertionError("per-sample /offsets lookup")
 
-    monkeypatch.setattr(clips._ClipReader, "_offsets", no_lookup)
+    monkeypatch.setattr(reading.ClipReader, "_offsets", no_lookup)
     for i in range(len(ds)):
         ds[i]
 

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from cocon import views as V
-from cocon.data import clips
+from cocon.data import reading
 from cocon.data.clips import (
     Augmentation,
     ClipsError,
@@ -494,14 +494,14 @@ def test_grey_and_jitter_per_frame(shards):
 
 def test_crops_independent_per_view_unless_shared(shards, monkeypatch):
     boxes = []
-    real = clips._crop  # the worker's crop copy: one call per view and sample
+    real = reading.crop_into  # the worker's crop copy: one call per view and sample
     monkeypatch.setattr(
-        clips, "_crop", lambda images, inverse, box, out: boxes.append(box) or real(images, inverse, box, out)
+        reading, "crop_into", lambda images, inverse, box, out: boxes.append(box) or real(images, inverse, box, out)
     )
     kw = dict(views=VIEWS, split=1, role="train", holdout_fraction=0, **SMALL)
     for shared in (False, True):
         boxes.clear()
-        ds = MultiViewClips(shards, shared_crop=shared, **kw)
+        ds = MultiViewClips(shards, augmentation=Augmentation(shared_crop=shared), **kw)
         for i in range(len(ds)):
             ds[i]
         pairs = list(zip(boxes[0::2], boxes[1::2]))  # (rgb box, flow box) per sample; same frame size

@@ -188,7 +188,7 @@ def test_test_crop_shows_objects_at_the_training_scale(data):
     full: the whole short-side square (objects ~16 % smaller than training showed them)."""
     import cv2
 
-    from cocon.data.augment import Augmentation, _centre_box, train_scale
+    from cocon.data.augment import Augmentation, centre_box, train_scale
     from cocon.evaluate.dense import dense_dataset
     from cocon.views import IMAGENET_MEAN, IMAGENET_STD
 
@@ -202,7 +202,7 @@ def test_test_crop_shows_objects_at_the_training_scale(data):
         from cocon.data.shards import ShardReader
 
         frames = ShardReader(data / "shards" / "rgb" / "00000.h5").read(v.row, ds.windows(0)[0][:1])
-        x0, y0, s, _ = _centre_box(H, W, fraction)
+        x0, y0, s, _ = centre_box(H, W, fraction)
         want = cv2.resize(frames[0, y0 : y0 + s, x0 : x0 + s], (32, 32), interpolation=cv2.INTER_LINEAR)
         want = (want / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
         got = ds[0]["rgb"][0, 0, :, 0].numpy().transpose(1, 2, 0)  # window 0, block 0, frame 0: (32, 32, 3)

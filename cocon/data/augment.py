@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 
@@ -28,6 +27,13 @@ __all__ = [
     "FINETUNE_AUGMENTATION",
     "Finish",
     "ViewSpec",
+    "draw_box",
+    "crop_box",
+    "max_box",
+    "centre_box",
+    "area_shrink",
+    "canvas_shape",
+    "train_scale",
     "draw_colour",
     "resample_axis",
     "geometry",
@@ -90,9 +96,9 @@ FINETUNE_AUGMENTATION = Augmentation(p_gray=0.0, p_jitter=0.3, consistent_jitter
 # ------------------------------------------------------------------ draws (workers)
 
 
-def _draw_box(rng: np.random.Generator, aug: Augmentation) -> tuple[float, float, float, float, bool]:
-    """Relative crop parameters (area, aspect, x, y uniforms) and a flip decision; always the same
-    number of draws, whatever the outcome."""
+def draw_box(rng: np.random.Generator, aug: Augmentation) -> tuple[float, float, float, float, bool]:
+    """Relative crop parameters (area as a fraction of short_side^2, aspect w/h, x and y uniforms in
+    [0, 1)) and a flip decision; always the same number of draws, whatever the outcome."""
     area = rng.uniform(*aug.crop_scale)
     ratio = math.exp(rng.uniform(math.log(aug.crop_ratio[0]), math.log(aug.crop_ratio[1])))
     ux, uy = rng.random(2)
@@ -100,8 +106,8 @@ def _draw_box(rng: np.random.Generator, aug: Augmentation) -> tuple[float, float
     return area, ratio, ux, uy, flip
 
 
-def _box(h: int, w: int, area: float, ratio: float, ux: float, uy: float) -> tuple[int, int, int, int]:
-    """(x0, y0, bw, bh) in a (h, w) frame for relative crop parameters."""
+def crop_box(h: int, w: int, area: float, ratio: float, ux: float, uy: float) -> tuple[int, int, int, int]:
+    """(x0, y0, bw, bh) in px in a (h, w) frame for the relative crop parameters of `draw_box`."""
     s = min(h, w)
     bw = int(min(w, max(1, round(s * math.sqrt(area * ratio)))))
     bh = int(min(h, max(1, round(s * math.sqrt(area / ratio)))))
@@ -110,16 +116,16 @@ def _box(h: int, w: int, area: float, ratio: float, ux: float, uy: float) -> tup
     return x0, y0, bw, bh
 
 
-def _max_box(h: int, w: int, aug: Augmentation) -> tuple[int, int]:
-    """(bh, bw) bounds of the boxes `_box` can give in a (h, w) frame (largest area, extreme aspects)."""
+def max_box(h: int, w: int, aug: Augmentation) -> tuple[int, int]:
+    """(bh, bw) bounds of the boxes `crop_box` can give in a (h, w) frame (largest area, extreme aspects)."""
     s, eps = min(h, w), 1 + 1e-9
     bw = min(w, max(1, round(s * math.sqrt(aug.crop_scale[1] * aug.crop_ratio[1]) * eps)))
     bh = min(h, max(1, round(s * math.sqrt(aug.crop_scale[1] / aug.crop_ratio[0]) * eps)))
     return int(bh), int(bw)
 
 
-def _centre_box(h: int, w: int, fraction: float = 1.0) -> tuple[int, int, int, int]:
-    """(x0, y0, side, side): the centred square of `fraction` x the short side."""
+def centre_box(h: int, w: int, fraction: float = 1.0) -> tuple[int, int, int, int]:
+    """(x0, y0, side, side) in px: the centred square of `fraction` x the short side (the evaluation crop)."""
     s = max(1, int(round(min(h, w) * fraction)))
     return (w - s) // 2, (h - s) // 2, s, s
 
@@ -132,30 +138,22 @@ def train_scale(aug: Augmentation) -> float:
     return math.sqrt(lo) if hi == lo else (2.0 / 3.0) * (hi**1.5 - lo**1.5) / (hi - lo)
 
 
-def _area_shrink(bh: int, bw: int, size: int) -> bool:
+def area_shrink(bh: int, bw: int, size: int) -> bool:
     """Whether a (bh, bw) box is resized with area interpolation (it shrinks by 1.5x or more both ways)."""
     return bw >= 1.5 * size and bh >= 1.5 * size
 
 
-def _crop_resize(frames: np.ndarray, box, size: int) -> np.ndarray:
-    """uint8 (T, H, W, C) -> (T, size, size, C): crop `box` then resize with OpenCV (bilinear; area when
-    the crop shrinks by 1.5x or more in both directions). The evaluation crop, and the training crops
-    that the canvas cannot hold."""
-    x0, y0, bw, bh = box
-    crop = frames[:, y0 : y0 + bh, x0 : x0 + bw]
-    t, c = frames.shape[0], frames.shape[3]
-    if bw == size and bh == size:
-        return np.ascontiguousarray(crop)
-    interp = cv2.INTER_AREA if _area_shrink(bh, bw, size) else cv2.INTER_LINEAR
-    out = np.empty((t, size, size, c), np.uint8)
-    for k in range(t):
-        if c <= 4:
-            out[k] = cv2.resize(crop[k], (size, size), interpolation=interp).reshape(size, size, c)
-            continue
-        for c0 in range(0, c, 4):  # OpenCV's area resize takes at most 4 channels (pose has 17)
-            part = np.ascontiguousarray(crop[k, ..., c0 : c0 + 4])
-            out[k, ..., c0 : c0 + 4] = cv2.resize(part, (size, size), interpolation=interp).reshape(size, size, -1)
-    return out
+def canvas_shape(shapes, size: int, aug: Augmentation) -> tuple[int, int]:
+    """(Hc, Wc) of the uint8 canvases of a view whose frames have the (h, w) `shapes`: the largest crop
+    box they can draw, at most 1.5x the input `size` each way (a box that does not fit, or that shrinks by
+    1.5x or more both ways, is resized by the worker and handed over at the input size)."""
+    bounds = [max_box(h, w, aug) for h, w in shapes]
+    bh, bw = max(b[0] for b in bounds), max(b[1] for b in bounds)
+    cap = int(1.5 * size)
+    hc, wc = min(bh, cap), min(bw, cap)
+    if bh > hc or bw > wc or any(area_shrink(h, w, size) for h, w in bounds):
+        hc, wc = max(hc, size), max(wc, size)
+    return hc, wc
 
 
 def draw_colour(rng: np.random.Generator, t: int, aug: Augmentation) -> dict[str, np.ndarray]:

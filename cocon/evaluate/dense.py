@@ -30,7 +30,8 @@ import torch
 
 from cocon import views as V
 from cocon.config import add_config_args, config_from_args
-from cocon.data.clips import DenseClips, discover, eval_centre_crop, make_loader
+from cocon.data.clips import ClipGeometry, DenseClips, Partition, discover, eval_centre_crop, make_loader
+from cocon.data.index import open_views
 from cocon.files import write_h5
 from cocon.provenance import code_revision, library_versions
 from cocon.runtime import resolve_device, set_threads, setup_logging
@@ -44,13 +45,11 @@ def dense_dataset(cfg: dict, view: str, role: str, extra_blocks: int = 0) -> Den
     return DenseClips(
         discover(cfg["output_dir"], [view]),
         views=[view],
-        split=cfg["dataset"]["split"],
         role=role,
-        holdout_fraction=0.0,
-        num_blocks=tc["num_blocks"],
-        block_len=tc["block_len"],
-        stride=tc["stride"],
-        sizes={view: V.input_size(view, tc["input_size"])},
+        partition=Partition(split=cfg["dataset"]["split"], fraction=0.0),
+        clip=ClipGeometry(
+            tc["num_blocks"], tc["block_len"], tc["stride"], sizes={view: V.input_size(view, tc["input_size"])}
+        ),
         seed=cfg["seed"],
         window_stride=cfg["evaluate"]["window_stride"],
         extra_blocks=extra_blocks,
@@ -83,9 +82,7 @@ def resolve_precision(cfg: dict, device: torch.device) -> str:
 
 def unscored_videos(cfg: dict, view: str, role: str, scored: set[str]) -> list[str]:
     """Videos of `role` present in the shards (any status) that were not scored."""
-    from cocon.data.clips import _open  # the full row table, failed videos included
-
-    rows = _open(discover(cfg["output_dir"], [view]), [view])[4]
+    rows = open_views(discover(cfg["output_dir"], [view]), [view]).rows  # every row, failed videos included
     split = str(cfg["dataset"]["split"])
     return sorted(r.video_id for r in rows if r.role(split) == role and r.video_id not in scored)
 

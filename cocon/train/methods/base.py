@@ -12,7 +12,7 @@ from typing import ClassVar
 import torch
 
 from cocon import views as V
-from cocon.data.clips import Augmentation, MultiViewClips, discover, eval_centre_crop
+from cocon.data.clips import Augmentation, ClipGeometry, MultiViewClips, Partition, discover, eval_centre_crop
 from cocon.models.build import PerViewNetworks
 from cocon.workflow.jobs import run_identity_config
 
@@ -80,16 +80,12 @@ class Method:
     def datasets(self) -> tuple[MultiViewClips, MultiViewClips]:
         """Training clips (the training role minus the held-out subset) and validation clips (the subset)."""
         tc, cfg = self.tc, self.cfg
+        sizes = {v: V.input_size(v, tc["input_size"]) for v in self.views}
         common = dict(
             shards=discover(cfg["output_dir"], self.views),
             views=self.views,
-            split=cfg["dataset"]["split"],
-            holdout_fraction=tc["val_fraction"],
-            holdout_seed=cfg["seed"],
-            num_blocks=tc["num_blocks"],
-            block_len=tc["block_len"],
-            stride=tc["stride"],
-            sizes={v: V.input_size(v, tc["input_size"]) for v in self.views},
+            partition=Partition(split=cfg["dataset"]["split"], fraction=tc["val_fraction"], seed=cfg["seed"]),
+            clip=ClipGeometry(tc["num_blocks"], tc["block_len"], tc["stride"], sizes=sizes),
             seed=cfg["seed"],
         )
         return (
