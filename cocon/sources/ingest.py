@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import functools
 import gc
 import os
@@ -596,7 +597,10 @@ def load_dataset(cfg: dict, plan_demo: bool = False) -> tuple[list[VideoRecord],
 
         if plan_demo:
             return demo.plan(cfg), []
-        return read_ucf101(demo.video_root(cfg), demo.annotation_dir(cfg), "error")
+        records, missing = read_ucf101(demo.video_root(cfg), demo.annotation_dir(cfg), "error")
+        if not os.path.isabs(cfg["output_dir"]):  # paths under the run's folder, as planned: the run moves whole
+            records = [dataclasses.replace(r, path=os.path.relpath(r.path)) for r in records]
+        return records, missing
     where = ds["manifest"]
     if fmt == "ucf101":
         records, missing = read_ucf101(ds["root"], where, on_missing)
