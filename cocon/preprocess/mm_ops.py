@@ -164,11 +164,6 @@ def _distribution(name: str) -> str | None:
         return None
 
 
-def installed() -> bool:
-    """Whether the OpenMMLab stack of the pose and seg stages is installed (without importing it)."""
-    return all(importlib.util.find_spec(m) is not None for m in MODULES)
-
-
 def require() -> None:
     """Raise StackMissing, naming what to install, unless the OpenMMLab stack is installed."""
     missing = [m for m in MODULES if importlib.util.find_spec(m) is None]
