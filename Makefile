@@ -5,7 +5,7 @@
 #   make test-fast  the tests not marked slow or gpu (the inner loop, ~2-3 min on 2 cores)
 #   make lint       ruff (style, imports, errors), ruff format --check, snakemake --lint
 #   make format     ruff format + import order, in place
-#   make gpu-check  the GPU test tier and every GPU benchmark, into OUT=<folder> (a CUDA machine)
+#   make gpu-check  bench/gpu_check.py: the GPU test tier and every GPU benchmark, into OUT=<folder> (a CUDA machine)
 #   make mm-full    mmcv compiled from source in place of mmcv-lite (docs/pose_seg.md, Install; opt-in)
 PYTHON ?= python3
 VENV ?= .venv
@@ -67,7 +67,7 @@ format: setup
 
 OUT ?= gpu-check
 gpu-check: setup
-	PATH="$(abspath $(BIN)):$$PATH" python -m cocon gpu-check --out $(OUT)
+	PATH="$(abspath $(BIN)):$$PATH" python bench/gpu_check.py --out $(OUT)
 
 clean:
 	rm -rf results logs benchmarks .snakemake

@@ -5,7 +5,7 @@ their speed on the same frame pairs.
                          [--batch-sizes 1 4 16] [--sizes 320x240 171x128] [--speed-pairs 8]
                          [--cuda-batch-sizes 1 8 64 128 256] [--compile on off] [--json PATH]
 
-GPU run (`cocon gpu-check` runs it so): python bench/tvl1.py --device cuda --sizes 320x240 171x128 --speed-pairs 32
+GPU run (`bench/gpu_check.py` runs it so): python bench/tvl1.py --device cuda --sizes 320x240 171x128 --speed-pairs 32
 
 Frames. Real: consecutive frames of each --video (e.g. OpenCV's sample videos vtest.avi, tree.avi,
 Megamind.avi from Debian's opencv-doc package), grayscale, resized (INTER_AREA) to each size, pairs

@@ -26,7 +26,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("cocon.evaluate.report", "accuracy tables, ensembles, analyses and metrics.json of a run"),
     "claim": ("cocon.evaluate.claim", "Random vs CPC vs CoCon over seeds: claim.json and claim.md"),
     "gpus": ("cocon.workflow.gpus", "run a command on N GPUs of its own (workstations): cocon gpus N -- cmd"),
-    "gpu-check": ("cocon.workflow.gpu_check", "GPU test tier and GPU benchmarks into one JSON + markdown"),
 }
 
 

@@ -1,4 +1,4 @@
-"""The GPU test tier (`pytest -m gpu`; `cocon gpu-check` runs it with the GPU benchmarks): the pipeline's
+"""The GPU test tier (`pytest -m gpu`; `bench/gpu_check.py` runs it with the GPU benchmarks): the pipeline's
 CUDA paths against their CPU results, each with a stated tolerance, and the demo DAG with GPU jobs.
 Every test is skipped, with the reason, where torch sees no CUDA device.
 
@@ -35,7 +35,7 @@ pytestmark = [
     pytest.mark.skipif(
         not torch.cuda.is_available(),
         reason="needs CUDA: torch sees no CUDA device (the GPU tier "
-        "runs on a GPU machine: `cocon gpu-check`, BENCHMARKS.md)",
+        "runs on a GPU machine: `make gpu-check`, BENCHMARKS.md)",
     ),
 ]
 OPENMMLAB = all(importlib.util.find_spec(m) is not None for m in ("mmcv", "mmengine", "mmpose", "mmseg"))
