@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("cocon.evaluate.report", "accuracy tables, ensembles, analyses and metrics.json of a run"),
     "claim": ("cocon.evaluate.claim", "Random vs CPC vs CoCon over seeds: claim.json and claim.md"),
     "gpus": ("cocon.workflow.gpus", "run a command on N GPUs of its own (workstations): cocon gpus N -- cmd"),
+    "launch": ("cocon.workflow.launch", "run a training command on every node of a SLURM job (runtime.nodes > 1)"),
 }
 
 

@@ -154,6 +154,17 @@ def check(cfg: dict) -> None:
             raise ConfigError(
                 "finetune.inits", f"'{init}' needs at least two train.views (stage 2 trains views jointly)"
             )
+    rt = cfg["runtime"]
+    world = rt["nodes"] * max(1, rt["gpus"])  # DDP processes of a training job on GPUs (one per node on CPUs)
+    for section in ("cpc", "finetune"):
+        batch = cfg[section]["batch_size"]
+        if batch % world:
+            key = "runtime.nodes" if rt["nodes"] > 1 else "runtime.gpus"
+            raise ConfigError(
+                key,
+                f"{section}.batch_size {batch} (the global batch) cannot be split evenly over runtime.nodes x "
+                f"runtime.gpus = {rt['nodes']} x {rt['gpus']} = {world} processes",
+            )
     ev = cfg["evaluate"]
     if ev["consistency_min"] > ev["consistency_top"]:
         raise ConfigError("evaluate.consistency_min", "must not exceed evaluate.consistency_top")

@@ -43,7 +43,8 @@ SHARD_LIST = assign_shards(RECORDS, config["shards"]["videos_per_shard"])
 SHARDS = [shard_name(k) for k in range(len(SHARD_LIST))]
 VIEWS = V.enabled_views(config)  # every view this config computes (registry order)
 TRAIN_VIEWS = config["train"]["views"]
-GPUS = config["runtime"]["gpus"]  # GPUs of a training job
+GPUS = config["runtime"]["gpus"]  # GPUs per node of a training job
+TRAINING_PLACEMENT = R.training_placement(config["runtime"]["nodes"], GPUS)  # one node, or several
 INITS = config["finetune"]["inits"]
 CLAIM = f"{OUT}/claim"
 # Where the pretrained models of fine-tuning and features come from: this run's pretraining, or another
@@ -78,6 +79,12 @@ def on_gpus(command):
     (CUDA_VISIBLE_DEVICES) on a workstation, where Snakemake only counts them; none when the resource
     is 0; under SLURM the ones SLURM gave it."""
     return f"python -m cocon gpus {{resources.gpu}} -- {command}"
+
+
+def on_nodes(command):
+    """A training rule's shell command under `cocon gpus` with the GPUs of one node (as on_gpus); over
+    several nodes, after `cocon launch` (resources.launcher: one task per node, cocon.workflow.launch)."""
+    return f"{{resources.launcher}} python -m cocon gpus {{resources.node_gpus}} -- {command}"
 
 
 def model_files(view):

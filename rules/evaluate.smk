@@ -17,16 +17,15 @@ rule finetune:
         "../envs/train.yaml"
     threads: R.threads("finetune")
     resources:
-        gpu=GPUS,
+        **TRAINING_PLACEMENT,
         mem_mb=R.mem_mb("finetune"),
         runtime=R.runtime("finetune", MAX_MINUTES),
-        tasks_per_gpu=0,
     params:
         config=lambda w: job("finetune", views=w.view),
         init=init_arg,
         out=output_dir_of_model,
     shell:
-        on_gpus(
+        on_nodes(
             "python -m cocon train finetune --views {wildcards.view} --init-kind {wildcards.init} {params.init}"
             " --out {params.out} --threads {threads} --time-limit {resources.runtime}"
             " --config-json {params.config:q} > {log} 2>&1"

@@ -19,15 +19,14 @@ rule cpc:
         "../envs/train.yaml"
     threads: R.threads("cpc")
     resources:
-        gpu=GPUS,
+        **TRAINING_PLACEMENT,
         mem_mb=R.mem_mb("cpc"),
         runtime=R.runtime("cpc", MAX_MINUTES),
-        tasks_per_gpu=0,
     params:
         config=lambda w: job("cpc", views=w.view),
         out=output_dir_of_model,
     shell:
-        on_gpus(
+        on_nodes(
             "python -m cocon train cpc --views {wildcards.view} --out {params.out} --threads {threads}"
             " --time-limit {resources.runtime} --config-json {params.config:q}"
             " > {log} 2>&1"
@@ -49,17 +48,16 @@ rule cocon:
         "../envs/train.yaml"
     threads: R.threads("cocon")
     resources:
-        gpu=GPUS,
+        **TRAINING_PLACEMENT,
         mem_mb=R.mem_mb("cocon"),
         runtime=R.runtime("cocon", MAX_MINUTES),
-        tasks_per_gpu=0,
     params:
         config=job("cocon"),
         views=" ".join(TRAIN_VIEWS),
         init=stage1_init(),
         out=output_dir_of_model,
     shell:
-        on_gpus(
+        on_nodes(
             "python -m cocon train cocon --views {params.views} {params.init} --out {params.out} --threads {threads}"
             " --time-limit {resources.runtime} --config-json {params.config:q}"
             " > {log} 2>&1"

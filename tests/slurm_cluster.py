@@ -1,4 +1,6 @@
-"""A private single-node SLURM cluster on localhost for the tests (Debian's slurm-wlm and munge).
+"""A private SLURM cluster on localhost for the tests (Debian's slurm-wlm and munge), of one node or
+several: Debian's slurm-wlm is built with --enable-multiple-slurmd, so one machine runs one slurmd per
+node (`slurmd -N <name>`), each with its own port, spool folder, log and PID file.
 
 Everything lives in one folder: its own munge key and socket, slurm.conf on free ports, state,
 spool, logs and PID files, so it neither needs nor touches /etc/slurm or a system munged, and two
@@ -11,7 +13,7 @@ profile's production-sized requests are accepted; nothing is enforced (no cgroup
 are bookkeeping only (plain files named in gres.conf; slurmd logs that they are not devices, then
 counts and allocates them like GPUs).
 
-    with LocalSlurm(folder) as cluster:      # starts munged, slurmctld, slurmd; waits until idle
+    with LocalSlurm(folder, nodes=2) as cluster:   # munged, slurmctld, a slurmd per node; waits until idle
         subprocess.run(["sbatch", ...], env=cluster.env(os.environ))
                                              # leaving the block stops every daemon it started
 """
@@ -48,12 +50,18 @@ def _free_ports(n: int) -> list[int]:
 
 
 class LocalSlurm:
-    def __init__(self, root: Path, cpus: int = 8, mem_mb: int = 262144, gpus: int = 2, node: str = "localhost"):
+    def __init__(
+        self, root: Path, cpus: int = 8, mem_mb: int = 262144, gpus: int = 2, node: str = "localhost", nodes: int = 1
+    ):
         self.root = Path(root).resolve()
-        self.cpus, self.mem_mb, self.gpus, self.node = cpus, mem_mb, gpus, node
+        self.cpus, self.mem_mb, self.gpus = cpus, mem_mb, gpus
+        # one node keeps the machine's name; several are node1, node2, ... (one slurmd each, all on 127.0.0.1)
+        self.host = node  # slurmctld's host name
+        self.nodes = [node] if nodes == 1 else [f"node{k + 1}" for k in range(nodes)]
         self.conf = self.root / "slurm.conf"
         self.bin = self.root / "bin"
-        self.pids = {d: self.root / f"{d}.pid" for d in DAEMONS}
+        self.pids = {d: self.root / f"{d}.pid" for d in ("munged", "slurmctld")}
+        self.pids.update({f"slurmd {n}": self.root / f"slurmd.{n}.pid" for n in self.nodes})
         self.started: list[str] = []
 
     def env(self, base: dict | None = None) -> dict[str, str]:
@@ -66,7 +74,7 @@ class LocalSlurm:
 
     # -- start / stop
     def start(self, timeout: float = 90) -> LocalSlurm:
-        for sub in ("state", "spool", "munge", "log"):
+        for sub in ("state", "munge", "log", *(f"spool/{n}" for n in self.nodes)):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(self.root / "munge", 0o700)
         key, sock = self.root / "munge" / "munge.key", self.root / "munge" / "munge.socket"
@@ -77,6 +85,7 @@ class LocalSlurm:
         try:
             self._daemon(
                 "munged",
+                "munged",
                 "--force",
                 f"--socket={sock}",
                 f"--key-file={key}",
@@ -84,8 +93,9 @@ class LocalSlurm:
                 f"--log-file={self.root / 'log' / 'munged.log'}",
                 f"--seed-file={self.root / 'munge' / 'munge.seed'}",
             )
-            self._daemon("slurmctld", "-i", "-f", str(self.conf))
-            self._daemon("slurmd", "-N", self.node, "-f", str(self.conf))
+            self._daemon("slurmctld", "slurmctld", "-i", "-f", str(self.conf))
+            for n in self.nodes:
+                self._daemon(f"slurmd {n}", "slurmd", "-N", n, "-f", str(self.conf))
             self._wait_idle(timeout)
         except BaseException:
             self.stop()
@@ -140,23 +150,23 @@ class LocalSlurm:
     def _write_conf(self, munge_socket: Path) -> None:
         log = self.root / "log"
         gres = f" Gres=gpu:{self.gpus}" if self.gpus else ""
-        ctld_port, slurmd_port = _free_ports(2)
+        ctld_port, *slurmd_ports = _free_ports(1 + len(self.nodes))
         lines = [
             f"ClusterName=cocontest{os.getpid()}",
-            f"SlurmctldHost={self.node}(127.0.0.1)",
+            f"SlurmctldHost={self.host}(127.0.0.1)",
             f"SlurmctldPort={ctld_port}",
-            f"SlurmdPort={slurmd_port}",
+            f"SlurmdPort={slurmd_ports[0]}",
             "SlurmUser=root",
             "SlurmdUser=root",
             "AuthType=auth/munge",
             "CredType=cred/munge",
             f"AuthInfo=socket={munge_socket}",
             f"StateSaveLocation={self.root / 'state'}",
-            f"SlurmdSpoolDir={self.root / 'spool'}",
+            f"SlurmdSpoolDir={self.root / 'spool' / '%n'}",  # %n: the node's name, one folder per slurmd
             f"SlurmctldPidFile={self.pids['slurmctld']}",
-            f"SlurmdPidFile={self.pids['slurmd']}",
+            f"SlurmdPidFile={self.root / 'slurmd.%n.pid'}",
             f"SlurmctldLogFile={log / 'slurmctld.log'}",
-            f"SlurmdLogFile={log / 'slurmd.log'}",
+            f"SlurmdLogFile={log / 'slurmd.%n.log'}",
             # no systemd and emulated cgroups on these machines
             "ProctrackType=proctrack/linuxproc",
             "TaskPlugin=task/none",
@@ -173,9 +183,14 @@ class LocalSlurm:
             "KillWait=5",
             "InactiveLimit=0",
             *(["GresTypes=gpu"] if self.gpus else []),
-            f"NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.mem_mb}{gres} State=UNKNOWN",
             *(
-                f"PartitionName={p} Nodes={self.node} Default={'YES' if i == 0 else 'NO'} MaxTime=INFINITE State=UP"
+                f"NodeName={n} NodeHostname={self.host} NodeAddr=127.0.0.1 Port={port} CPUs={self.cpus}"
+                f" RealMemory={self.mem_mb}{gres} State=UNKNOWN"
+                for n, port in zip(self.nodes, slurmd_ports)
+            ),
+            *(
+                f"PartitionName={p} Nodes={','.join(self.nodes)} Default={'YES' if i == 0 else 'NO'}"
+                " MaxTime=INFINITE State=UP"
                 for i, p in enumerate(PARTITIONS)
             ),
         ]
@@ -184,7 +199,8 @@ class LocalSlurm:
         for i in range(self.gpus):
             (self.root / f"fakegpu{i}").touch()
         files = f"{self.root}/fakegpu[0-{self.gpus - 1}]" if self.gpus > 1 else f"{self.root}/fakegpu0"
-        (self.root / "gres.conf").write_text(f"NodeName={self.node} Name=gpu File={files}\n" if self.gpus else "")
+        gres_lines = "".join(f"NodeName={n} Name=gpu File={files}\n" for n in self.nodes)
+        (self.root / "gres.conf").write_text(gres_lines if self.gpus else "")
 
     def _write_shims(self) -> None:
         self.bin.mkdir(exist_ok=True)
@@ -193,8 +209,8 @@ class LocalSlurm:
             shim.write_text(f'#!/bin/sh\nSLURM_CONF={self.conf} exec {shutil.which(name)} "$@"\n')
             shim.chmod(0o755)
 
-    def _daemon(self, name: str, *args: str) -> None:
-        proc = subprocess.run([name, *args], env=self.env(), capture_output=True, text=True, timeout=60)
+    def _daemon(self, name: str, binary: str, *args: str) -> None:
+        proc = subprocess.run([binary, *args], env=self.env(), capture_output=True, text=True, timeout=60)
         if proc.returncode != 0:
             raise RuntimeError(f"{name} did not start ({proc.returncode}): {proc.stderr}\n{self.log_tail()}")
         deadline = time.monotonic() + 20
@@ -219,7 +235,7 @@ class LocalSlurm:
             if set(state.split()) == {"idle"}:
                 return
             time.sleep(0.5)
-        raise RuntimeError(f"the SLURM node is not idle after {timeout:.0f} s (state {state!r})\n{self.log_tail()}")
+        raise RuntimeError(f"the SLURM nodes are not idle after {timeout:.0f} s (state {state!r})\n{self.log_tail()}")
 
 
 def _alive(pid: int) -> bool:

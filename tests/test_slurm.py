@@ -80,7 +80,7 @@ def cluster(tmp_path_factory):
         if os.environ.get("COCON_REQUIRE_SLURM") == "1":
             pytest.fail(why)
         pytest.skip(why)
-    with LocalSlurm(tmp_path_factory.mktemp("slurm"), gpus=8) as c:
+    with LocalSlurm(tmp_path_factory.mktemp("slurm"), gpus=8, nodes=2) as c:
         saved = dict(os.environ)
         os.environ.update(c.env())  # snakemake, the plugin's sbatch/squeue and the jobs find this cluster
         try:
@@ -260,6 +260,32 @@ def test_training_longer_than_its_time_limit_finishes_through_retries(time_limit
     for name in ("model.pt", "metrics.csv"):
         path = Path(LONG_TARGET).with_name(name)
         assert (work / path).read_bytes() == (local / path).read_bytes(), name
+
+
+# ---- one training job over two nodes
+
+# CPC on rgb over 2 nodes x 1 GPU (bookkeeping GPUs: one process per node on the CPU), global batch 2
+TWO_NODES = {**SMALL, "runtime": {**SMALL["runtime"], "nodes": 2, "gpus": 1}, "cpc": {**SMALL["cpc"], "epochs": 2}}
+
+
+@pytest.fixture(scope="module")
+def two_node_run(cluster, tmp_path_factory):
+    work = tmp_path_factory.mktemp("two_nodes")
+    proc = snakemake(work, TWO_NODES, *PROFILE, "results/train/cpc/rgb/model.pt")
+    return work, proc.stdout + proc.stderr
+
+
+def test_a_training_job_spans_two_nodes_as_one_ddp_run(two_node_run, cluster):
+    work, printed = two_node_run
+    job = next(j for j in cluster.jobs() if j["WorkDir"] == str(work) and _rule(j) == "cpc")
+    assert job["JobState"] == "COMPLETED" and job["NumNodes"] == "2" and job["NodeList"] == "node[1-2]", job
+    assert job["NumTasks"] == "2" and "gpu:1" in job.get("TresPerNode", ""), job  # --gpus-per-node=1
+    log = (work / "logs" / "train" / "cpc_rgb.log").read_text()
+    # one srun task per node, each a torchrun agent with one process: ranks 0 and 1 of one DDP run
+    assert "cocon launch: srun --nodes=2 --ntasks-per-node=1" in log and "2 process(es)" in log
+    assert {"node1", "node2"} == {m.group(1) for m in re.finditer(r"(node\d) rank\d", log)}
+    ck = load_checkpoint(work / "results/train/cpc/rgb/model.pt")
+    assert [h["epoch"] for h in ck["history"]] == [0, 1]
 
 
 def _hours(limit: str) -> float:

@@ -163,7 +163,7 @@ def test_speed_only_settings_keep_the_run_and_other_sections_do_not_enter_it(sha
     changes it."""
     base = run_hash(get_method("cpc")(tiny_config(shards_dir), ["rgb"]).identity())
     same = [
-        tiny_config(shards_dir, runtime={"gpus": 4, "workers": 3, "compile": True, "keep_checkpoints": None}),
+        tiny_config(shards_dir, runtime={"gpus": 2, "workers": 3, "compile": True, "keep_checkpoints": None}),
         tiny_config(shards_dir, cpc={"epochs": 7}),
         tiny_config(shards_dir, cocon={"lam": 1.0, "epochs": 9}, finetune={"epochs": 5}),
         tiny_config(shards_dir, train={"input_size": {"rgb": 32, "flow": 48}}),  # another view's size

@@ -5,7 +5,9 @@
     cocon train finetune --views rgb --init-kind cpc --init rgb=.../cpc/rgb/model.pt --out ...
 
 With runtime.gpus > 1 and CUDA visible the command re-executes itself under torchrun (one DDP process per
-GPU, in the same job). The final metrics are printed as one JSON line on stderr. Under SLURM the run stops
+GPU, in the same job); started on every node of a multi-node job by `cocon launch`, it joins the other nodes
+through torchrun's c10d rendezvous (cocon.train.distributed). The final metrics are printed as one JSON line
+on stderr. Under SLURM the run stops
 at an epoch boundary before the job's time limit and exits with code 75 (cocon.train.deadline); run again,
 it resumes.
 """
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     from cocon.train.engine import Engine
 
     D.relaunch_under_torchrun(cfg["runtime"]["gpus"] if torch.cuda.is_available() else 1, "cocon", ["train", *argv])
-    setup_logging(f"rank{D.rank()}")
+    setup_logging(D.process_label())
     if a.threads:
         set_threads(max(1, a.threads // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))))
     engine = Engine(method, a.out, deadline=Deadline.for_job(a.time_limit, start=STARTED))

@@ -1,7 +1,9 @@
 """Multi-process training helpers: process group, device, relaunch under torchrun, global BatchNorm.
 
 A training job given N GPUs starts N DDP processes inside the same job (`relaunch_under_torchrun`);
-on CPU the same code runs with the gloo backend (tests use 2 CPU processes).
+on CPU the same code runs with the gloo backend (tests use 2 CPU processes). A job over several nodes
+(runtime.nodes, cocon.workflow.launch) runs one copy of the command per node; each relaunches itself under
+torchrun with a c10d rendezvous at NODES_ENV / RENDEZVOUS_ENV, which the launcher sets.
 """
 
 from __future__ import annotations
@@ -26,21 +28,48 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def relaunch_under_torchrun(nproc: int, module: str, argv: list[str]) -> None:
-    """Replace this process by `torchrun --standalone --nproc_per_node=nproc -m module argv` unless
-    we already are a torchrun worker or nproc <= 1. Does not return when it relaunches."""
-    if nproc <= 1 or "LOCAL_RANK" in os.environ:
-        return
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        module,
-        *argv,
+NODES_ENV, RENDEZVOUS_ENV, RUN_ID_ENV = "COCON_NODES", "COCON_RENDEZVOUS", "COCON_RUN_ID"
+
+
+def torchrun_args(nproc: int, env: dict | None = None) -> list[str] | None:
+    """torchrun's options for `nproc` processes on this node, or None when no relaunch is needed (one
+    process on one node, or already a torchrun worker). One node: --standalone. Several (NODES_ENV > 1):
+    --nnodes, and a c10d rendezvous at RENDEZVOUS_ENV (host:port) with the id RUN_ID_ENV."""
+    env = os.environ if env is None else env
+    nodes = int(env.get(NODES_ENV, 1))
+    if "LOCAL_RANK" in env or (nproc <= 1 and nodes <= 1):
+        return None
+    if nodes <= 1:
+        return ["--standalone", f"--nproc_per_node={nproc}"]
+    return [
+        f"--nnodes={nodes}",
+        f"--nproc_per_node={max(1, nproc)}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={env[RENDEZVOUS_ENV]}",
+        f"--rdzv-id={env.get(RUN_ID_ENV, 'cocon')}",
+        "--max-restarts=0",
     ]
+
+
+def process_label(env: dict | None = None) -> str:
+    """How this process's log lines are labelled: "rank<R>", and on a multi-node job also the node
+    ("<node> rank<R>", SLURM's node name, else the host name), so that one log of all nodes reads apart."""
+    env = os.environ if env is None else env
+    label = f"rank{rank()}"
+    if int(env.get(NODES_ENV, 1)) > 1:
+        import socket
+
+        label = f"{env.get('SLURMD_NODENAME') or socket.gethostname()} {label}"
+    return label
+
+
+def relaunch_under_torchrun(nproc: int, module: str, argv: list[str]) -> None:
+    """Replace this process by `torchrun <torchrun_args> -m module argv` when torchrun_args says so
+    (several GPUs, or several nodes). Does not return when it relaunches."""
+    options = torchrun_args(nproc)
+    if options is None:
+        return
+    cmd = [sys.executable, "-m", "torch.distributed.run", *options, "-m", module, *argv]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, cmd)

@@ -37,6 +37,29 @@ RULES: dict[str, Resources] = {
 }
 
 
+def training_placement(nodes: int, gpus_per_node: int) -> dict:
+    """Resources of a training rule for `nodes` nodes with `gpus_per_node` GPUs each (`node_gpus`, what
+    `cocon gpus` gives each node's command). One node: its GPUs as one task (`gpu`, `tasks_per_gpu: 0`) and
+    an empty `launcher`. Several: one SLURM job over the nodes through the SLURM executor's multi-node path
+    (`nodes`, `tasks`, `mpi`; the GPUs per node in `slurm_extra`), whose shell starts one task per node with
+    `cocon launch` (the `launcher` resource)."""
+    if nodes <= 1:
+        return {"gpu": gpus_per_node, "tasks_per_gpu": 0, "node_gpus": gpus_per_node, "launcher": ""}
+    per_node = f" --gpus-per-node {gpus_per_node}" if gpus_per_node else ""
+    return {
+        "gpu": 0,  # GPUs are asked per node (--gpus-per-node), not in total
+        "tasks_per_gpu": 0,
+        "node_gpus": gpus_per_node,
+        "nodes": nodes,
+        "tasks": nodes,
+        "mpi": "srun",
+        **({"slurm_extra": f"--gpus-per-node={gpus_per_node}"} if gpus_per_node else {}),
+        "launcher": lambda wildcards, threads: (
+            f"python -m cocon launch --nodes {nodes}{per_node} --cpus-per-task {threads} --"
+        ),
+    }
+
+
 def threads(rule: str) -> int:
     return RULES[rule].threads
 
