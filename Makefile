@@ -3,8 +3,8 @@
 #   make test       set up .venv and run the whole test suite (what CI runs)
 # and for development:
 #   make test-fast  the tests not marked slow or gpu (the inner loop, ~2-3 min on 2 cores)
-#   make lint       ruff (style, imports, errors), ruff format --check, snakemake --lint
-#   make format     ruff format + import order, in place
+#   make lint       ruff (style, imports, errors), ruff format --check, snakefmt --check, snakemake --lint (CI runs it)
+#   make format     ruff format + import order, snakefmt, in place
 #   make gpu-check  bench/gpu_check.py: the GPU test tier and every GPU benchmark, into OUT=<folder> (a CUDA machine)
 #   make mm-full    mmcv compiled from source in place of mmcv-lite (docs/pose_seg.md, Install; opt-in)
 PYTHON ?= python3
@@ -59,11 +59,13 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check cocon tests bench study
 	$(BIN)/ruff format --check cocon tests bench study
+	$(BIN)/snakefmt --check Snakefile rules
 	PATH="$(abspath $(BIN)):$$PATH" snakemake --lint
 
 format: setup
 	$(BIN)/ruff check --select I --fix cocon tests bench study
 	$(BIN)/ruff format cocon tests bench study
+	$(BIN)/snakefmt Snakefile rules
 
 OUT ?= gpu-check
 gpu-check: setup

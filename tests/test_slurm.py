@@ -24,11 +24,11 @@ import pytest
 from cocon.train.checkpoints import load_checkpoint
 
 from slurm_cluster import LocalSlurm, missing_binaries
-from test_workflow import REPO, TINY, artefacts, comparable, snakemake
+from workflow_runs import REPO, TINY, artefacts, comparable, snakemake
 
 pytestmark = pytest.mark.slow  # a private SLURM cluster and two DAG runs
 
-# Every rule of the default target on 8 videos in one shard, one flow method, CoCon init only: 12 SLURM
+# Every rule of the default target on 8 videos in one shard, one flow method, CoCon init only: 13 SLURM
 # jobs (+ 3 local rules). runtime.gpus: 2, so every training job asks SLURM for 2 GPUs and every test or
 # feature job for 1 (the test node's 8 GPUs are bookkeeping only: everything computes on the CPU, as
 # in the local run).
@@ -39,7 +39,17 @@ SMALL = {
     "runtime": {**TINY["runtime"], "gpus": 2},
     "finetune": {**TINY["finetune"], "inits": ["cocon"]},
 }
-JOBS = {"frames": 1, "flow": 1, "cpc": 2, "cocon": 1, "finetune": 2, "evaluate": 2, "features": 2, "report": 1}
+JOBS = {
+    "frames": 1,
+    "flow": 1,
+    "views_figure": 1,
+    "cpc": 2,
+    "cocon": 1,
+    "finetune": 2,
+    "evaluate": 2,
+    "features": 2,
+    "report": 1,
+}
 GPUS = {"cpc": 2, "cocon": 2, "finetune": 2, "evaluate": 1, "features": 1}
 # The profile as users run it, with the partition chosen on the command line (as README says; not the
 # cluster's default one), plus what this one-node test cluster needs: no job accounting (squeue for
@@ -191,14 +201,14 @@ def test_cancelled_job_is_resubmitted_with_doubled_resources(slurm_run, cluster)
 
 # ---- a training job longer than its time limit
 
-# CPC on rgb alone, ~1.5 min of epochs of ~3 s (28 training videos, 6 steps of 2 clips per epoch): more
-# than one 1-minute allocation holds
+# CPC on rgb alone, ~2 min of epochs of ~1.5 s on 2 idle cores (28 training videos, 6 steps of 2 clips per
+# epoch): more than one 1-minute allocation holds
 LONG = {
     **SMALL,
     "demo": {**SMALL["demo"], "groups_per_class": 8},
     "shards": {"videos_per_shard": 32},
     "train": {**SMALL["train"], "width": 16},
-    "cpc": {**SMALL["cpc"], "epochs": 30, "max_steps_per_epoch": 6},
+    "cpc": {**SMALL["cpc"], "epochs": 80, "max_steps_per_epoch": 6},
 }
 LONG_TARGET = "results/train/cpc/rgb/model.pt"
 
