@@ -1,5 +1,5 @@
 """MultiViewClips' grouped arguments (ClipGeometry, Partition) against the flat keywords they replace, on
-the shards of test_clips: the same videos and the same bytes; mixing or misspelling them is an error."""
+the shards of tests/clip_shards.py: the same videos and the same bytes; mixing or misspelling them is an error."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import torch
 
 from cocon.data.clips import Augmentation, ClipGeometry, DenseClips, MultiViewClips, Partition
 
-from test_clips import VIEWS, root, shards  # noqa: F401  (fixtures)
+from clip_shards import VIEWS, clip_root, clip_shard_paths  # noqa: F401  (the root and shards fixtures)
 
 
-def test_grouped_arguments_give_the_same_samples_as_the_flat_keywords(shards):  # noqa: F811
+def test_grouped_arguments_give_the_same_samples_as_the_flat_keywords(shards):
     flat = MultiViewClips(
         shards, VIEWS, role="val", split=2, holdout_fraction=0.3, holdout_seed=4, num_blocks=4, block_len=3,
         stride=2, sizes={"rgb": 32, "flow": 24}, seed=3, augment=True,
@@ -35,7 +35,7 @@ def test_grouped_arguments_give_the_same_samples_as_the_flat_keywords(shards):  
     assert len(dense) and dense.windows(0).shape[1] == 12
 
 
-def test_shared_crop_is_an_augmentation_parameter_only(shards):  # noqa: F811
+def test_shared_crop_is_an_augmentation_parameter_only(shards):
     kw = dict(role="train", partition=Partition(split=1, fraction=0), clip=ClipGeometry(4, 3, 2), seed=1)
     ds = MultiViewClips(shards, VIEWS, augmentation=Augmentation(shared_crop=True), **kw)
     assert ds.augmentation.shared_crop
@@ -43,7 +43,7 @@ def test_shared_crop_is_an_augmentation_parameter_only(shards):  # noqa: F811
         MultiViewClips(shards, VIEWS, shared_crop=True, **kw)
 
 
-def test_a_group_and_its_flat_keywords_are_not_mixed(shards):  # noqa: F811
+def test_a_group_and_its_flat_keywords_are_not_mixed(shards):
     with pytest.raises(TypeError, match="clip= or num_blocks"):
         MultiViewClips(shards, VIEWS, clip=ClipGeometry(), num_blocks=4)
     with pytest.raises(TypeError, match="partition= or holdout_seed, split"):

@@ -1,5 +1,5 @@
 """Fine-tuning, dense evaluation, pretrained features and the report, on the small real shards of
-test_clips (3 classes, videos of 8..36 frames, failures in some views)."""
+tests/clip_shards.py (3 classes, videos of 8..36 frames, failures in some views)."""
 
 from __future__ import annotations
 
@@ -25,11 +25,11 @@ from cocon.train.engine import Engine
 from cocon.train.methods import Finetune
 from cocon.train.methods.finetune import milestones
 
-from test_clips import write_view
+from clip_shards import write_view
 
 
-def FinetuneTrainer(view, init_kind, init_path, cfg, out) -> Engine:
-    """The engine fine-tuning `view` (the tests' shorthand)."""
+def finetune_engine(view, init_kind, init_path, cfg, out) -> Engine:
+    """The engine fine-tuning `view` from `init_path` (an `init_kind` model; none: random) into `out`."""
     return Engine(Finetune(cfg, [view], {view: init_path} if init_path else {}, init_kind), out)
 
 
@@ -86,7 +86,7 @@ def finetuned(cfg, pretrained, tmp_path_factory):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        FinetuneTrainer("rgb", "cpc", str(pretrained), cfg, out).fit()
+        finetune_engine("rgb", "cpc", str(pretrained), cfg, out).fit()
     finally:
         torch.set_num_threads(n)
     return out
@@ -269,11 +269,11 @@ def test_claim_mean_and_std_over_seeds(cfg, tmp_path):
 
 @pytest.mark.slow
 def test_finetune_resume_equals_an_uninterrupted_run(cfg, tmp_path, one_torch_thread):
-    FinetuneTrainer("rgb", "random", None, cfg, tmp_path / "straight").fit()
-    interrupted = FinetuneTrainer("rgb", "random", None, cfg, tmp_path / "resumed")
+    finetune_engine("rgb", "random", None, cfg, tmp_path / "straight").fit()
+    interrupted = finetune_engine("rgb", "random", None, cfg, tmp_path / "resumed")
     interrupted.epochs = 1  # as if killed after the first epoch's checkpoint (same config, same schedule)
     interrupted.fit()
-    resumed = FinetuneTrainer("rgb", "random", None, cfg, tmp_path / "resumed")
+    resumed = finetune_engine("rgb", "random", None, cfg, tmp_path / "resumed")
     resumed.fit()
     assert resumed.start_epoch == 1
     a, b = load_checkpoint(tmp_path / "straight" / "model.pt"), load_checkpoint(tmp_path / "resumed" / "model.pt")

@@ -1,5 +1,5 @@
 """The training fast path (runtime.channels_last, runtime.compile) on CPU: same losses and gradients as the
-default path, Trainer runs that complete and resume, checkpoints unchanged (weights_only, same keys).
+default path, engine runs that complete and resume, checkpoints unchanged (weights_only, same keys).
 
 The engine tests use encoder width 8 (D = 32, train.width): the code path is the engine's own, only the
 networks are small enough for a test on 2 cores."""
@@ -30,8 +30,8 @@ from cocon.train.engine import channels_last_3d
 from cocon.train.methods import CoCon
 
 from conftest import gloo_process
-from test_train import Trainer, _free_port, shards_dir  # noqa: F401  (shards_dir is a fixture)
-from test_train import tiny_config as _tiny_config
+from training_data import free_port, method_engine, tiny_shards_dir  # noqa: F401  (tiny_shards_dir: the shards_dir fixture)
+from training_data import tiny_config as _tiny_config
 
 VIEWS = ["flow_tvl1", "rgb"]
 WIDTH = 8
@@ -53,9 +53,9 @@ def tiny():
 
 
 @pytest.fixture(scope="module")
-def default_run(shards_dir, tmp_path_factory):  # noqa: F811
+def default_run(shards_dir, tmp_path_factory):
     """The 2-epoch reference run with the default options (history of losses)."""
-    t = Trainer("cocon", VIEWS, tiny_config(shards_dir), tmp_path_factory.mktemp("default"), {})
+    t = method_engine("cocon", VIEWS, tiny_config(shards_dir), tmp_path_factory.mktemp("default"), {})
     t.fit()
     return t.history
 
@@ -125,13 +125,13 @@ def test_channels_last_gives_the_loss_and_gradients_of_the_default_layout():
 
 
 def _fit(cfg, out):
-    t = Trainer("cocon", VIEWS, cfg, out, {})
+    t = method_engine("cocon", VIEWS, cfg, out, {})
     t.fit()
     return t
 
 
 @pytest.mark.slow
-def test_trainer_with_channels_last_completes_and_resumes(shards_dir, tmp_path, tiny, default_run):  # noqa: F811
+def test_trainer_with_channels_last_completes_and_resumes(shards_dir, tmp_path, tiny, default_run):
     cfg = tiny_config(shards_dir, runtime={"channels_last": True})
     straight = _fit(cfg, tmp_path / "straight")
     assert straight.models["rgb"].encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)
@@ -158,7 +158,7 @@ def test_trainer_with_channels_last_completes_and_resumes(shards_dir, tmp_path, 
 
 @pytest.mark.slow
 def test_trainer_compile_wiring_keeps_checkpoints_and_resumes(
-    shards_dir,  # noqa: F811
+    shards_dir,
     tmp_path,
     tiny,
     default_run,
@@ -214,7 +214,7 @@ def test_compile_with_inductor_gives_the_loss_and_gradients_of_eager(tmp_path):
         pytest.skip(
             "inductor's first compile of a tiny DPC pair takes 72-99 s on the 2-core reference VM "
             "(measured with an empty cache; ~11 s cached), over this file's 60 s budget; run it with "
-            "COCON_COMPILE_TEST_TIMEOUT=300 (the Trainer wiring is tested with the 'eager' backend)"
+            "COCON_COMPILE_TEST_TIMEOUT=300 (the engine's wiring is tested with the 'eager' backend)"
         )
     script = tmp_path / "inductor_check.py"
     script.write_text(_INDUCTOR_SCRIPT)
@@ -246,7 +246,7 @@ def test_compile_with_inductor_gives_the_loss_and_gradients_of_eager(tmp_path):
 def _ddp_compiled_worker(rank: int, port: int, out: str) -> None:
     device = gloo_process(rank, port)
     model = D.convert_batchnorm(_model(), device)
-    for m in model.values():  # the Trainer's order: compile in place, then wrap in DDP
+    for m in model.values():  # the engine's order: compile in place, then wrap in DDP
         m.compile(backend="aot_eager")
     net = torch.nn.parallel.DistributedDataParallel(model)
     x = {k: v[2 * rank : 2 * rank + 2] for k, v in _batch().items()}
@@ -266,7 +266,7 @@ def test_ddp_with_compiled_networks_gives_the_gradients_of_one_process(tmp_path)
         pytest.skip("slow (10-30 s on 2 cores, 2 processes): run it with COCON_COMPILE_TEST_TIMEOUT=300")
     ref_loss, ref = _loss_and_grads(_model(), _batch())
     out = tmp_path / "ddp.pt"
-    mp.spawn(_ddp_compiled_worker, args=(_free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(_ddp_compiled_worker, args=(free_port(), str(out)), nprocs=2, join=True)
     got = torch.load(out, weights_only=True)
     assert got["total"] == pytest.approx(float(ref_loss), rel=1e-5)
     for k in ref:

@@ -28,7 +28,15 @@ from cocon.models.networks import DPC
 from cocon.train import distributed as D
 from cocon.train.checkpoints import load_checkpoint
 
-from test_train import Trainer, _batch, _free_port, _grads, _model, shards_dir, tiny_config  # noqa: F401 (shards_dir: a fixture)
+from training_data import (  # noqa: F401  (tiny_shards_dir: the shards_dir fixture)
+    ddp_batch,
+    ddp_model,
+    free_port,
+    gradients,
+    method_engine,
+    tiny_config,
+    tiny_shards_dir,
+)
 
 pytestmark = [
     pytest.mark.gpu,
@@ -67,9 +75,9 @@ def test_tvl1_on_cuda_equals_the_cpu_result(caplog):
     0.5 px goal of agreement with OpenCV; float rounding and fused multiply-adds can move a convergence test
     by an iteration) and <= 1 % of the pixels more than 0.5 px apart; on CUDA the textures are still within
     0.05 px of the true motion. The compiled solver must not have fallen back to eager mode."""
-    from test_tvl1 import DEFAULT, epe, moved_pair, natural_gray, smooth_texture, translation
-
     from cocon.preprocess import tvl1
+
+    from tvl1_pairs import DEFAULT, epe, moved_pair, natural_gray, smooth_texture, translation
 
     shifts = [(1.3, -0.6), (-2.4, 1.7), (0.4, 0.25)]
     textures = [
@@ -173,7 +181,7 @@ def _relative_difference(a: dict, b: dict) -> float:
     return (num / max(den, 1e-30)) ** 0.5
 
 
-def test_resume_on_cuda_equals_an_uninterrupted_run(shards_dir, tmp_path, no_tf32, deterministic_cudnn):  # noqa: F811
+def test_resume_on_cuda_equals_an_uninterrupted_run(shards_dir, tmp_path, no_tf32, deterministic_cudnn):
     """tests/test_train.py::test_resume_equals_an_uninterrupted_run on CUDA (fp32): two CoCon epochs in one
     go, and one epoch, stopped, then resumed for the second. The checkpoint carries the CUDA random state
     (GRU dropout draws on the GPU), the optimiser and the scheduler. CUDA is not bit-reproducible here even
@@ -183,17 +191,17 @@ def test_resume_on_cuda_equals_an_uninterrupted_run(shards_dir, tmp_path, no_tf3
     lost the random state, the Adam moments or the learning rate moves the second epoch by far more."""
     views = ["flow_tvl1", "rgb"]
     cfg = tiny_config(shards_dir, runtime={"device": "cuda"}, train={"precision": "fp32"})
-    straight = Trainer("cocon", views, cfg, tmp_path / "straight", {})
+    straight = method_engine("cocon", views, cfg, tmp_path / "straight", {})
     straight.fit()
     assert straight.device.type == "cuda"
-    Trainer(
+    method_engine(
         "cocon",
         views,
         tiny_config(shards_dir, runtime={"device": "cuda"}, train={"precision": "fp32"}, cocon={"epochs": 1}),
         tmp_path / "resumed",
         {},
     ).fit()
-    resumed = Trainer("cocon", views, cfg, tmp_path / "resumed", {})
+    resumed = method_engine("cocon", views, cfg, tmp_path / "resumed", {})
     resumed.fit()
     assert resumed.start_epoch == 1  # it really resumed after the first epoch
 
@@ -225,15 +233,15 @@ def _cuda_ddp_worker(rank: int, port: int, backend: str, out: str) -> None:
         device = torch.device("cuda:0")
         torch.cuda.set_device(device)
         dist.init_process_group("gloo")
-    model = D.convert_batchnorm(_model(), device).to(device)
+    model = D.convert_batchnorm(ddp_model(), device).to(device)
     assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index])
-    x = {k: v[2 * rank : 2 * rank + 2].to(device) for k, v in _batch().items()}
+    x = {k: v[2 * rank : 2 * rank + 2].to(device) for k, v in ddp_batch().items()}
     terms = cocon_loss(net(x), lam=10.0, alpha=1.0)
     terms["total"].backward()
     total = D.reduce_mean(float(terms["total"].detach()), device)  # a collective: every rank calls it
     if rank == 0:
-        torch.save({"grads": {k: g.cpu() for k, g in _grads(model).items()}, "total": total}, out)
+        torch.save({"grads": {k: g.cpu() for k, g in gradients(model).items()}, "total": total}, out)
     D.teardown()
 
 
@@ -250,14 +258,14 @@ def test_syncbn_ddp_two_processes_on_cuda_give_the_gradients_of_one_process(tmp_
     loss by 2e-7 and a tensor's gradient by up to 8e-6 relative L2, while BatchNorm statistics and
     negatives that did not span both processes move them by 3e-2 and by more than 1."""
     backend = "nccl" if torch.cuda.device_count() >= 2 and torch.distributed.is_nccl_available() else "gloo"
-    single = _model().to("cuda")
-    terms = cocon_loss(single({k: v.to("cuda") for k, v in _batch().items()}), lam=10.0, alpha=1.0)
+    single = ddp_model().to("cuda")
+    terms = cocon_loss(single({k: v.to("cuda") for k, v in ddp_batch().items()}), lam=10.0, alpha=1.0)
     terms["total"].backward()
     out = tmp_path / "ddp.pt"
-    mp.spawn(_cuda_ddp_worker, args=(_free_port(), backend, str(out)), nprocs=2, join=True)
+    mp.spawn(_cuda_ddp_worker, args=(free_port(), backend, str(out)), nprocs=2, join=True)
     got = torch.load(out, weights_only=True)
     assert got["total"] == pytest.approx(float(terms["total"].detach()), rel=1e-5), backend
-    want = {k: g.cpu() for k, g in _grads(single).items()}
+    want = {k: g.cpu() for k, g in gradients(single).items()}
     assert got["grads"].keys() == want.keys()
     worst = max((float((got["grads"][k] - g).norm() / g.norm().clamp_min(1e-300)), k) for k, g in want.items())
     assert worst[0] <= 1e-3, (backend, worst)
@@ -278,9 +286,9 @@ def test_seg_on_cuda_equals_the_cpu_result(no_tf32):
     """SegFormer-B0 (the package's config, random weights with the classifier amplified and the person
     logit shifted so that the maps span the probability range, as tests/test_pose_seg.py does), the same
     weights on the CPU and on CUDA: person probabilities within 2e-3, stored uint8 maps within 1 level."""
-    from test_pose_seg import balance_person, seg_params
-
     from cocon.preprocess import seg
+
+    from mm_models import balance_person, seg_params
 
     frames = _rgb_frames()
     cpu = seg.PersonProbability(seg_params(), "cpu", 0)
@@ -299,9 +307,9 @@ def test_pose_on_cuda_equals_the_cpu_result(no_tf32):
     """MobileNetV2 top-down heatmaps (the package's config, random weights with the last layer x 40 as
     tests/test_pose_seg.py does), one box per frame, the same weights on the CPU and on CUDA: raw heatmaps
     within 1e-3 of their largest magnitude, the stored uint8 maps within 1 level."""
-    from test_pose_seg import pose_params
-
     from cocon.preprocess import pose
+
+    from mm_models import pose_params
 
     frames = _rgb_frames()
     cpu = pose.PoseHeatmaps(pose_params(), "cpu", 0)
@@ -324,12 +332,12 @@ def test_pose_on_cuda_equals_the_cpu_result(no_tf32):
 
 @pytest.fixture(scope="module")
 def gpu_dag(tmp_path_factory):
-    """tests/test_workflow.py's TINY demo, one shard, run by Snakemake with `--resources gpu=1`: TVL1 on the
+    """tests/workflow_runs.py's TINY demo, one shard, run by Snakemake with `--resources gpu=1`: TVL1 on the
     torch backend (flow.tvl1.backend torch, device cuda), CPC, CoCon, fine-tuning (CoCon init), the dense
     test and the features on CUDA (runtime.gpus 1, runtime.device cuda), seg and pose on CUDA (gpus 1) when the
     OpenMMLab stack is installed. Every GPU job runs under `cocon gpus 1` (its own GPU claim; the locks in
     this test's folder). Returns (workdir, whether pose and seg ran)."""
-    from test_workflow import TINY, snakemake
+    from workflow_runs import TINY, snakemake
 
     work = tmp_path_factory.mktemp("gpu_dag")
     cfg = {

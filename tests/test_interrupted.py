@@ -13,7 +13,7 @@ import yaml
 
 from cocon.train.checkpoints import load_checkpoint
 
-from test_workflow import REPO, SNAKEMAKE, TINY, job_counts, snakemake
+from workflow_runs import REPO, SNAKEMAKE, TINY, job_counts, snakemake
 
 pytestmark = pytest.mark.slow  # snakemake killed and resumed
 

@@ -20,17 +20,11 @@ from cocon.train.checkpoints import load_checkpoint
 from cocon.workflow.launch import NotInSlurmJob, rendezvous_port, srun_command
 
 from conftest import REPO
-from test_train import shards_dir, tiny_config  # noqa: F401  (shards_dir is a fixture)
+from training_data import free_port, tiny_config, tiny_shards_dir  # noqa: F401  (tiny_shards_dir: the shards_dir fixture)
 
 pytestmark = pytest.mark.slow  # several torchrun agents and DDP processes
 
 VIEWS = ["rgb", "flow_tvl1"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _config(tmp_path: Path, shards: Path, **sections) -> Path:
@@ -65,7 +59,7 @@ def one_node_two_processes(method, views, out, config, init=None) -> None:
 
 def two_nodes(method, views, out, config, init=None) -> list[subprocess.Popen]:
     """Two copies of the command, as `cocon launch` starts them on two nodes (one task each)."""
-    env = _env(COCON_NODES="2", COCON_RENDEZVOUS=f"127.0.0.1:{_free_port()}", COCON_RUN_ID=f"test{time.time_ns()}")
+    env = _env(COCON_NODES="2", COCON_RENDEZVOUS=f"127.0.0.1:{free_port()}", COCON_RUN_ID=f"test{time.time_ns()}")
     cmd = [sys.executable, *_train_args(method, views, out, config, init)]
     logs = [open(out.parent / f"{out.name}.node{k}.log", "w") for k in range(2)]  # noqa: SIM115
     return [
@@ -91,7 +85,7 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert (a / "metrics.csv").read_bytes() == (b / "metrics.csv").read_bytes()
 
 
-def test_two_nodes_equal_one_node_with_two_processes(shards_dir, tmp_path):  # noqa: F811
+def test_two_nodes_equal_one_node_with_two_processes(shards_dir, tmp_path):
     config = _config(tmp_path, shards_dir)
     one, two = tmp_path / "one_node", tmp_path / "two_nodes"
     for base in (one, two):
@@ -110,7 +104,7 @@ def test_two_nodes_equal_one_node_with_two_processes(shards_dir, tmp_path):  # n
     assert_same_run(one / "cocon", two / "cocon")
 
 
-def test_a_killed_two_node_run_resumes_exactly(shards_dir, tmp_path):  # noqa: F811
+def test_a_killed_two_node_run_resumes_exactly(shards_dir, tmp_path):
     config = _config(tmp_path, shards_dir, cpc={"epochs": 6})
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     one_node_two_processes("cpc", ["rgb"], straight, config)

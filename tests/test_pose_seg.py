@@ -17,7 +17,6 @@ from conftest import run_cocon, stage_config
 
 pytest.importorskip("mmcv", reason="the OpenMMLab stack is installed by `make setup`")
 
-from cocon.config import load_config  # noqa: E402
 from cocon.data.clips import MultiViewClips, view_frame_indices  # noqa: E402
 from cocon.data.shards import ShardReader  # noqa: E402
 from cocon.preprocess import (  # noqa: E402  (mm registers the stand-ins of mm_ops: mmcv-lite has no compiled ops)
@@ -27,6 +26,8 @@ from cocon.preprocess import (  # noqa: E402  (mm registers the stand-ins of mm_
     pose,
     seg,
 )
+
+from mm_models import POSE_CONFIG, SEG_CONFIG, balance_person, pose_params, seg_params  # noqa: E402
 
 pytestmark = pytest.mark.slow  # OpenMMLab models built and run on CPU
 
@@ -45,56 +46,6 @@ ORDER = [
     ("jump/missing", "missing"),
     ("walk/tall", "tall"),
 ]
-# small models of the packages' own configs, at small input sizes: the tests stay fast on 2 CPU cores
-POSE_CONFIG = "td-hm_mobilenetv2_8xb64-210e_coco-256x192"
-SEG_CONFIG = "segformer_mit-b0_8xb2-160k_ade20k-512x512"
-DET_CONFIG = "rtmdet_tiny_8xb32-300e_coco"
-DEFAULTS = load_config()
-
-
-def seg_params(**kw) -> dict:
-    p = {
-        **DEFAULTS["seg"],
-        "config": SEG_CONFIG,
-        "checkpoint": None,
-        "input_scale": [64, 64],
-        "short_side": 32,
-        "frame_stride": 2,
-        "frame_offset": 1,
-        "batch_size": 4,
-        "device": "cpu",
-        "seed": 0,
-    }
-    for k in ("enabled", "gpus"):
-        p.pop(k)
-    return {**p, **kw}
-
-
-def pose_params(**kw) -> dict:
-    p = {
-        **DEFAULTS["pose"],
-        "config": POSE_CONFIG,
-        "checkpoint": None,
-        "input_size": [48, 64],
-        "short_side": 32,
-        "boxes": "frame",
-        "frame_stride": 2,
-        "frame_offset": 1,
-        "batch_size": 8,
-        "device": "cpu",
-        "seed": 0,
-        "detector": {
-            **DEFAULTS["pose"]["detector"],
-            "config": DET_CONFIG,
-            "checkpoint": None,
-            "input_scale": [64, 64],
-            "score_threshold": 0.0,
-        },
-        "max_people": 2,
-    }
-    for k in ("enabled", "gpus"):
-        p.pop(k)
-    return {**p, **kw}
 
 
 def sharpened(model: torch.nn.Module, layer: str, factor: float, path) -> str:
@@ -114,23 +65,6 @@ def rgb(videos, make_manifest, tmp_path_factory):
     out = d / "rgb" / "00000.h5"
     frames.run(str(d / "m.tsv"), "00000", str(out), RGB_PARAMS, DATASET, threads=2)
     return out
-
-
-def balance_person(model: seg.PersonProbability, frames_: np.ndarray, factor: float) -> None:
-    """Amplify the seg model's classifier and shift the person logit so that about half of the pixels of
-    `frames_` are person: the probability maps then vary strongly across pixels and frames."""
-    from mmseg.apis import inference_model
-
-    conv = model.model.decode_head.conv_seg
-    with torch.no_grad():
-        conv.weight *= factor
-        conv.bias *= factor
-        with mm.scope("seg"):
-            logits = torch.stack(
-                [r.seg_logits.data for r in inference_model(model.model, list(frames_[..., ::-1].copy()))]
-            )
-        others = torch.cat([logits[:, : model.person], logits[:, model.person + 1 :]], 1).amax(1)
-        conv.bias[model.person] += (others - logits[:, model.person]).median()
 
 
 @pytest.fixture(scope="module")
@@ -413,7 +347,7 @@ def test_pose_and_seg_in_one_process_and_byte_identical_rerun(rgb, seg_shard, sh
 
 
 def test_snakemake_runs_both_rules_and_the_summary_warns(tmp_path):
-    from test_workflow import PREPROCESS, TINY, job_counts, snakemake
+    from workflow_runs import PREPROCESS, TINY, job_counts, snakemake
 
     cfg = {
         **TINY,

@@ -12,8 +12,8 @@ import yaml
 
 from cocon.config import ConfigError, load_config
 
-from test_ingest import make_hmdb, make_kinetics, make_ucf
-from test_workflow import job_counts
+from dataset_layouts import make_hmdb, make_kinetics, make_ucf
+from workflow_runs import job_counts
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "configs").glob("*.yaml"))

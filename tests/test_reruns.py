@@ -13,7 +13,7 @@ import torch
 
 from cocon.train.checkpoints import load_checkpoint
 
-from test_workflow import TINY, snakemake
+from workflow_runs import TINY, snakemake
 
 pytestmark = pytest.mark.slow  # one finished DAG run, then a dry run per change
 

@@ -287,7 +287,7 @@ def test_rule_draws_the_demo_views_and_the_report_takes_them(tmp_path):
     the rule's other inputs need, is test_workflow's)."""
     from cocon.evaluate.report import preprocessing_section
 
-    from test_workflow import ALL_VIEWS, snakemake
+    from workflow_runs import ALL_VIEWS, snakemake
 
     snakemake(tmp_path, ALL_VIEWS, "--cores", "2", "views_figure")
     reports = tmp_path / "results" / "reports"
