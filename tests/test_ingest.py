@@ -279,7 +279,7 @@ def test_kinetics_index_speed(tmp_path):
     """The root is walked once; a few thousand files in nested folders index quickly."""
     import time
 
-    from cocon.sources.ingest import _index_videos
+    from cocon.sources.kinetics import index_videos
 
     for d in range(20):
         folder = tmp_path / f"class {d}"
@@ -287,7 +287,7 @@ def test_kinetics_index_speed(tmp_path):
         for i in range(250):
             (folder / f"yid{d:03d}{i:05d}_000000_000010.mp4").write_bytes(b"")
     t = time.perf_counter()
-    found, twice = _index_videos(str(tmp_path))
+    found, twice = index_videos(str(tmp_path))
     assert len(found) == 5000 and not twice
     assert time.perf_counter() - t < 2.0
 
