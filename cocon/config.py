@@ -154,6 +154,9 @@ def check(cfg: dict) -> None:
             raise ConfigError(
                 "finetune.inits", f"'{init}' needs at least two train.views (stage 2 trains views jointly)"
             )
+    lo, hi = cfg["train"]["crop_area"]
+    if lo > hi:
+        raise ConfigError("train.crop_area", f"[{lo}, {hi}] is not a range (low > high)")
     rt = cfg["runtime"]
     world = rt["nodes"] * max(1, rt["gpus"])  # DDP processes of a training job on GPUs (one per node on CPUs)
     for section in ("cpc", "finetune"):

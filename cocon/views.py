@@ -4,8 +4,8 @@ A *view* is one way of seeing a video, stored as its own HDF5 shards and encoded
 ``rgb``, ``flow_tvl1``, ``flow_farneback``, ``pose``, ``seg``. A *kind* groups views that are handled
 the same way (``flow_tvl1`` and ``flow_farneback`` are both of kind ``flow``). A :class:`ViewKind`
 holds what the code needs to know about a kind: channels, input normalisation, what a horizontal flip
-does to the channels, the default input size, the rule and config section that produce it, whether
-that rule uses a GPU. The loader, the config checks, training, fine-tuning, features and the rules
+does to the channels, the default input size, its training crop, whether the job producing it uses a
+GPU. The loader, the config checks, training, fine-tuning, features and the rules
 (wildcards, view lists, GPU requests) all read it; ``docs/adding_a_view.md`` shows how to add one.
 
 Stored frames are uint8 (T, H, W, C); a network input is float32 ``uint8 * scale + offset`` per
@@ -60,6 +60,28 @@ def mirror_pairs(names) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True)
+class IntensityCrop:
+    """The original's training crop of flow, pose and seg (CoCon's RandomIntensityCropForFlow and
+    RandomIntensityCropForTensors): `candidates` squares of `side` x the short side at random places, the
+    same for every frame of the clip; the one whose frames are most intense is kept. measure: "deviation"
+    (mean |q - 127.5| of the uint8 values: flow's magnitude) or "value" (mean q: heatmaps, probabilities)."""
+
+    side: float
+    measure: str
+    candidates: int = 3
+
+    def __post_init__(self):
+        if self.measure not in ("deviation", "value") or not 0 < self.side <= 1 or self.candidates < 1:
+            raise ValueError(f"bad IntensityCrop {self}")
+
+    def frame_intensity(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 (T, h, w, C) crops -> float64 (T,): the intensity of each frame (see the class docstring)."""
+        x = frames.astype(np.float32)
+        x = np.abs(x - 127.5) if self.measure == "deviation" else x
+        return x.mean(axis=(1, 2, 3), dtype=np.float64)
+
+
+@dataclass(frozen=True)
 class Flip:
     """What a horizontal flip does to a view's channels, besides mirroring the image.
 
@@ -92,8 +114,8 @@ class ViewKind:
     flip:            the channel rule of a horizontal flip (:class:`Flip`)
     flip_in_training: whether training augmentation flips this view (the original never flips flow)
     colour_jitter:   whether colour augmentation (grey, jitter) applies (rgb only)
-    rule:            the Snakemake rule that writes its shards
-    section:         the config section of that rule
+    intensity_crop:  the training crop of the original for this kind (:class:`IntensityCrop`), or None:
+                     the plain random crop (rgb)
     variants:        view names of this kind from the config (default: [name]) - what is computed
     possible:        every view name of this kind the config may name (for the schema)
     job_gpus:        GPUs a producing job asks for, from the config and the view name (0 = CPU job)
@@ -107,8 +129,6 @@ class ViewKind:
     default_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    rule: str
-    section: str
     flip: Flip = Flip()
     flip_in_training: bool = True
     colour_jitter: bool = False
@@ -118,6 +138,7 @@ class ViewKind:
     computed_when: Callable[[dict], bool] | None = None
     requirement: str = ""
     ensemble_weight: float = 1.0
+    intensity_crop: IntensityCrop | None = None
 
     def views(self, cfg: dict) -> list[str]:
         """The views of this kind that the configuration computes."""
@@ -226,8 +247,6 @@ register(
         default_size=128,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
-        rule="frames",
-        section="frames",
         colour_jitter=True,
         ensemble_weight=2.0,
     )
@@ -239,8 +258,6 @@ register(
         default_size=128,
         mean=(0.5,),
         std=(0.5,),
-        rule="flow",
-        section="flow",
         flip=Flip(negate=(0,)),
         flip_in_training=False,
         variants=lambda cfg: [f"flow_{m}" for m in cfg["flow"]["methods"]],
@@ -248,6 +265,7 @@ register(
         job_gpus=_flow_gpus,
         requirement="add '{variant}' to flow.methods",
         ensemble_weight=2.0,
+        intensity_crop=IntensityCrop(side=224 / 240, measure="deviation"),  # 224 of UCF101's 240-px frames
     )
 )
 register(
@@ -257,10 +275,9 @@ register(
         default_size=64,
         mean=(0.0,),
         std=(1.0,),
-        rule="pose",
-        section="pose",
         flip=Flip(permute=mirror_pairs(COCO_KEYPOINTS)),
         job_gpus=lambda cfg, view: cfg["pose"]["gpus"],
+        intensity_crop=IntensityCrop(side=0.8, measure="value"),
         computed_when=lambda cfg: cfg["pose"]["enabled"],
         requirement="set pose.enabled: true",
     )
@@ -272,9 +289,8 @@ register(
         default_size=64,
         mean=(0.0,),
         std=(1.0,),
-        rule="seg",
-        section="seg",
         job_gpus=lambda cfg, view: cfg["seg"]["gpus"],
+        intensity_crop=IntensityCrop(side=0.8, measure="value"),
         computed_when=lambda cfg: cfg["seg"]["enabled"],
         requirement="set seg.enabled: true",
     )

@@ -120,7 +120,7 @@ def _edges(row: int, idx: np.ndarray, frames: np.ndarray) -> np.ndarray:
 @pytest.fixture
 def edges_kind():
     kind = V.register(
-        V.ViewKind(name="edges", channels=1, default_size=32, mean=(0.0,), std=(1.0,), rule="edges", section="edges")
+        V.ViewKind(name="edges", channels=1, default_size=32, mean=(0.0,), std=(1.0,))
     )
     yield kind
     V.unregister("edges")

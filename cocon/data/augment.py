@@ -31,6 +31,7 @@ __all__ = [
     "crop_box",
     "max_box",
     "centre_box",
+    "intensity_box",
     "area_shrink",
     "canvas_shape",
     "train_scale",
@@ -67,6 +68,9 @@ class Augmentation:
     consistent_jitter: one jitter draw (factors and order) for every frame of the clip, as the
                  fine-tuning augmentation of CoCon/DPC (ColorJitter(consistent=True)); the default
                  (False) draws per frame, as their pretraining augmentation
+    intensity_crop: the views whose kind declares an intensity crop (flow, pose, seg; cocon.views) get it
+                 instead of the random-area crop: the most intense of a few fixed-size squares (the
+                 original's rule; `intensity_box`); False = the same random-area crop as rgb
     """
 
     crop_scale: tuple[float, float] = (0.5, 1.0)
@@ -79,6 +83,7 @@ class Augmentation:
     flip_all_views: bool = False
     p_jitter: float = 1.0
     consistent_jitter: bool = False
+    intensity_crop: bool = True
 
     def __post_init__(self):
         if self.gray not in ("channel", "luma"):
@@ -122,6 +127,25 @@ def max_box(h: int, w: int, aug: Augmentation) -> tuple[int, int]:
     bw = min(w, max(1, round(s * math.sqrt(aug.crop_scale[1] * aug.crop_ratio[1]) * eps)))
     bh = min(h, max(1, round(s * math.sqrt(aug.crop_scale[1] / aug.crop_ratio[0]) * eps)))
     return int(bh), int(bw)
+
+
+def intensity_box(images, inverse: np.ndarray, rule, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """(x0, y0, side, side) in px: of `rule.candidates` squares of `rule.side` x the short side at uniform
+    places (two draws each), the one whose clip is most intense (rule: cocon.views.IntensityCrop; the
+    first on ties). images: the clip's distinct uint8 frames, (H, W, C) each; inverse: (T,) the clip's
+    frames as indices into them (a frame used twice counts twice)."""
+    h, w = images[0].shape[:2]
+    side = int(max(1, round(rule.side * min(h, w))))
+    counts = np.bincount(inverse, minlength=len(images)).astype(np.float64)
+    best, best_box = -np.inf, (0, 0, side, side)
+    for _ in range(rule.candidates):
+        ux, uy = rng.random(2)
+        x0, y0 = min(int(ux * (w - side + 1)), w - side), min(int(uy * (h - side + 1)), h - side)
+        crops = np.stack([im[y0 : y0 + side, x0 : x0 + side] for im in images])
+        score = float(rule.frame_intensity(crops) @ counts)
+        if score > best:
+            best, best_box = score, (x0, y0, side, side)
+    return best_box
 
 
 def centre_box(h: int, w: int, fraction: float = 1.0) -> tuple[int, int, int, int]:

@@ -17,7 +17,7 @@ crops and resizes), cocon.data.datasets (MultiViewClips, DenseClips) and cocon.d
 from __future__ import annotations
 
 from cocon.data.augment import FINETUNE_AUGMENTATION, Augmentation, Finish
-from cocon.data.datasets import DenseClips, MultiViewClips, eval_centre_crop
+from cocon.data.datasets import DenseClips, MultiViewClips, eval_centre_crop, training_augmentation
 from cocon.data.index import (
     ClipsError,
     Partition,
@@ -52,4 +52,5 @@ __all__ = [
     "view_frame_indices",
     "make_loader",
     "eval_centre_crop",
+    "training_augmentation",
 ]

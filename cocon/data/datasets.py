@@ -10,6 +10,7 @@ per batch on the training device or per sample in the worker (output="float").""
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,12 +33,13 @@ from cocon.data.augment import (
     draw_box,
     draw_colour,
     geometry,
+    intensity_box,
     train_scale,
 )
 from cocon.data.index import ROLES, ClipsError, Partition, Video, flow_bound, group_id, open_views
 from cocon.data.sampling import ClipGeometry, clip_indices, view_frame_indices
 
-__all__ = ["OUTPUTS", "MultiViewClips", "DenseClips", "eval_centre_crop"]
+__all__ = ["OUTPUTS", "MultiViewClips", "DenseClips", "eval_centre_crop", "training_augmentation"]
 
 OUTPUTS = ("float", "uint8")
 
@@ -46,10 +48,19 @@ _CLIP_KEYWORDS = {"num_blocks": "num_blocks", "block_len": "block_len", "stride"
 _PARTITION_KEYWORDS = {"split": "split", "holdout_fraction": "fraction", "holdout_seed": "seed"}
 
 
+def training_augmentation(cfg: dict, base: Augmentation | None = None) -> Augmentation:
+    """`base` (default: the pretraining augmentation) with the config's crop: train.crop_area and
+    train.intensity_crop."""
+    tc = cfg["train"]
+    return dataclasses.replace(
+        base or Augmentation(), crop_scale=tuple(tc["crop_area"]), intensity_crop=tc["intensity_crop"]
+    )
+
+
 def eval_centre_crop(cfg: dict) -> float:
     """The centre crop of validation and test clips for the config's train.eval_crop, as a fraction of the
-    short side: the training crops' mean side (train_scale) or 1 (full)."""
-    return train_scale(Augmentation()) if cfg["train"]["eval_crop"] == "train_scale" else 1.0
+    short side: the random training crops' mean side (train_scale) or 1 (full)."""
+    return train_scale(training_augmentation(cfg)) if cfg["train"]["eval_crop"] == "train_scale" else 1.0
 
 
 def _grouped(clip: ClipGeometry | None, partition: Partition | None, flat: dict) -> tuple[ClipGeometry, Partition]:
@@ -122,6 +133,7 @@ class MultiViewClips(Dataset):
         kinds = {v: V.kind_of(v) for v in self.views}
         # what augmentation needs of each view's kind, as plain picklable values (workers get a copy)
         self._aug_rules = {v: (k.colour_jitter, k.flip_in_training, k.flip) for v, k in kinds.items()}
+        self._intensity = {v: k.intensity_crop for v, k in kinds.items()}
         self.role = role
         self.seed, self.epoch = int(seed), 0
         self.augment = bool(augment) and role == "train"
@@ -294,7 +306,11 @@ class MultiViewClips(Dataset):
             area, ratio, ux, uy, flip = draw_box(rng, aug)
             if shared is not None:
                 area, ratio, ux, uy, flip = shared
-            box = crop_box(h, w, area, ratio, ux, uy)
+            intensity = self._intensity[view] if aug.intensity_crop and shared is None else None
+            if intensity is not None:  # the original's flow/pose/seg crop: the most intense of a few squares
+                box = intensity_box(images, inverse, intensity, rng)
+            else:
+                box = crop_box(h, w, area, ratio, ux, uy)
             bw, bh = box[2], box[3]
             if bh <= hc and bw <= wc and not area_shrink(bh, bw, size):
                 reading.crop_into(images, inverse, box, canvas)

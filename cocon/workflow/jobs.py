@@ -32,6 +32,7 @@ _TESTING = (
     "seed",
     "dataset.split",
     *(f"train.{k}" for k in ("depth", "width", "num_blocks", "block_len", "stride", "input_size", "eval_crop")),
+    "train.crop_area",  # the evaluation crop's side follows the training crops' (train.eval_crop: train_scale)
     "train.precision",
 )
 # Every key a job of each command reads: "section" or "section.key[.key]"; "{method}" is the flow method.
@@ -168,6 +169,8 @@ def job_sections(
     if sizes is not _MISSING:
         kinds = {V.kind_of(v).name for v in views}
         out["train"]["input_size"] = {k: s for k, s in sizes.items() if k in kinds}
+        if not any(V.kind_of(v).intensity_crop for v in views):
+            _drop(out, "train.intensity_crop")  # a crop rule of other kinds of views (flow, pose, seg)
     weights = _get(out, "evaluate.ensemble_weights")
     if weights is not _MISSING:
         out["evaluate"]["ensemble_weights"] = {v: w for v, w in weights.items() if v in views}

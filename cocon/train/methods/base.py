@@ -12,7 +12,15 @@ from typing import ClassVar
 import torch
 
 from cocon import views as V
-from cocon.data.clips import Augmentation, ClipGeometry, MultiViewClips, Partition, discover, eval_centre_crop
+from cocon.data.clips import (
+    Augmentation,
+    ClipGeometry,
+    MultiViewClips,
+    Partition,
+    discover,
+    eval_centre_crop,
+    training_augmentation,
+)
 from cocon.models.build import PerViewNetworks
 from cocon.workflow.jobs import run_identity_config
 
@@ -25,7 +33,8 @@ class Method:
     name: ClassVar[str] = ""
     min_views: ClassVar[int] = 1
     max_views: ClassVar[int | None] = None
-    #: training augmentation (None = the pretraining default, cocon.data.clips.Augmentation())
+    #: training augmentation (None = the pretraining default, cocon.data.clips.Augmentation()); the config's
+    #: train.crop_area and train.intensity_crop replace its crop settings (training_augmentation)
     augmentation: ClassVar[Augmentation | None] = None
 
     def __init__(self, cfg: dict, views: list[str], init: dict[str, str] | None = None, init_kind: str | None = None):
@@ -89,7 +98,9 @@ class Method:
             seed=cfg["seed"],
         )
         return (
-            MultiViewClips(role="train", augment=True, augmentation=self.augmentation, **common),
+            MultiViewClips(
+                role="train", augment=True, augmentation=training_augmentation(cfg, self.augmentation), **common
+            ),
             MultiViewClips(role="val", augment=False, centre_crop=eval_centre_crop(cfg), **common),
         )
 
