@@ -119,9 +119,7 @@ def _edges(row: int, idx: np.ndarray, frames: np.ndarray) -> np.ndarray:
 
 @pytest.fixture
 def edges_kind():
-    kind = V.register(
-        V.ViewKind(name="edges", channels=1, default_size=32, mean=(0.0,), std=(1.0,))
-    )
+    kind = V.register(V.ViewKind(name="edges", channels=1, default_size=32, mean=(0.0,), std=(1.0,)))
     yield kind
     V.unregister("edges")
 
