@@ -38,7 +38,7 @@ from loader import build_shards, source_records  # noqa: E402
 from cocon.data import reading  # noqa: E402
 from cocon.data.augment import centre_box  # noqa: E402
 from cocon.data.clips import DenseClips, discover  # noqa: E402
-from cocon.evaluate.dense import run_in_chunks  # noqa: E402
+from cocon.evaluate.common import run_in_chunks  # noqa: E402
 from cocon.models.networks import ActionClassifier  # noqa: E402
 from cocon.provenance import library_versions  # noqa: E402
 

@@ -38,6 +38,7 @@ def schema() -> dict:
         k.name: {"type": "integer", "minimum": 32, "default": k.default_size} for k in V.KINDS.values()
     }
     props["finetune"]["properties"]["inits"]["items"] = {"enum": list(I.NAMES)}
+    props["finetune"]["properties"]["inits"]["default"] = list(I.DEFAULT_INITS)
     props["evaluate"]["properties"]["ensemble_weights"]["properties"] = {
         v: {"type": "number", "minimum": 0, "default": V.kind_of(v).ensemble_weight} for v in V.all_views()
     }

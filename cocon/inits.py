@@ -14,13 +14,15 @@ from dataclasses import dataclass
 class Init:
     """name: the kind (`--init-kind`, wildcard, config value); title and colour: how tables and figures show
     it; model: the pretrained model.pt under a run's train/ folder ("{view}" = the view), None = random
-    weights; min_views: train.views it needs (stage 2 trains views jointly)."""
+    weights; min_views: train.views it needs (stage 2 trains views jointly); stage2: for a stage-2 run other
+    than CoCon's, what it sets in the `cocon` section (the job's config, cocon.workflow.jobs)."""
 
     name: str
     title: str
     colour: str
     model: str | None
     min_views: int = 1
+    stage2: dict | None = None
 
 
 # in the paper's order: each should beat the one before; the control tells "more training" from cooperation
@@ -30,9 +32,19 @@ INITS: dict[str, Init] = {
         Init("random", "Random", "tab:gray", None),
         Init("cpc", "CPC", "k", "cpc/{view}/model.pt"),
         Init("cocon", "CoCon", "tab:red", "cocon/model.pt", min_views=2),
-        Init("control", "Control (λ = 0)", "tab:blue", "control/model.pt", min_views=2),
+        Init("control", "Control (λ = 0)", "tab:blue", "control/model.pt", min_views=2, stage2={"lam": 0.0}),
+        # named, not a default of finetune.inits: Eq. 2-3 read literally (squared L_sync), beside the coded loss
+        Init(
+            "cocon_paper",
+            "CoCon, paper's loss",
+            "tab:orange",
+            "cocon_paper/model.pt",
+            min_views=2,
+            stage2={"loss_variant": "paper"},
+        ),
     )
 }
+DEFAULT_INITS = ("random", "cpc", "cocon", "control")  # finetune.inits' default
 NAMES: tuple[str, ...] = tuple(INITS)
 
 

@@ -204,8 +204,8 @@ def claim_metrics():
             out[f"{seed}/cpc:{view}"] = f"{root}/train/cpc/{view}/metrics.csv"
             for init in CLAIM_INITS:
                 out[f"{seed}/finetune:{init}:{view}"] = f"{root}/finetune/{init}/{view}/metrics.csv"
-        for run in ("cocon", "control"):
-            if run in CLAIM_INITS:
+        for run in CLAIM_INITS:
+            if I.get(run).min_views > 1:  # the stage-2 runs
                 out[f"{seed}/{run}"] = f"{root}/train/{run}/metrics.csv"
     return out
 
@@ -221,8 +221,9 @@ def training_targets():
 
 
 def pretraining_targets():
-    """Every pretrained model of this run (the `pretrain` target): CPC per view, CoCon, the control."""
-    paths = [I.model_path(i, v, f"{OUT}/train") for i in I.possible(len(TRAIN_VIEWS)) for v in TRAIN_VIEWS]
+    """The pretrained models of this run (the `pretrain` target): CPC per view and those finetune.inits name
+    (CoCon, the control)."""
+    paths = [I.model_path(i, v, f"{OUT}/train") for i in ["cpc", *INITS] for v in TRAIN_VIEWS]
     return list(dict.fromkeys(p for p in paths if p))
 
 

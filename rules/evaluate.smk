@@ -172,6 +172,21 @@ use rule claim_cocon as claim_control with:
         out=output_dir_of_model,
 
 
+use rule claim_cocon as claim_cocon_paper with:
+    output:
+        model=f"{CLAIM}/seed{{cseed}}/train/cocon_paper/model.pt",
+        metrics=f"{CLAIM}/seed{{cseed}}/train/cocon_paper/metrics.csv",
+    log:
+        "logs/claim/seed{cseed}/cocon_paper.log",
+    benchmark:
+        "benchmarks/claim/seed{cseed}/cocon_paper.tsv"
+    params:
+        config=lambda w: job("cocon_paper", seed=w.cseed),
+        views=" ".join(TRAIN_VIEWS),
+        init=lambda w: stage1_init(f"{CLAIM}/seed{w.cseed}/train"),
+        out=output_dir_of_model,
+
+
 use rule finetune as claim_finetune with:
     input:
         shards=view_shards,
@@ -203,9 +218,25 @@ use rule evaluate as claim_evaluate with:
         config=lambda w: job("evaluate", views=w.view, seed=w.cseed),
 
 
+use rule features as claim_features with:
+    input:
+        shards=view_shards,
+        init=lambda w: pretrained_model(w.init, w.view, f"{CLAIM}/seed{w.cseed}/train"),
+    output:
+        f"{CLAIM}/seed{{cseed}}/features/{{init}}/{{view}}.h5",
+    log:
+        "logs/claim/seed{cseed}/features_{init}_{view}.log",
+    benchmark:
+        "benchmarks/claim/seed{cseed}/features_{init}_{view}.tsv"
+    params:
+        config=lambda w: job("features", views=w.view, seed=w.cseed),
+        model=lambda w, input: f"--model {input.init}" if input.init else "",
+
+
 rule claim:
     input:
         scores=claim_paths("scores"),
+        features=claim_paths("features"),
         metrics=list(claim_metrics().values()),
     output:
         json=report(f"{CLAIM}/claim.json", category="Claim", caption="../report/claim.rst"),
@@ -227,9 +258,10 @@ rule claim:
     params:
         config=job("claim"),
         scores=lambda w, input: " ".join(f"{k}={p}" for k, p in zip(claim_keys(), input.scores)),
+        features=lambda w, input: " ".join(f"{k}={p}" for k, p in zip(claim_keys(), input.features)),
         metrics=" ".join(f"{k}={p}" for k, p in claim_metrics().items()),
         out=lambda w, output: os.path.dirname(output.json),
     shell:
-        "rm -rf {output.figures} && python -m cocon claim --scores {params.scores} --metrics {params.metrics}"
-        " --out {params.out}"
+        "rm -rf {output.figures} && python -m cocon claim --scores {params.scores} --features {params.features}"
+        " --metrics {params.metrics} --out {params.out}"
         " --config-json {params.config:q} > {log} 2>&1"

@@ -1,5 +1,6 @@
 # Training: stage 1, CPC per view (one job each); stage 2, CoCon joint training from the stage-1 weights;
-# the control run, stage 2 for the same epochs with the cooperative terms off (cocon.lam = 0).
+# the control run, stage 2 for the same epochs with the cooperative terms off (cocon.lam = 0); cocon_paper,
+# stage 2 with the paper's loss (only when asked for).
 # Each job's params hold only the settings that shape its weights (cocon.workflow.jobs); speed and
 # placement settings reach it in the environment, outside the params. Under SLURM a job stops itself at
 # an epoch boundary before its time limit ({resources.runtime}) and the retry resumes (docs/cluster.md).
@@ -74,6 +75,23 @@ use rule cocon as control with:
         "benchmarks/train/control.tsv"
     params:
         config=job("control"),
+        views=" ".join(TRAIN_VIEWS),
+        init=stage1_init(),
+        out=output_dir_of_model,
+
+
+# The paper's loss as a named stage-2 run (cocon.inits: "cocon_paper"), built when finetune.inits or the
+# claim asks for it: CoCon with cocon.loss_variant: paper (Eq. 2-3 read literally), beside the coded loss.
+use rule cocon as cocon_paper with:
+    output:
+        model=f"{OUT}/train/cocon_paper/model.pt",
+        metrics=f"{OUT}/train/cocon_paper/metrics.csv",
+    log:
+        "logs/train/cocon_paper.log",
+    benchmark:
+        "benchmarks/train/cocon_paper.tsv"
+    params:
+        config=job("cocon_paper"),
         views=" ".join(TRAIN_VIEWS),
         init=stage1_init(),
         out=output_dir_of_model,

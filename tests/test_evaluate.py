@@ -14,7 +14,8 @@ from cocon.config import load_config
 from cocon.data.clips import dense_windows
 from cocon.evaluate import analyses as A
 from cocon.evaluate.claim import claim
-from cocon.evaluate.dense import evaluate, unscored_videos
+from cocon.evaluate.common import unscored_videos
+from cocon.evaluate.dense import evaluate
 from cocon.evaluate.features import extract
 from cocon.evaluate.report import report
 from cocon.files import save_torch as save_atomic

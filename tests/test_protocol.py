@@ -189,7 +189,7 @@ def test_test_crop_shows_objects_at_the_training_scale(data):
     import cv2
 
     from cocon.data.augment import Augmentation, centre_box, train_scale
-    from cocon.evaluate.dense import dense_dataset
+    from cocon.evaluate.common import dense_dataset
     from cocon.views import IMAGENET_MEAN, IMAGENET_STD
 
     assert train_scale(Augmentation()) == pytest.approx((2 / 3) * (1 - 0.5**1.5) / 0.5)  # 0.862

@@ -51,16 +51,17 @@ _PARTITION_KEYWORDS = {"split": "split", "holdout_fraction": "fraction", "holdou
 def training_augmentation(cfg: dict, base: Augmentation | None = None) -> Augmentation:
     """`base` (default: the pretraining augmentation) with the config's crop: train.crop_area and
     train.intensity_crop."""
-    tc = cfg["train"]
-    return dataclasses.replace(
-        base or Augmentation(), crop_scale=tuple(tc["crop_area"]), intensity_crop=tc["intensity_crop"]
-    )
+    tc, base = cfg["train"], base or Augmentation()
+    # train.intensity_crop is absent from the jobs of views it does not concern (cocon.workflow.jobs)
+    intensity = tc.get("intensity_crop", base.intensity_crop)
+    return dataclasses.replace(base, crop_scale=tuple(tc["crop_area"]), intensity_crop=intensity)
 
 
 def eval_centre_crop(cfg: dict) -> float:
     """The centre crop of validation and test clips for the config's train.eval_crop, as a fraction of the
     short side: the random training crops' mean side (train_scale) or 1 (full)."""
-    return train_scale(training_augmentation(cfg)) if cfg["train"]["eval_crop"] == "train_scale" else 1.0
+    crop = Augmentation(crop_scale=tuple(cfg["train"]["crop_area"]))
+    return train_scale(crop) if cfg["train"]["eval_crop"] == "train_scale" else 1.0
 
 
 def _grouped(clip: ClipGeometry | None, partition: Partition | None, flat: dict) -> tuple[ClipGeometry, Partition]:

@@ -8,10 +8,11 @@ preprocessing) as wrong. The orderings are decided on the first.
     cocon claim --scores 0/cpc/rgb=results/claim/seed0/eval/cpc/rgb/scores.h5 ... --out results/claim \
         --config-json '{...}'
 
-Reads the dense-test scores of every (seed, init, view) and writes claim.json and claim.md: test top-1
-mean +- std (over seeds, ddof 1) per (view, init) and for the weighted view ensemble, the per-seed
-values, and whether each ordering of the paper holds: Random < CPC < CoCon, and CoCon > control, each
-gap larger than 2 pooled standard deviations (sqrt((s_a^2 + s_b^2) / 2)).
+Reads the dense-test scores (and, with --features, the features) of every (seed, init, view) and writes
+claim.json and claim.md: test top-1 mean +- std (over seeds, ddof 1) per (view, init) - of fine-tuning,
+with the weighted view ensemble, and of the frozen-feature kNN and linear probe (cocon.evaluate.frozen) -
+the per-seed values, and whether each ordering of the paper holds: Random < CPC < CoCon, and CoCon >
+control, each gap larger than 2 pooled standard deviations (sqrt((s_a^2 + s_b^2) / 2)).
 """
 
 from __future__ import annotations
@@ -26,13 +27,15 @@ import numpy as np
 
 from cocon import inits as I
 from cocon.config import add_config_args, config_from_args
+from cocon.evaluate.frozen import frozen_eval
 from cocon.evaluate.report import ensemble_accuracy
 from cocon.files import read_h5, write_json, write_text
 from cocon.provenance import code_revision, library_versions
 from cocon.runtime import setup_logging
 
 log = logging.getLogger("cocon.claim")
-ORDERINGS = (("random", "cpc"), ("cpc", "cocon"), ("control", "cocon"))
+# the paper's orderings, CoCon above the control (cooperation, not more epochs), and the paper's loss row
+ORDERINGS = (("random", "cpc"), ("cpc", "cocon"), ("control", "cocon"), ("cpc", "cocon_paper"))
 
 
 def ordering(summary_view: dict, low: str, high: str) -> dict | None:
@@ -45,9 +48,28 @@ def ordering(summary_view: dict, low: str, high: str) -> dict | None:
     return {"gap": gap, "pooled_std": pooled, "holds": bool(gap > 2 * pooled and gap > 0)}
 
 
-def claim(
-    cfg: dict, scores: dict[tuple[int, str, str], Path], out: Path, metrics: dict[tuple[int, str], Path] | None = None
-) -> dict:
+def mean_std(by_seed: dict) -> dict:
+    """{seed: value} -> mean, std (ddof 1; 0 for one seed) and the per-seed values."""
+    seeds = sorted(by_seed)
+    vals = np.array([by_seed[s] for s in seeds], np.float64)
+    return {
+        "mean": float(vals.mean()),
+        "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
+        "per_seed": {str(s): float(by_seed[s]) for s in seeds},
+    }
+
+
+def orderings_of(summary: dict) -> dict:
+    """{view: {"low<high": ordering}} of every ORDERINGS pair present."""
+    return {
+        view: {f"{low}<{high}": ordering(d, low, high) for low, high in ORDERINGS if ordering(d, low, high)}
+        for view, d in summary.items()
+    }
+
+
+def fine_tuning(cfg: dict, scores: dict[tuple[int, str, str], Path]) -> dict:
+    """view -> init -> mean/std/per_seed of the dense test top-1 (plus over all test videos), and the
+    weighted view ensemble as the view "ensemble"."""
     per: dict = {}  # init -> view -> seed -> (accuracy over scored videos, over all test videos)
     probs: dict = {}
     totals: dict = {}
@@ -68,22 +90,66 @@ def claim(
     summary: dict = {}
     for init, d in per.items():
         for view, by_seed in d.items():
-            seeds = sorted(by_seed)
-            vals = np.array([by_seed[s][0] for s in seeds])
-            every = np.array([by_seed[s][1] for s in seeds])
-            summary.setdefault(view, {})[init] = {
-                "mean": float(vals.mean()),
-                "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
-                "per_seed": {str(s): by_seed[s][0] for s in seeds},
-                "all_test_videos": {
-                    "mean": float(every.mean()),
-                    "std": float(every.std(ddof=1)) if len(every) > 1 else 0.0,
-                },
-            }
-    orderings = {
-        view: {f"{low}<{high}": ordering(d, low, high) for low, high in ORDERINGS if ordering(d, low, high)}
-        for view, d in summary.items()
-    }
+            entry = mean_std({s: v[0] for s, v in by_seed.items()})
+            every = mean_std({s: v[1] for s, v in by_seed.items()})
+            summary.setdefault(view, {})[init] = {**entry, "all_test_videos": {k: every[k] for k in ("mean", "std")}}
+    return summary
+
+
+def frozen(features: dict[tuple[int, str, str], Path]) -> dict:
+    """{"knn": view -> init -> mean/std/per_seed of the test top-1, "linear": the same, "chosen": the k and C
+    chosen on validation per seed/init/view} of the frozen-feature evaluation (cocon.evaluate.frozen)."""
+    per: dict = {"knn": {}, "linear": {}}
+    chosen = {}
+    for (seed, init, view), path in sorted(features.items()):
+        arr, attrs = read_h5(path)
+        res = frozen_eval(arr, len(attrs["class_names"]))
+        chosen[f"{seed}/{init}/{view}"] = {"k": res["knn"]["k"], "C": res["linear"]["C"]}
+        for measure in per:
+            per[measure].setdefault(view, {}).setdefault(init, {})[seed] = res[measure]["top1"]
+    out = {m: {v: {i: mean_std(s) for i, s in d.items()} for v, d in by_view.items()} for m, by_view in per.items()}
+    return {**out, "chosen": chosen}
+
+
+def table(summary: dict, orderings: dict) -> list[str]:
+    """Markdown rows: mean ± std (%) per (view, init), then each ordering with its gap and 2 pooled std."""
+    inits = [i for i in I.NAMES if any(i in d for d in summary.values())]
+    pairs = [(low, high) for low, high in ORDERINGS if any(f"{low}<{high}" in o for o in orderings.values())]
+    lines = [
+        "| view | "
+        + " | ".join(I.INITS[i].title for i in inits)
+        + " | "
+        + " | ".join(f"{low} < {high}" for low, high in pairs)
+        + " |",
+        "|---" * (1 + len(inits) + len(pairs)) + "|",
+    ]
+    for view in sorted(summary, key=lambda v: (v == "ensemble", v != "rgb", v)):
+        cells = [
+            f"{100 * summary[view][i]['mean']:.1f} ± {100 * summary[view][i]['std']:.1f}" if i in summary[view] else "–"
+            for i in inits
+        ]
+        for low, high in pairs:
+            o = orderings[view].get(f"{low}<{high}")
+            cells.append(
+                "–"
+                if o is None
+                else f"{'yes' if o['holds'] else 'no'} ({100 * o['gap']:+.1f} vs 2σ {200 * o['pooled_std']:.1f})"
+            )
+        lines.append(f"| {view} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def claim(
+    cfg: dict,
+    scores: dict[tuple[int, str, str], Path],
+    out: Path,
+    metrics: dict[tuple[int, str], Path] | None = None,
+    features: dict[tuple[int, str, str], Path] | None = None,
+) -> dict:
+    """claim.json and claim.md (see the module docstring) from the dense-test scores, and, when given, the
+    features (frozen-feature kNN and linear probe) and the training metrics (diagnostics figures)."""
+    summary = fine_tuning(cfg, scores)
+    orderings = orderings_of(summary)
     seeds = sorted({s for s, _, _ in scores})
     result = {
         "seeds": seeds,
@@ -93,34 +159,29 @@ def claim(
         "code_revision": code_revision(),
         "library_versions": library_versions(),
     }
+    sections = [("Fine-tuning: dense test top-1 (%)", summary, orderings)]
+    if features:
+        fz = frozen(features)
+        result["frozen"] = {m: {"accuracy": fz[m], "orderings": orderings_of(fz[m])} for m in ("knn", "linear")} | {
+            "chosen": fz["chosen"]
+        }
+        sections += [
+            (
+                "Frozen features, kNN (cosine, weighted votes; k chosen on validation): test top-1 (%)",
+                fz["knn"],
+                result["frozen"]["knn"]["orderings"],
+            ),
+            (
+                "Frozen features, linear probe (C chosen on validation): test top-1 (%)",
+                fz["linear"],
+                result["frozen"]["linear"]["orderings"],
+            ),
+        ]
     if metrics:
         result["diagnostics"] = figures(metrics, scores, out)
-    inits = [i for i in I.NAMES if any(i in d for d in summary.values())]
-    lines = [
-        "| view | "
-        + " | ".join(I.INITS[i].title for i in inits)
-        + " | "
-        + " | ".join(f"{low} < {high}" for low, high in ORDERINGS)
-        + " |",
-        "|---" * (1 + len(inits) + len(ORDERINGS)) + "|",
-    ]
-    for view in sorted(summary, key=lambda v: (v == "ensemble", v != "rgb", v)):
-        cells = [
-            f"{100 * summary[view][i]['mean']:.1f} ± {100 * summary[view][i]['std']:.1f}" if i in summary[view] else "–"
-            for i in inits
-        ]
-        for low, high in ORDERINGS:
-            o = orderings[view].get(f"{low}<{high}")
-            cells.append(
-                "–"
-                if o is None
-                else f"{'yes' if o['holds'] else 'no'} ({100 * o['gap']:+.1f} vs 2σ {200 * o['pooled_std']:.1f})"
-            )
-        lines.append(f"| {view} | " + " | ".join(cells) + " |")
-    text = (
-        f"Test top-1 (%), mean ± std over seeds {seeds}; an ordering holds when the gap exceeds 2 pooled "
-        f"standard deviations.\n\n" + "\n".join(lines) + "\n"
-    )
+    text = f"Mean ± std over seeds {seeds}; an ordering holds when the gap exceeds 2 pooled standard deviations.\n"
+    for title, summ, ords in sections:
+        text += f"\n**{title}**\n\n" + "\n".join(table(summ, ords)) + "\n"
     write_text(out / "claim.md", text)
     write_json(out / "claim.json", result)
     log.info("claim:\n%s", text)
@@ -261,6 +322,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="cocon claim", description="Mean +- std of test accuracy over seeds.")
     p.add_argument("--scores", nargs="+", required=True, metavar="SEED/INIT/VIEW=PATH")
     p.add_argument(
+        "--features", nargs="*", default=[], metavar="SEED/INIT/VIEW=PATH", help="features .h5 (frozen eval)"
+    )
+    p.add_argument(
         "--metrics",
         nargs="*",
         default=[],
@@ -270,17 +334,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, type=Path)
     add_config_args(p)
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
-    items = {}
-    for item in a.scores:
-        key, path = item.split("=", 1)
-        seed, init, view = key.split("/", 2)
-        items[(int(seed), init, view)] = Path(path)
+
+    def keyed(pairs: list[str]) -> dict[tuple[int, str, str], Path]:
+        out = {}
+        for item in pairs:
+            key, path = item.split("=", 1)
+            seed, init, view = key.split("/", 2)
+            out[(int(seed), init, view)] = Path(path)
+        return out
+
+    items, features = keyed(a.scores), keyed(a.features)
     metrics = {}
     for item in a.metrics:
         key, path = item.split("=", 1)
         seed, run = key.split("/", 1)
         metrics[(int(seed), run)] = Path(path)
-    claim(config_from_args(a), items, a.out, metrics)
+    claim(config_from_args(a), items, a.out, metrics, features)
 
 
 if __name__ == "__main__":

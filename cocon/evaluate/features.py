@@ -4,7 +4,7 @@
         --config-json '{...}' --out results/features/cocon/rgb.h5
 
 For every video of the training role (the retrieval gallery) and of the test role (queries, t-SNE,
-similarities), with the dense test windows of cocon.evaluate.dense: the view's DPC encoder f and ConvGRU g
+similarities), with the dense test windows of cocon.evaluate.common: the view's DPC encoder f and ConvGRU g
 run over all N blocks of each window; the last hidden state (L2-normalised per position, as in
 pretraining) is averaged over space; the video's feature is the mean over its windows (CoCon
 supplement C.1: "one context representation per video, pooled into a vector"). For test videos also
@@ -15,6 +15,7 @@ alignment), each averaged over space. `--init-kind random` uses a randomly initi
 Output: an HDF5 file (atomic, provenance in attributes):
 
     /<role>/video_id str (V,)  /<role>/label int64 (V,)  /<role>/feature float32 (V, D)   role: train, test
+    /train/is_val bool (V_train,)  the validation subset training held out (the probes' k and C are chosen on it)
     /test/blocks  float32 (V_test, alignment_blocks, D)
     attrs: view, init_kind, class_names, config, code_revision, library_versions, complete
 """
@@ -30,12 +31,13 @@ import torch
 
 from cocon import inits as I
 from cocon.config import add_config_args, config_from_args
-from cocon.evaluate.dense import (
+from cocon.evaluate.common import (
     dense_dataset,
     iterate_videos,
     provenance,
     resolve_precision,
     run_in_chunks,
+    validation_ids,
 )
 from cocon.files import write_h5
 from cocon.models.build import build_dpc, load_view_weights
@@ -89,6 +91,9 @@ def extract(cfg: dict, view: str, init_kind: str, model_path: str | None, out: P
                 )[0].numpy()
         arrays[f"{role}/video_id"] = [v.video_id for v in data.videos]
         arrays[f"{role}/label"] = np.array([v.label_index for v in data.videos], np.int64)
+        if role == "train":  # the validation subset, on which the frozen-feature probes choose k and C
+            val = validation_ids(cfg, view)
+            arrays["train/is_val"] = np.array([v.video_id in val for v in data.videos], bool)
         arrays[f"{role}/feature"] = feats
         if extra:
             arrays[f"{role}/blocks"] = blocks

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 
+from cocon import inits as I
 from cocon import views as V
 from cocon.provenance import dumps as as_json  # canonical JSON: the same config gives the same string
 
@@ -45,7 +46,8 @@ READS: dict[str, tuple[str, ...]] = {
     "pose": ("seed", "dataset.name", "dataset.format", "pose"),
     "cpc": (*_TRAINING, "cpc", "runtime"),
     "cocon": (*_TRAINING, "cpc", "cocon", "runtime"),
-    "control": (*_TRAINING, "cpc", "cocon.epochs", "runtime"),
+    "control": (*_TRAINING, "cpc", "cocon.epochs", "runtime"),  # stage 2 with lam 0: the rest does nothing
+    "cocon_paper": (*_TRAINING, "cpc", "cocon", "runtime"),
     "finetune": (*_TRAINING, "finetune", "runtime"),
     "evaluate": (
         *_TESTING,
@@ -58,6 +60,7 @@ READS: dict[str, tuple[str, ...]] = {
     ),
     "features": (
         *_TESTING,
+        "train.val_fraction",  # which training videos are the validation subset (train/is_val)
         "cpc.pred_steps",
         "cpc.variant",
         "evaluate.window_stride",
@@ -89,7 +92,9 @@ SPEED_ONLY = (
 # where pretrained models come from (the jobs' input files say it), which inits are compared (which jobs exist).
 NOT_A_SETTING = ("train.views", "train.pretrained_run", "finetune.inits")
 # The epoch count of each training command: left out of the run identity (raising it continues a finished run).
-EPOCHS_KEY = {"cpc": "cpc.epochs", "cocon": "cocon.epochs", "control": "cocon.epochs"}
+EPOCHS_KEY = {"cpc": "cpc.epochs", "cocon": "cocon.epochs", "control": "cocon.epochs", "cocon_paper": "cocon.epochs"}
+# The stage-2 runs other than CoCon's and what they set in the cocon section (the initialisations registry).
+STAGE2_VARIANTS = {i.name: i.stage2 for i in I.INITS.values() if i.stage2}
 # Keys of a view section that say whether and where its job runs, not what it writes.
 SCHEDULING_KEYS = ("enabled", "gpus")
 
@@ -129,7 +134,8 @@ def _job_views(config: dict, command: str, views) -> list[str]:
     if views is not None:
         return [views] if isinstance(views, str) else list(views)
     trained = _get(config, "train.views")
-    return list(trained) if trained is not _MISSING and command in ("cocon", "control", "report", "claim") else []
+    combined = ("cocon", *STAGE2_VARIANTS, "report", "claim")
+    return list(trained) if trained is not _MISSING and command in combined else []
 
 
 def _reads(config: dict, command: str, method: str | None) -> dict:
@@ -174,8 +180,8 @@ def job_sections(
     weights = _get(out, "evaluate.ensemble_weights")
     if weights is not _MISSING:
         out["evaluate"]["ensemble_weights"] = {v: w for v, w in weights.items() if v in views}
-    if command == "control":
-        _put(out, "cocon.lam", 0.0)
+    for key, value in STAGE2_VARIANTS.get(command, {}).items():
+        _put(out, f"cocon.{key}", value)
     if seed is not None:
         out["seed"] = int(seed)
     runtime: dict = {}
