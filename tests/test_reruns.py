@@ -51,6 +51,11 @@ CASES = [
     ),
     ("cpc.epochs", {"cpc": {"epochs": 2}}, PRETRAINING),
     ("train.input_size.flow", {"train": {"input_size": {"rgb": 32, "flow": 40}}}, FLOW_VIEW),
+    (  # the flow crop rule: every flow training (random-init features are no training), not rgb's CPC
+        "train.intensity_crop",
+        {"train": {"intensity_crop": False}},
+        FLOW_VIEW - {"features[init=random,view=flow_tvl1]"},
+    ),
     (
         "flow.tvl1.scales",
         {"flow": {"tvl1": {**TINY["flow"]["tvl1"], "scales": 3}}},
