@@ -79,7 +79,9 @@ def best_val(path: Path) -> float:
 def validation_probes(features: dict, classes: int) -> dict:
     """kNN and linear probe fitted on the training role minus the validation subset, scored on it: the
     best of the grid (KS, CS), for every init alike."""
-    x, y, val = features["train/feature"], features["train/label"], features["train/is_val"].astype(bool)
+    labeled = features.get("train/is_labeled", np.ones(len(features["train/label"]), bool)).astype(bool)
+    x, y = features["train/feature"][labeled], features["train/label"][labeled]
+    val = features["train/is_val"].astype(bool)[labeled]
     knn = max(float((knn_predict(x[~val], y[~val], x[val], k, classes) == y[val]).mean()) for k in KS)
     lin = max(float((probe_predict(x[~val], y[~val], x[val], c) == y[val]).mean()) for c in CS)
     return {"knn": knn, "linear": lin, "n_val": int(val.sum())}

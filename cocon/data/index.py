@@ -244,18 +244,33 @@ def holdout(videos: Sequence, fraction: float, seed: int = 0) -> tuple[list, lis
     return [v for i, v in enumerate(videos) if i not in held], [v for i, v in enumerate(videos) if i in held]
 
 
+LABELED_SEED_OFFSET = 1_000_003  # the labeled groups are ranked with seed + this, apart from the hold-out
+
+
 @dataclass(frozen=True)
 class Partition:
     """Which videos each dataset role gets: the roles of official split `split` (stored as a string), and
-    the validation hold-out (`holdout`: `fraction` of the training role, ranked with `seed`). Use the
-    same partition for the train and val datasets."""
+    the validation hold-out (`holdout`: `fraction` of the training role, ranked with `seed`). With
+    `labeled` < 1 (fine-tuning with scarce labels, finetune.labeled_fraction) the training role is first
+    cut to that fraction of its source groups (drawn with another key of the same seed), and the hold-out
+    is drawn within it. Use the same partition for the train and val datasets."""
 
     split: str | int = "1"
     fraction: float = 0.1
     seed: int = 0
+    labeled: float = 1.0
 
     def __post_init__(self):
         object.__setattr__(self, "split", str(self.split))
+        if not 0 < self.labeled <= 1:
+            raise ValueError(f"labeled must be in (0, 1], got {self.labeled}")
+
+    def training_rows(self, rows: Sequence[VideoRecord]) -> list[VideoRecord]:
+        """The training-role rows this partition uses: all of them, or the labeled groups' (`labeled`)."""
+        train_role = [r for r in rows if r.role(self.split) == "train"]
+        if self.labeled >= 1:
+            return train_role
+        return holdout(train_role, self.labeled, self.seed + LABELED_SEED_OFFSET)[1]
 
     def select(self, role: str, videos: Sequence[Video], rows: Sequence[VideoRecord]) -> list[Video]:
         """The `videos` of dataset role "train" (training role minus the hold-out), "val" (the hold-out)
@@ -266,6 +281,7 @@ class Partition:
         pool = [v for v in videos if v.role(self.split) == ("test" if role == "test" else "train")]
         if role == "test":
             return pool
-        train_role = [r for r in rows if r.role(self.split) == "train"]
+        train_role = self.training_rows(rows)
+        used = {r.video_id for r in train_role}
         held = {r.video_id for r in holdout(train_role, self.fraction, self.seed)[1]}
-        return [v for v in pool if (v.video_id in held) == (role == "val")]
+        return [v for v in pool if v.video_id in used and (v.video_id in held) == (role == "val")]

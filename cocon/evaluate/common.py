@@ -73,9 +73,16 @@ def provenance(command: str, cfg: dict, **extra) -> dict:
     }
 
 
-def validation_ids(cfg: dict, view: str) -> set[str]:
-    """The video ids of the validation subset of the training role: the videos training held out
-    (train.val_fraction, drawn with `seed`; cocon.data.index.Partition), never the test split."""
+def labeled_split(cfg: dict, view: str) -> tuple[set[str], set[str]]:
+    """(labeled, validation) video ids of the training role, as fine-tuning sees it: the labeled groups
+    (finetune.labeled_fraction; all when 1) and, among them, the validation subset (train.val_fraction,
+    drawn with `seed`; cocon.data.index.Partition). Never the test split."""
     table = open_views(discover(cfg["output_dir"], [view]), [view])
-    partition = Partition(split=cfg["dataset"]["split"], fraction=cfg["train"]["val_fraction"], seed=cfg["seed"])
-    return {v.video_id for v in partition.select("val", table.videos, table.rows)}
+    partition = Partition(
+        split=cfg["dataset"]["split"],
+        fraction=cfg["train"]["val_fraction"],
+        seed=cfg["seed"],
+        labeled=cfg["finetune"]["labeled_fraction"],
+    )
+    labeled = {r.video_id for r in partition.training_rows(table.rows)}
+    return labeled, {v.video_id for v in partition.select("val", table.videos, table.rows)}

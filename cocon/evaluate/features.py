@@ -15,7 +15,8 @@ alignment), each averaged over space. `--init-kind random` uses a randomly initi
 Output: an HDF5 file (atomic, provenance in attributes):
 
     /<role>/video_id str (V,)  /<role>/label int64 (V,)  /<role>/feature float32 (V, D)   role: train, test
-    /train/is_val bool (V_train,)  the validation subset training held out (the probes' k and C are chosen on it)
+    /train/is_labeled bool (V_train,)  the videos whose labels fine-tuning and the probes use (finetune.labeled_fraction)
+    /train/is_val bool (V_train,)  of those, the validation subset (the probes' k and C are chosen on it)
     /test/blocks  float32 (V_test, alignment_blocks, D)
     attrs: view, init_kind, class_names, config, code_revision, library_versions, complete
 """
@@ -34,10 +35,10 @@ from cocon.config import add_config_args, config_from_args
 from cocon.evaluate.common import (
     dense_dataset,
     iterate_videos,
+    labeled_split,
     provenance,
     resolve_precision,
     run_in_chunks,
-    validation_ids,
 )
 from cocon.files import write_h5
 from cocon.models.build import build_dpc, load_view_weights
@@ -91,8 +92,9 @@ def extract(cfg: dict, view: str, init_kind: str, model_path: str | None, out: P
                 )[0].numpy()
         arrays[f"{role}/video_id"] = [v.video_id for v in data.videos]
         arrays[f"{role}/label"] = np.array([v.label_index for v in data.videos], np.int64)
-        if role == "train":  # the validation subset, on which the frozen-feature probes choose k and C
-            val = validation_ids(cfg, view)
+        if role == "train":  # the labels the frozen-feature probes use, and the subset k and C are chosen on
+            labeled, val = labeled_split(cfg, view)
+            arrays["train/is_labeled"] = np.array([v.video_id in labeled for v in data.videos], bool)
             arrays["train/is_val"] = np.array([v.video_id in val for v in data.videos], bool)
         arrays[f"{role}/feature"] = feats
         if extra:

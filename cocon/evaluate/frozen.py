@@ -66,12 +66,13 @@ def _choose(grid, score) -> tuple:
 
 def frozen_eval(features: dict, classes: int) -> dict:
     """{"knn": {"k", "val_top1", "top1"}, "linear": {"C", "val_top1", "top1"}, "n_train", "n_val", "n_test"}
-    from the arrays of a features file ({"train/feature", "train/label", "train/is_val", "test/feature",
-    "test/label"}): the hyper-parameter chosen on the validation subset, then fitted on the whole training
-    role, top-1 on the test split (fractions)."""
-    xtr, ytr = np.asarray(features["train/feature"]), np.asarray(features["train/label"])
+    from the arrays of a features file ({"train/feature", "train/label", "train/is_labeled", "train/is_val",
+    "test/feature", "test/label"}): of the labeled training videos, the hyper-parameter chosen on the
+    validation subset, then fitted on all of them; top-1 on the test split (fractions)."""
+    labeled = np.asarray(features.get("train/is_labeled", np.ones(len(features["train/label"]), bool)), bool)
+    xtr, ytr = np.asarray(features["train/feature"])[labeled], np.asarray(features["train/label"])[labeled]
     xte, yte = np.asarray(features["test/feature"]), np.asarray(features["test/label"])
-    is_val = np.asarray(features.get("train/is_val", np.zeros(len(ytr), bool)), bool)
+    is_val = np.asarray(features.get("train/is_val", np.zeros(len(labeled), bool)), bool)[labeled]
     fit, val = ~is_val, is_val
     out = {"n_train": int(len(ytr)), "n_val": int(val.sum()), "n_test": int(len(yte))}
     if val.any() and fit.any():

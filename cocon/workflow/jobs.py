@@ -61,6 +61,7 @@ READS: dict[str, tuple[str, ...]] = {
     "features": (
         *_TESTING,
         "train.val_fraction",  # which training videos are the validation subset (train/is_val)
+        "finetune.labeled_fraction",  # which are labeled (train/is_labeled)
         "cpc.pred_steps",
         "cpc.variant",
         "evaluate.window_stride",

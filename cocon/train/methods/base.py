@@ -93,7 +93,7 @@ class Method:
         common = dict(
             shards=discover(cfg["output_dir"], self.views),
             views=self.views,
-            partition=Partition(split=cfg["dataset"]["split"], fraction=tc["val_fraction"], seed=cfg["seed"]),
+            partition=self.partition(),
             clip=ClipGeometry(tc["num_blocks"], tc["block_len"], tc["stride"], sizes=sizes),
             seed=cfg["seed"],
         )
@@ -103,6 +103,10 @@ class Method:
             ),
             MultiViewClips(role="val", augment=False, centre_crop=eval_centre_crop(cfg), **common),
         )
+
+    def partition(self) -> Partition:
+        """Which videos train and validate: the training role minus the validation subset, and the subset."""
+        return Partition(split=self.cfg["dataset"]["split"], fraction=self.tc["val_fraction"], seed=self.cfg["seed"])
 
     def networks(self, train_set: MultiViewClips) -> PerViewNetworks:
         raise NotImplementedError

@@ -13,6 +13,7 @@ from the training role, never the test split); ties to the lower validation loss
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -49,6 +50,10 @@ class Finetune(Method):
     @property
     def section(self) -> dict:
         return self.cfg["finetune"]
+
+    def partition(self):
+        """The pretraining partition cut to the labeled groups (finetune.labeled_fraction)."""
+        return dataclasses.replace(super().partition(), labeled=self.cfg["finetune"]["labeled_fraction"])
 
     def scheduler(self, opt):
         fc = self.cfg["finetune"]
