@@ -67,6 +67,7 @@ def job(command, **kw):
 
 
 MAX_MINUTES = config["runtime"]["max_job_minutes"]  # the partition's limit: no job asks for more
+NET_THREADS = config["runtime"]["threads"]  # CPUs of each job that runs a network (None: resources.py's)
 
 
 def view_gpus(view):

@@ -15,7 +15,7 @@ rule finetune:
         "benchmarks/finetune/{init}_{view}.tsv"
     conda:
         "../envs/train.yaml"
-    threads: R.threads("finetune")
+    threads: R.threads("finetune", NET_THREADS)
     resources:
         **TRAINING_PLACEMENT,
         mem_mb=R.mem_mb("finetune"),
@@ -44,7 +44,7 @@ rule evaluate:
         "benchmarks/eval/{init}_{view}.tsv"
     conda:
         "../envs/train.yaml"
-    threads: R.threads("evaluate")
+    threads: R.threads("evaluate", NET_THREADS)
     resources:
         gpu=min(1, GPUS),
         mem_mb=R.mem_mb("evaluate"),
@@ -71,7 +71,7 @@ rule features:
         "benchmarks/features/{init}_{view}.tsv"
     conda:
         "../envs/train.yaml"
-    threads: R.threads("features")
+    threads: R.threads("features", NET_THREADS)
     resources:
         gpu=min(1, GPUS),
         mem_mb=R.mem_mb("features"),

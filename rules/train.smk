@@ -18,7 +18,7 @@ rule cpc:
         "benchmarks/train/cpc_{view}.tsv"
     conda:
         "../envs/train.yaml"
-    threads: R.threads("cpc")
+    threads: R.threads("cpc", NET_THREADS)
     resources:
         **TRAINING_PLACEMENT,
         mem_mb=R.mem_mb("cpc"),
@@ -47,7 +47,7 @@ rule cocon:
         "benchmarks/train/cocon.tsv"
     conda:
         "../envs/train.yaml"
-    threads: R.threads("cocon")
+    threads: R.threads("cocon", NET_THREADS)
     resources:
         **TRAINING_PLACEMENT,
         mem_mb=R.mem_mb("cocon"),

@@ -104,6 +104,8 @@ CASES = [
                 "cudnn_benchmark": True,
                 "keep_checkpoints": 3,
                 "max_job_minutes": 600,
+                "threads": 1,
+                "nodes": 1,
             },
             "evaluate": {"batch_size": 2},
             "flow": {"tvl1": {**TINY["flow"]["tvl1"], "batch_size": 8, "device": "cpu"}},

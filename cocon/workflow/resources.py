@@ -60,7 +60,15 @@ def training_placement(nodes: int, gpus_per_node: int) -> dict:
     }
 
 
-def threads(rule: str) -> int:
+# the rules whose jobs run a network: their threads can be set in the config (runtime.threads)
+NETWORK_RULES = ("cpc", "cocon", "finetune", "evaluate", "features")
+
+
+def threads(rule: str, config_threads: int | None = None) -> int:
+    """CPUs of a job of `rule`: the table's, or, for the rules that run a network, runtime.threads when set
+    (a CPU run with small networks is faster with one thread per job and jobs side by side)."""
+    if config_threads is not None and rule in NETWORK_RULES:
+        return int(config_threads)
     return RULES[rule].threads
 
 
