@@ -8,6 +8,7 @@ gives the batches of the CPU path; offsets are read once, when the dataset is bu
 from __future__ import annotations
 
 import colorsys
+import dataclasses
 import zlib
 
 import cv2
@@ -146,7 +147,14 @@ def test_finish_equals_the_reference_implementation(shards):
     """The finished float (CPU, one batch) = the float64 reference of the documented semantics, within
     float rounding; both resampling implementations (CUDA's gather, the CPU's rows) give the same."""
     seen = {"grey": set(), "ops": torch.zeros(4, dtype=torch.bool), "flip": set()}
-    for aug in (Augmentation(), Augmentation(gray="luma", p_flip=1.0), A.FINETUNE_AUGMENTATION):
+    # the random-area crop of every view (intensity_crop off: the reference draws that crop; the intensity
+    # crop of flow has its own test, tests/test_intensity_crop.py)
+    plain = dict(intensity_crop=False)
+    for aug in (
+        Augmentation(**plain),
+        Augmentation(gray="luma", p_flip=1.0, **plain),
+        dataclasses.replace(A.FINETUNE_AUGMENTATION, **plain),
+    ):
         ds = dataset(shards, augmentation=aug, output="uint8")
         ds.set_epoch(2)
         n = len(ds)
@@ -168,7 +176,13 @@ def test_without_colour_the_finished_float_is_the_old_normalisation_exactly(shar
     """No colour change and a crop the size of the output (no resampling): the finished float is exactly
     uint8 * scale + offset of the crop (the loader's normalisation before the uint8 path), flipped."""
     still = Augmentation(
-        crop_scale=(1, 1), crop_ratio=(1, 1), jitter=(0, 0, 0, 0), p_gray=0, p_flip=1.0, flip_all_views=True
+        crop_scale=(1, 1),
+        crop_ratio=(1, 1),
+        jitter=(0, 0, 0, 0),
+        p_gray=0,
+        p_flip=1.0,
+        flip_all_views=True,
+        intensity_crop=False,
     )
     ds = dataset(shards, augmentation=still, sizes={"rgb": 40, "flow": 40})
     for i in range(len(ds)):

@@ -354,7 +354,9 @@ def test_flip_applies_to_rgb_not_flow(shards):
     """crop_scale 1 and aspect 1 make the crop the full-height 40x40 square at a random x, shown at 40 px
     (no resize), and no colour change: rgb must be a mirrored crop, flow an unmirrored one."""
     kw = dict(views=VIEWS, split=1, role="train", holdout_fraction=0, **{**SMALL, "sizes": {"rgb": 40, "flow": 40}})
-    still = Augmentation(crop_scale=(1, 1), crop_ratio=(1, 1), jitter=(0, 0, 0, 0), p_gray=0, p_flip=1.0)
+    still = Augmentation(
+        crop_scale=(1, 1), crop_ratio=(1, 1), jitter=(0, 0, 0, 0), p_gray=0, p_flip=1.0, intensity_crop=False
+    )
     flipped = MultiViewClips(shards, augmentation=still, **kw)
     flow_too = MultiViewClips(shards, augmentation=Augmentation(**{**still.__dict__, "flip_all_views": True}), **kw)
     for i, v in enumerate(flipped.videos):

@@ -91,7 +91,7 @@ def test_pose_view_flips_left_and_right_keypoints(tmp_path):
         with ShardWriter(tmp_path / "shards" / view / "00000.h5", view, "00000", {"params": {}}, enc) as w:
             for i in range(4):
                 w.add_video(_record(i), encode_frames(maps, enc), {"fps": 25.0})
-    still = Augmentation(crop_scale=(1, 1), crop_ratio=(1, 1), p_flip=1.0)
+    still = Augmentation(crop_scale=(1, 1), crop_ratio=(1, 1), p_flip=1.0, intensity_crop=False)
     ds = MultiViewClips(
         discover(tmp_path, ["pose"]),
         views=["pose"],

@@ -149,7 +149,9 @@ def test_four_views_train_end_to_end(demo_run, tmp_path):
     }
     dry = job_counts(snakemake(work, cfg, "--cores", "2", "-n").stdout)
     assert not {"frames", "flow", "seg", "pose"} & set(dry)  # the shards are reused
-    assert (dry["cpc"], dry["cocon"], dry["finetune"], dry["evaluate"]) == (4, 1, 8, 8)
+    # only what the new views can change (docs/reruns.md): their CPC, stage 2 (its views changed), their
+    # random-init fine-tunes and every CoCon fine-tune; rgb's and flow's CPC and random fine-tunes stay
+    assert (dry["cpc"], dry["cocon"], dry["finetune"], dry["evaluate"]) == (2, 1, 6, 6)
     snakemake(work, cfg, "--cores", "2")
     header = (work / "results" / "train" / "cocon" / "metrics.csv").read_text().splitlines()[0].split(",")
     pairs = {c.split("/")[-1] for c in header if c.startswith("val/sync/")}
@@ -164,12 +166,15 @@ def test_claim_target_runs_every_seed_on_the_same_shards(demo_run):
     cfg = {**ALL_VIEWS, "claim": {"seeds": [4, 7]}}
     dry = job_counts(snakemake(demo_run, cfg, "--cores", "2", "-n", "claim").stdout)
     rules = ("claim_cpc", "claim_cocon", "claim_control", "claim_finetune", "claim_evaluate", "claim")
-    assert {k: dry.get(k) for k in rules} == {  # 2 seeds; inits random, cpc, cocon, control; 2 views
+    rules = (*rules, "claim_cocon_paper", "claim_features")
+    assert {k: dry.get(k) for k in rules} == {  # 2 seeds; inits random, cpc, cocon, control, cocon_paper; 2 views
         "claim_cpc": 4,
         "claim_cocon": 2,
         "claim_control": 2,
-        "claim_finetune": 16,
-        "claim_evaluate": 16,
+        "claim_cocon_paper": 2,
+        "claim_finetune": 20,
+        "claim_evaluate": 20,
+        "claim_features": 20,
         "claim": 1,
     }
     assert "frames" not in dry and "flow" not in dry  # the shards are reused
@@ -177,8 +182,12 @@ def test_claim_target_runs_every_seed_on_the_same_shards(demo_run):
     one = {**ALL_VIEWS, "claim": {"seeds": [4]}, "finetune": {**TINY["finetune"], "inits": ["random", "cocon"]}}
     snakemake(demo_run, one, "--cores", "2", "claim")
     result = json.loads((demo_run / "results" / "claim" / "claim.json").read_text())
-    assert result["seeds"] == [4] and set(result["accuracy"]["rgb"]) == {"random", "cpc", "cocon", "control"}
-    assert set(result["orderings"]["ensemble"]) == {"random<cpc", "cpc<cocon", "control<cocon"}
+    inits = {"random", "cpc", "cocon", "control", "cocon_paper"}
+    assert result["seeds"] == [4] and set(result["accuracy"]["rgb"]) == inits
+    assert set(result["orderings"]["ensemble"]) == {"random<cpc", "cpc<cocon", "control<cocon", "cpc<cocon_paper"}
+    for measure in ("knn", "linear"):  # frozen features, beside fine-tuning
+        assert set(result["frozen"][measure]["accuracy"]["flow_tvl1"]) == inits
+        assert "cpc<cocon" in result["frozen"][measure]["orderings"]["flow_tvl1"]
     assert {"collapse", "coop", "finetune", "per_class"} <= set(result["diagnostics"])
     figures = {p.name for p in (demo_run / "results" / "claim" / "figures").glob("*.png")}
     assert figures == {"collapse.png", "coop.png", "finetune.png", "per_class.png"}
