@@ -272,3 +272,14 @@ def run_cocon(
         timeout=timeout,
         env={**os.environ, "PYTHONPATH": path, **env},
     )
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    """The tiny demo DAG with every view (workflow_runs.ALL_VIEWS), finished once for the whole session: the
+    workflow, reruns and views-figure tests read it; a test that changes it works on a copy."""
+    from workflow_runs import ALL_VIEWS, snakemake
+
+    work = tmp_path_factory.mktemp("demo_run")
+    snakemake(work, ALL_VIEWS, "--cores", "2")
+    return work

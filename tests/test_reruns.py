@@ -1,4 +1,5 @@
-"""What reruns when one config key changes: on one finished tiny run, each group of keys is changed in turn
+"""What reruns when one config key changes: on one finished tiny run (the session's demo_run: rgb, both flow
+methods, pose and seg computed; rgb and TVL1 flow trained; four inits), each group of keys is changed in turn
 and `snakemake -n` (Snakemake's default rerun triggers, no extra flags: what users get) must schedule
 exactly the jobs that key can affect (docs/reruns.md has the same table). Raising an epoch count continues
 the finished run from its last checkpoint and gives the weights of an uninterrupted run."""
@@ -7,19 +8,20 @@ from __future__ import annotations
 
 import copy
 import re
+import shutil
 
 import pytest
 import torch
 
 from cocon.train.checkpoints import load_checkpoint
 
-from workflow_runs import TINY, snakemake
+from workflow_runs import ALL_VIEWS, TINY, snakemake
 
 pytestmark = pytest.mark.slow  # one finished DAG run, then a dry run per change
 
 VIEWS = ["rgb", "flow_tvl1"]
 INITS = ["random", "cpc", "cocon", "control"]
-BASE = {**TINY, "flow": {**TINY["flow"], "methods": ["tvl1"]}, "finetune": {**TINY["finetune"], "inits": INITS}}
+BASE = ALL_VIEWS  # what demo_run finished (finetune.inits: the default four)
 
 
 def evaluation(inits, views=VIEWS, rules=("finetune", "evaluate", "features")) -> set[str]:
@@ -62,12 +64,9 @@ CASES = [
         {*flow_shards("tvl1"), "preprocess_summary", "views_figure", *FLOW_VIEW},
     ),
     (
-        "a new view: flow_farneback",
-        {"flow": {"methods": ["tvl1", "farneback"]}, "train": {"views": [*VIEWS, "flow_farneback"]}},
+        "a new view: flow_farneback (its shards exist)",
+        {"train": {"views": [*VIEWS, "flow_farneback"]}},
         {
-            *flow_shards("farneback"),
-            "preprocess_summary",
-            "views_figure",
             "cpc[view=flow_farneback]",
             *evaluation(INITS, ["flow_farneback"]),
             *STAGE2,
@@ -109,6 +108,8 @@ CASES = [
             },
             "evaluate": {"batch_size": 2},
             "flow": {"tvl1": {**TINY["flow"]["tvl1"], "batch_size": 8, "device": "cpu"}},
+            "pose": {"batch_size": 4, "device": "cpu", "gpus": 1},
+            "seg": {"batch_size": 4, "device": "cpu"},
         },
         set(),
     ),
@@ -142,11 +143,9 @@ def scheduled(dry_run_output: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    work = tmp_path_factory.mktemp("reruns")
-    snakemake(work, BASE, "--cores", "2")
-    assert "Nothing to be done" in (lambda p: p.stdout + p.stderr)(snakemake(work, BASE, "-n"))
-    return work
+def finished(demo_run):
+    assert "Nothing to be done" in (lambda p: p.stdout + p.stderr)(snakemake(demo_run, BASE, "-n"))
+    return demo_run
 
 
 @pytest.mark.parametrize("what, overrides, expected", CASES, ids=[c[0] for c in CASES])
@@ -165,13 +164,15 @@ def test_raising_the_epochs_continues_the_finished_run(finished, tmp_path):
     ends with the weights and metrics of a run that trained 2 epochs from the start."""
     more = changed({"cpc": {"epochs": 2}})
     target = "results/train/cpc/rgb/model.pt"
-    snakemake(finished, more, "--cores", "2", target)
-    log = (finished / "logs" / "train" / "cpc_rgb.log").read_text()
+    work = tmp_path / "continued"
+    shutil.copytree(finished, work, symlinks=True)  # the session's run stays as it is
+    snakemake(work, more, "--cores", "2", target)
+    log = (work / "logs" / "train" / "cpc_rgb.log").read_text()
     assert "resumed from" in log and "at epoch 1" in log and "epoch 0:" not in log
-    snakemake(tmp_path, more, "--cores", "2", target)
-    continued, straight = (load_checkpoint(w / target) for w in (finished, tmp_path))
+    snakemake(tmp_path / "straight", more, "--cores", "2", target)
+    continued, straight = (load_checkpoint(w / target) for w in (work, tmp_path / "straight"))
     assert continued["history"] == straight["history"] and [h["epoch"] for h in straight["history"]] == [0, 1]
     for k, t in straight["models"]["rgb"].items():
         torch.testing.assert_close(continued["models"]["rgb"][k], t, rtol=0, atol=0)
     metrics = "results/train/cpc/rgb/metrics.csv"
-    assert (finished / metrics).read_bytes() == (tmp_path / metrics).read_bytes()
+    assert (work / metrics).read_bytes() == (tmp_path / "straight" / metrics).read_bytes()

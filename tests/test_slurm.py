@@ -100,19 +100,24 @@ def cluster(tmp_path_factory):
             os.environ.update(saved)
 
 
-class CancelFirstTrainingJob(threading.Thread):
-    """Watch the queue; `scancel` the first training job 1 s after it starts running."""
+def running_jobs(cluster: LocalSlurm, work: Path) -> list[tuple[str, str]]:
+    """(job id, comment) of the RUNNING jobs of the run in folder `work`."""
+    out = cluster.run("squeue", "-h", "-o", "%i|%T|%Z|%k", check=False).stdout
+    rows = [(line.split("|", 3) + ["", "", ""])[:4] for line in out.splitlines()]
+    return [(i, comment) for i, state, wd, comment in rows if state == "RUNNING" and wd == str(work)]
 
-    def __init__(self, cluster: LocalSlurm):
+
+class CancelFirstTrainingJob(threading.Thread):
+    """Watch the queue; `scancel` the first training job of the run in `work` 1 s after it starts running."""
+
+    def __init__(self, cluster: LocalSlurm, work: Path):
         super().__init__(daemon=True)
-        self.cluster, self.killed, self.done = cluster, None, threading.Event()
+        self.cluster, self.work, self.killed, self.done = cluster, work, None, threading.Event()
 
     def run(self):
         while not self.done.is_set() and self.killed is None:
-            out = self.cluster.run("squeue", "-h", "-o", "%i %T %k", check=False).stdout
-            for line in out.splitlines():
-                job_id, state, comment = (line.split(None, 2) + ["", ""])[:3]
-                if state == "RUNNING" and comment.startswith(TRAINING):
+            for job_id, comment in running_jobs(self.cluster, self.work):
+                if comment.startswith(TRAINING):
                     time.sleep(1.0)
                     self.cluster.run("scancel", job_id, check=False)
                     self.killed = job_id
@@ -121,23 +126,46 @@ class CancelFirstTrainingJob(threading.Thread):
 
 
 @pytest.fixture(scope="module")
-def slurm_run(cluster, tmp_path_factory):
-    """(local run's folder, SLURM run's folder, the SLURM run's wall time, id of the cancelled job)."""
-    local, work = tmp_path_factory.mktemp("local_run"), tmp_path_factory.mktemp("slurm_run")
-    watcher = CancelFirstTrainingJob(cluster)
-    # the local run computes while the SLURM run mostly waits for the queue: run them side by side
-    with ThreadPoolExecutor(1) as pool:
-        local_done = pool.submit(snakemake, local, SMALL, "--cores", "2")
-        watcher.start()
+def runs(cluster, tmp_path_factory):
+    """Every run of this module side by side (the SLURM runs mostly wait for the queue): the demo DAG
+    locally and through the profile (one training job cancelled while it runs), CPC longer than its
+    time limit locally and through the profile (cancelled once mid-epoch), and CPC over two nodes.
+    {name: (folder, what Snakemake printed, seconds)} and the cancelled jobs' ids."""
+    folders = {
+        n: tmp_path_factory.mktemp(n) for n in ("local_run", "slurm_run", "local_long", "slurm_long", "two_nodes")
+    }
+    calls = {
+        "local_run": (SMALL, "--cores", "2"),
+        "slurm_run": (SMALL, *PROFILE),
+        "local_long": (LONG, "--cores", "2", LONG_TARGET),
+        "slurm_long": (LONG, *PROFILE, "--set-resources=cpc:runtime=1", LONG_TARGET),
+        "two_nodes": (TWO_NODES, *PROFILE, "results/train/cpc/rgb/model.pt"),
+    }
+    watchers = [CancelFirstTrainingJob(cluster, folders["slurm_run"]), CancelMidEpoch(cluster, folders["slurm_long"])]
+
+    def timed(name):
         t0 = time.monotonic()
-        try:
-            snakemake(work, SMALL, *PROFILE)
-        finally:
-            watcher.done.set()
-            watcher.join()
-        seconds = time.monotonic() - t0
-        local_done.result()
-    return local, work, seconds, watcher.killed
+        proc = snakemake(folders[name], *calls[name])
+        return folders[name], proc.stdout + proc.stderr, time.monotonic() - t0
+
+    for w in watchers:
+        w.start()
+    try:
+        with ThreadPoolExecutor(len(calls)) as pool:
+            futures = {name: pool.submit(timed, name) for name in calls}
+            done = {name: f.result() for name, f in futures.items()}
+    finally:
+        for w in watchers:
+            w.done.set()
+            w.join()
+    return done, {"slurm_run": watchers[0].killed, "slurm_long": watchers[1].killed}
+
+
+@pytest.fixture(scope="module")
+def slurm_run(runs):
+    """(local run's folder, SLURM run's folder, the SLURM run's wall time, id of the cancelled job)."""
+    done, killed = runs
+    return done["local_run"][0], done["slurm_run"][0], done["slurm_run"][2], killed["slurm_run"]
 
 
 def _mb(value: str) -> int:
@@ -201,14 +229,14 @@ def test_cancelled_job_is_resubmitted_with_doubled_resources(slurm_run, cluster)
 
 # ---- a training job longer than its time limit
 
-# CPC on rgb alone, ~2 min of epochs of ~1.5 s on 2 idle cores (28 training videos, 6 steps of 2 clips per
+# CPC on rgb alone, ~75 s of epochs of ~1.5 s on 2 idle cores (28 training videos, 6 steps of 2 clips per
 # epoch): more than one 1-minute allocation holds
 LONG = {
     **SMALL,
     "demo": {**SMALL["demo"], "groups_per_class": 8},
     "shards": {"videos_per_shard": 32},
     "train": {**SMALL["train"], "width": 16},
-    "cpc": {**SMALL["cpc"], "epochs": 80, "max_steps_per_epoch": 6},
+    "cpc": {**SMALL["cpc"], "epochs": 50, "max_steps_per_epoch": 6},
 }
 LONG_TARGET = "results/train/cpc/rgb/model.pt"
 
@@ -217,17 +245,16 @@ class CancelMidEpoch(threading.Thread):
     """`scancel` (SIGTERM to every process, then SIGKILL) the first cpc job once its first epoch is
     checkpointed, i.e. in the middle of a later epoch."""
 
-    def __init__(self, cluster: LocalSlurm, last: Path):
+    def __init__(self, cluster: LocalSlurm, work: Path):
         super().__init__(daemon=True)
-        self.cluster, self.last, self.killed, self.done = cluster, last, None, threading.Event()
+        self.cluster, self.work, self.killed, self.done = cluster, work, None, threading.Event()
+        self.last = work / "results/train/cpc/rgb/checkpoints/last.pt"
 
     def run(self):
         while not self.done.is_set() and not self.last.exists():
             time.sleep(0.2)
-        out = self.cluster.run("squeue", "-h", "-o", "%i %T %k", check=False).stdout
-        for line in out.splitlines():
-            job_id, state, comment = (line.split(None, 2) + ["", ""])[:3]
-            if state == "RUNNING" and comment.startswith("rule_cpc"):
+        for job_id, comment in running_jobs(self.cluster, self.work):
+            if comment.startswith("rule_cpc"):
                 time.sleep(0.5)
                 self.cluster.run("scancel", job_id, check=False)
                 self.killed = job_id
@@ -235,22 +262,12 @@ class CancelMidEpoch(threading.Thread):
 
 
 @pytest.fixture(scope="module")
-def time_limited_run(cluster, tmp_path_factory):
+def time_limited_run(runs):
     """(local run's folder, SLURM run's folder, id of the job cancelled mid-epoch, what Snakemake printed):
     CPC on rgb through the profile with `runtime` 1 minute for every attempt (--set-resources), beside an
     uninterrupted local run."""
-    local, work = tmp_path_factory.mktemp("local_long"), tmp_path_factory.mktemp("slurm_long")
-    watcher = CancelMidEpoch(cluster, work / "results/train/cpc/rgb/checkpoints/last.pt")
-    with ThreadPoolExecutor(1) as pool:
-        local_done = pool.submit(snakemake, local, LONG, "--cores", "2", LONG_TARGET)
-        watcher.start()
-        try:
-            proc = snakemake(work, LONG, *PROFILE, "--set-resources=cpc:runtime=1", LONG_TARGET)
-        finally:
-            watcher.done.set()
-            watcher.join()
-        local_done.result()
-    return local, work, watcher.killed, proc.stdout + proc.stderr
+    done, killed = runs
+    return done["local_long"][0], done["slurm_long"][0], killed["slurm_long"], done["slurm_long"][1]
 
 
 def test_training_longer_than_its_time_limit_finishes_through_retries(time_limited_run, cluster):
@@ -279,10 +296,8 @@ TWO_NODES = {**SMALL, "runtime": {**SMALL["runtime"], "nodes": 2, "gpus": 1}, "c
 
 
 @pytest.fixture(scope="module")
-def two_node_run(cluster, tmp_path_factory):
-    work = tmp_path_factory.mktemp("two_nodes")
-    proc = snakemake(work, TWO_NODES, *PROFILE, "results/train/cpc/rgb/model.pt")
-    return work, proc.stdout + proc.stderr
+def two_node_run(runs):
+    return runs[0]["two_nodes"][:2]
 
 
 def test_a_training_job_spans_two_nodes_as_one_ddp_run(two_node_run, cluster):

@@ -280,17 +280,15 @@ def test_same_shards_give_the_same_bytes_through_the_command(drawn, tmp_path):
 
 
 @pytest.mark.slow
-def test_rule_draws_the_demo_views_and_the_report_takes_them(tmp_path):
-    """The rule on the tiny demo with every view (pose and seg by the demo's randomly initialised models): one
-    figure per chosen video with a row per view, in snakemake --report under Preprocessing; the report rule
-    takes the folder and the failed videos, and its tables link every figure (the full training run, which
-    the rule's other inputs need, is test_workflow's)."""
+def test_rule_draws_the_demo_views_and_the_report_takes_them(demo_run, tmp_path):
+    """The rule in the session's tiny demo run with every view (pose and seg by the demo's randomly initialised
+    models): one figure per chosen video with a row per view, in snakemake --report under Preprocessing; the
+    report rule takes the folder and the failed videos, and its tables link every figure."""
     from cocon.evaluate.report import preprocessing_section
 
     from workflow_runs import ALL_VIEWS, snakemake
 
-    snakemake(tmp_path, ALL_VIEWS, "--cores", "2", "views_figure")
-    reports = tmp_path / "results" / "reports"
+    reports = demo_run / "results" / "reports"
     index = json.loads((reports / "views" / "index.json").read_text())
     assert [(f["role"], f["label"]) for f in index["figures"]] == [
         ("train", "JumpingJack"),
@@ -309,15 +307,15 @@ def test_rule_draws_the_demo_views_and_the_report_takes_them(tmp_path):
         assert fig["views"]["pose"]["rgb_held"] == fig["rgb_frames"] == fig["views"]["seg"]["rgb_held"]
         assert len(fig["views"]["flow_tvl1"]["cells"]) == 6 and fig["views"]["flow_tvl1"]["bound"] == 20
     assert index["views"] == VIEWS and index["failed"]["videos"] == 0  # rows in this order
-    assert (tmp_path / "logs" / "views_figure.log").stat().st_size > 0
-    assert (tmp_path / "benchmarks" / "views_figure.tsv").exists()
+    assert (demo_run / "logs" / "views_figure.log").stat().st_size > 0
+    assert (demo_run / "benchmarks" / "views_figure.tsv").exists()
 
     page = tmp_path / "report.html"
-    snakemake(tmp_path, ALL_VIEWS, "--report", str(page), "views_figure")
+    snakemake(demo_run, ALL_VIEWS, "--report", str(page), "views_figure")
     text = page.read_text(errors="replace")
     assert "Preprocessing" in text and all(f["file"] in text for f in index["figures"])
 
-    dry = snakemake(tmp_path, ALL_VIEWS, "-n", "-p", "--cores", "2").stdout
+    dry = snakemake(demo_run, ALL_VIEWS, "-n", "-p", "--cores", "2", "--forcerun", "report").stdout
     command = dry[dry.index("python -m cocon report") :].splitlines()[0]
     assert "--views-dir results/reports/views --failed-videos results/reports/failed_videos.tsv" in command
     html, md = preprocessing_section(reports / "views", reports / "failed_videos.tsv", "views")

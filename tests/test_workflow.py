@@ -26,13 +26,6 @@ from workflow_runs import ALL_VIEWS, PREPROCESS, REPO, SNAKEMAKE, TINY, artefact
 pytestmark = pytest.mark.slow  # real snakemake runs of the DAG (minutes on 2 cores)
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory) -> Path:
-    work = tmp_path_factory.mktemp("demo_run")
-    snakemake(work, ALL_VIEWS, "--cores", "2")
-    return work
-
-
 def test_demo_dag_produces_every_shard_and_a_summary(demo_run):
     res = demo_run / "results"
     n_videos = 2 * 2 * 2
