@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cocon.evaluate import analyses
+from cocon.evaluate import analyses, figures
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -321,11 +321,11 @@ def _draw_all(directory) -> dict[str, bytes]:
         "align": directory / "align.png",
         "confusion": directory / "confusion.png",
     }
-    analyses.plot_tsne(xy, labels, names, paths["tsne"], "t-SNE")
-    analyses.plot_cosine_histograms(rng.uniform(0, 1, 40), rng.uniform(-1, 0.5, 80), paths["hist"], "cosines")
-    analyses.plot_alignment(rng.uniform(size=(6, 8)), paths["align"], "alignment", "video B", "video A")
+    figures.plot_tsne(xy, labels, names, paths["tsne"], "t-SNE")
+    figures.plot_cosine_histograms(rng.uniform(0, 1, 40), rng.uniform(-1, 0.5, 80), paths["hist"], "cosines")
+    figures.plot_alignment(rng.uniform(size=(6, 8)), paths["align"], "alignment", "video B", "video A")
     counts = analyses.confusion_matrix(rng.integers(0, 3, 20), rng.integers(0, 3, 20), 3)
-    analyses.plot_confusion(counts, names, paths["confusion"], "confusion")
+    figures.plot_confusion(counts, names, paths["confusion"], "confusion")
     return {name: path.read_bytes() for name, path in paths.items()}
 
 

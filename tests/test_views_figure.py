@@ -15,6 +15,7 @@ import pytest
 from cocon.config import load_config
 from cocon.data.clips import view_frame_indices
 from cocon.data.shards import ShardWriter, encode_frames
+from cocon.evaluate import colour
 from cocon.evaluate import views_figure as VF
 from cocon.preprocess import flow
 from cocon.preprocess import summary as S
@@ -138,7 +139,7 @@ def cell_pixels(image: np.ndarray, box: list[int], margin: float = 0.25) -> np.n
 
 
 def test_flow_colour_follows_the_middlebury_wheel():
-    one = lambda u, v: VF.flow_colour(np.array([[u]]), np.array([[v]]), 4.0)[0, 0].astype(int)  # noqa: E731
+    one = lambda u, v: colour.flow_colour(np.array([[u]]), np.array([[v]]), 4.0)[0, 0].astype(int)  # noqa: E731
     assert one(0, 0).tolist() == [255, 255, 255]  # no motion: white
     r, g, b = one(4, 0)  # right: red
     assert r == 255 and g < 10 and b < 50
@@ -151,8 +152,8 @@ def test_flow_colour_follows_the_middlebury_wheel():
     half, beyond = one(2, 0), one(8, 0)
     assert half[0] == 255 and 120 < half[1] < 135  # half the magnitude: half the saturation
     assert beyond[0] == 191  # beyond max_px: darkened
-    wheel = VF.colour_wheel(33)
-    assert wheel[16, 32, :3].tolist() == VF.flow_colour(np.array([[1.0]]), np.array([[0.0]]), 1.0)[0, 0].tolist()
+    wheel = colour.colour_wheel(33)
+    assert wheel[16, 32, :3].tolist() == colour.flow_colour(np.array([[1.0]]), np.array([[0.0]]), 1.0)[0, 0].tolist()
     assert wheel[0, 0, 3] == 0 and wheel[16, 16, 3] == 255
 
 

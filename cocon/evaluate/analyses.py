@@ -3,25 +3,20 @@
 It holds the paper's analyses: nearest-neighbour retrieval recall (R@k), t-SNE embeddings, histograms
 of same-class versus different-class cosine similarities, cross-view consistency of the nearest
 classes (CoCon paper, Appendix B.2), soft temporal alignment heatmaps between two videos (Appendix C)
-and the ensembling of per-view class probabilities, with the figures drawn from them. Every function
-takes and returns arrays (no torch); matplotlib and scikit-learn are imported only by the functions
-that need them, and figures are drawn on a private Agg canvas (no pyplot, no global state) and written
-atomically with reproducible bytes.
+and the ensembling of per-view class probabilities. Every function takes and returns arrays (no
+torch); scikit-learn is imported only by the function that needs it. The figures drawn from these
+measures are in cocon.evaluate.figures.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 log = logging.getLogger(__name__)
-
-PNG_DPI = 120
-
 
 # --------------------------------------------------------------------------------------------------
 # Basic helpers
@@ -37,7 +32,7 @@ def l2_rows(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return x / np.maximum(norms, eps)
 
 
-def _features_2d(name: str, x: np.ndarray) -> np.ndarray:
+def features_2d(name: str, x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2:
         raise ValueError(f"{name} must be 2-D (N, D), got shape {x.shape}")
@@ -48,7 +43,7 @@ def _features_2d(name: str, x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _labels_1d(name: str, labels: np.ndarray, length: int) -> np.ndarray:
+def labels_1d(name: str, labels: np.ndarray, length: int) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.ndim != 1 or labels.shape[0] != length:
         raise ValueError(f"{name} must have shape ({length},), got {labels.shape}")
@@ -80,12 +75,12 @@ def retrieval_recall(
     the Q queries with at least one of their top-min(k, G) gallery items sharing the query's label.
     Labels: query_labels (Q,), gallery_labels (G,). Returns {k: R@k} for every k in ks.
     """
-    query = _features_2d("query", query)
-    gallery = _features_2d("gallery", gallery)
+    query = features_2d("query", query)
+    gallery = features_2d("gallery", gallery)
     if query.shape[1] != gallery.shape[1]:
         raise ValueError(f"query has {query.shape[1]} dims but gallery has {gallery.shape[1]}")
-    query_labels = _labels_1d("query_labels", query_labels, query.shape[0])
-    gallery_labels = _labels_1d("gallery_labels", gallery_labels, gallery.shape[0])
+    query_labels = labels_1d("query_labels", query_labels, query.shape[0])
+    gallery_labels = labels_1d("gallery_labels", gallery_labels, gallery.shape[0])
     ks = [int(k) for k in ks]
     if not ks or min(ks) < 1:
         raise ValueError(f"ks must be a non-empty list of positive integers, got {ks}")
@@ -108,8 +103,8 @@ def cosine_pairs(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, 
     Returns (same-label cosines, different-label cosines): float64 1-D arrays in row-major (i, j)
     order, of total length N (N - 1) / 2.
     """
-    features = _features_2d("features", features)
-    labels = _labels_1d("labels", labels, features.shape[0])
+    features = features_2d("features", features)
+    labels = labels_1d("labels", labels, features.shape[0])
     normalised = l2_rows(features)
     rows, cols = np.triu_indices(features.shape[0], k=1)
     cosines = np.einsum("pd,pd->p", normalised[rows], normalised[cols])
@@ -125,8 +120,8 @@ def class_similarity(features: np.ndarray, labels: np.ndarray, num_classes: int)
     rows; on the diagonal the self pairs (i, i) are included. Rows and columns of classes with no video
     are NaN.
     """
-    features = _features_2d("features", features)
-    labels = _labels_1d("labels", labels, features.shape[0]).astype(np.int64)
+    features = features_2d("features", features)
+    labels = labels_1d("labels", labels, features.shape[0]).astype(np.int64)
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
     if labels.min() < 0 or labels.max() >= num_classes:
@@ -261,8 +256,8 @@ def soft_alignment(za: np.ndarray, zb: np.ndarray, smooth_sigma: float = 1.0) ->
     becomes all ones); if smooth_sigma > 0, a separable Gaussian blur (sigma in blocks, kernel radius
     ceil(3 sigma), edges padded with the nearest value) is applied along both axes.
     """
-    za = _features_2d("za", za)
-    zb = _features_2d("zb", zb)
+    za = features_2d("za", za)
+    zb = features_2d("zb", zb)
     if za.shape[1] != zb.shape[1]:
         raise ValueError(f"za has {za.shape[1]} dims but zb has {zb.shape[1]}")
     if not smooth_sigma >= 0:
@@ -319,7 +314,7 @@ def _scores_and_labels(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarra
     probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != 2 or probs.shape[0] == 0 or probs.shape[1] == 0:
         raise ValueError(f"probs must be a non-empty 2-D array (V, C), got shape {probs.shape}")
-    labels = _labels_1d("labels", labels, probs.shape[0]).astype(np.int64)
+    labels = labels_1d("labels", labels, probs.shape[0]).astype(np.int64)
     return probs, labels
 
 
@@ -347,7 +342,7 @@ def confusion_matrix(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> 
     pred = np.asarray(pred).astype(np.int64)
     if pred.ndim != 1:
         raise ValueError(f"pred must be 1-D (V,), got shape {pred.shape}")
-    labels = _labels_1d("labels", labels, pred.shape[0]).astype(np.int64)
+    labels = labels_1d("labels", labels, pred.shape[0]).astype(np.int64)
     for name, values in (("pred", pred), ("labels", labels)):
         if values.size and (values.min() < 0 or values.max() >= num_classes):
             raise ValueError(f"{name} must lie in [0, {num_classes})")
@@ -370,7 +365,7 @@ def tsne_embedding(features: np.ndarray, seed: int = 0, perplexity: float = 30.0
     """
     from sklearn.manifold import TSNE
 
-    features = _features_2d("features", features)
+    features = features_2d("features", features)
     n = features.shape[0]
     if n < 3:
         raise ValueError(f"t-SNE needs at least 3 rows, got {n}")
@@ -387,145 +382,3 @@ def tsne_embedding(features: np.ndarray, seed: int = 0, perplexity: float = 30.0
         n_jobs=1,
     )
     return np.asarray(tsne.fit_transform(rows), dtype=np.float64)
-
-
-# --------------------------------------------------------------------------------------------------
-# Figures
-# --------------------------------------------------------------------------------------------------
-
-
-def _new_figure(width: float, height: float):
-    """A matplotlib Figure attached to its own Agg canvas (no pyplot, no global backend state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height))
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _save_png(figure, path: str | os.PathLike) -> None:
-    """Write figure as PNG (dpi 120, no Software metadata), atomically."""
-    from cocon.files import atomic_path
-
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=PNG_DPI, metadata={"Software": None})
-        figure.clear()
-
-
-def _class_colours(num_classes: int) -> list:
-    from matplotlib import colormaps
-
-    if num_classes <= 10:
-        return [colormaps["tab10"](i) for i in range(num_classes)]
-    if num_classes <= 20:
-        return [colormaps["tab20"](i) for i in range(num_classes)]
-    turbo = colormaps["turbo"]
-    return [turbo(i / max(1, num_classes - 1)) for i in range(num_classes)]
-
-
-def plot_tsne(
-    xy: np.ndarray,
-    labels: np.ndarray,
-    class_names: Sequence[str],
-    path: str | os.PathLike,
-    title: str,
-) -> None:
-    """Scatter of a 2-D embedding xy (n, 2) coloured by labels (n,) indexing class_names, with a legend."""
-    xy = np.asarray(xy, dtype=np.float64)
-    if xy.ndim != 2 or xy.shape[1] != 2:
-        raise ValueError(f"xy must have shape (n, 2), got {xy.shape}")
-    labels = _labels_1d("labels", labels, xy.shape[0]).astype(np.int64)
-    if labels.size and (labels.min() < 0 or labels.max() >= len(class_names)):
-        raise ValueError(f"labels must index class_names (0..{len(class_names) - 1})")
-    colours = _class_colours(len(class_names))
-    present = np.unique(labels)
-    legend_columns = max(1, math.ceil(present.size / 25))
-    figure = _new_figure(6.0 + 2.0 * legend_columns, 6.0)
-    axes = figure.add_subplot(1, 1, 1)
-    for cls in present:
-        mask = labels == cls
-        axes.scatter(xy[mask, 0], xy[mask, 1], s=12, color=colours[cls], label=str(class_names[cls]))
-    axes.set_title(title)
-    axes.set_xticks([])
-    axes.set_yticks([])
-    if present.size:
-        axes.legend(
-            loc="upper left",
-            bbox_to_anchor=(1.02, 1.0),
-            fontsize="x-small",
-            ncol=legend_columns,
-            frameon=False,
-            markerscale=1.5,
-        )
-    figure.tight_layout()
-    _save_png(figure, path)
-
-
-def plot_cosine_histograms(same: np.ndarray, different: np.ndarray, path: str | os.PathLike, title: str) -> None:
-    """Overlaid density histograms of same-class (blue) and different-class (orange) cosines (1-D each)."""
-    bins = np.linspace(-1.0, 1.0, 41)
-    figure = _new_figure(6.0, 4.0)
-    axes = figure.add_subplot(1, 1, 1)
-    for values, colour, name in (
-        (same, "tab:blue", "same class"),
-        (different, "tab:orange", "different class"),
-    ):
-        values = np.clip(np.asarray(values, dtype=np.float64).ravel(), -1.0, 1.0)
-        if values.size:
-            label = f"{name} (mean {values.mean():.3f}, n={values.size})"
-            axes.hist(values, bins=bins, density=True, alpha=0.5, color=colour, label=label)
-        else:
-            axes.plot([], [], color=colour, label=f"{name} (n=0)")
-    axes.set_xlim(-1.0, 1.0)
-    axes.set_xlabel("cosine similarity")
-    axes.set_ylabel("density")
-    axes.set_title(title)
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    _save_png(figure, path)
-
-
-def plot_alignment(matrix: np.ndarray, path: str | os.PathLike, title: str, xlabel: str, ylabel: str) -> None:
-    """Heatmap of an alignment matrix (Ta, Tb): rows down the y axis (origin upper), with a colorbar."""
-    matrix = np.asarray(matrix, dtype=np.float64)
-    if matrix.ndim != 2:
-        raise ValueError(f"matrix must be 2-D, got shape {matrix.shape}")
-    figure = _new_figure(5.5, 4.5)
-    axes = figure.add_subplot(1, 1, 1)
-    image = axes.imshow(matrix, origin="upper", aspect="auto", interpolation="nearest", cmap="viridis")
-    figure.colorbar(image, ax=axes)
-    axes.set_title(title)
-    axes.set_xlabel(xlabel)
-    axes.set_ylabel(ylabel)
-    figure.tight_layout()
-    _save_png(figure, path)
-
-
-def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: str | os.PathLike, title: str) -> None:
-    """Row-normalised heatmap of a confusion matrix of counts (C, C), rows = true class.
-
-    Rows without any video stay all zero. Class names label the axes when there are at most 40 classes.
-    """
-    counts = np.asarray(matrix, dtype=np.float64)
-    num_classes = len(class_names)
-    if counts.shape != (num_classes, num_classes):
-        raise ValueError(f"matrix must have shape ({num_classes}, {num_classes}), got {counts.shape}")
-    row_totals = counts.sum(axis=1, keepdims=True)
-    normalised = np.divide(counts, row_totals, out=np.zeros_like(counts), where=row_totals > 0)
-    size = min(14.0, 4.0 + 0.18 * num_classes)
-    figure = _new_figure(size + 1.0, size)
-    axes = figure.add_subplot(1, 1, 1)
-    image = axes.imshow(normalised, origin="upper", vmin=0.0, vmax=1.0, cmap="Blues", interpolation="nearest")
-    figure.colorbar(image, ax=axes, label="fraction of true class")
-    if num_classes <= 40:
-        ticks = np.arange(num_classes)
-        axes.set_xticks(ticks)
-        axes.set_yticks(ticks)
-        axes.set_xticklabels([str(name) for name in class_names], rotation=90, fontsize="x-small")
-        axes.set_yticklabels([str(name) for name in class_names], fontsize="x-small")
-    axes.set_xlabel("predicted class")
-    axes.set_ylabel("true class")
-    axes.set_title(title)
-    figure.tight_layout()
-    _save_png(figure, path)

@@ -214,7 +214,7 @@ def figures(metrics: dict[tuple[int, str], Path], scores: dict[tuple[int, str, s
     finetune.png   validation top-1 per fine-tuning epoch, per view and init
     per_class.png  test top-1 per class, per view and init
     Returns the numbers plotted (also in claim.json)."""
-    from cocon.evaluate import analyses as A
+    from cocon.evaluate import figures as F
 
     read = {key: read_metrics(path) for key, path in metrics.items()}
     seeds = sorted({s for s, _ in read})
@@ -223,7 +223,7 @@ def figures(metrics: dict[tuple[int, str], Path], scores: dict[tuple[int, str, s
     out_fig = out / "figures"
     numbers: dict = {"collapse": {}, "coop": {}, "finetune": {}, "per_class": {}}
 
-    fig = A._new_figure(5.0 * max(1, len(views)), 3.6)
+    fig = F.new_figure(5.0 * max(1, len(views)), 3.6)
     for k, view in enumerate(views):
         ax = fig.add_subplot(1, max(1, len(views)), k + 1)
         col = f"val/cos/{view}"
@@ -246,12 +246,12 @@ def figures(metrics: dict[tuple[int, str], Path], scores: dict[tuple[int, str, s
         ax.set_xlabel("epoch")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    A._save_png(fig, out_fig / "collapse.png")
+    F.save_png(fig, out_fig / "collapse.png")
 
     pairs = sorted(
         {c.split("/")[-1] for (s, r), m in read.items() if r == "cocon" for c in m if c.startswith("val/sync/")}
     )
-    fig = A._new_figure(5.0 * max(1, len(pairs)), 3.6 * 2)
+    fig = F.new_figure(5.0 * max(1, len(pairs)), 3.6 * 2)
     for k, pair in enumerate(pairs):
         for row, term in enumerate(("sync", "sim")):
             ax = fig.add_subplot(2, max(1, len(pairs)), row * len(pairs) + k + 1)
@@ -267,11 +267,11 @@ def figures(metrics: dict[tuple[int, str], Path], scores: dict[tuple[int, str, s
             ax.set_xlabel("stage-2 epoch")
             ax.legend(fontsize=7)
     fig.tight_layout()
-    A._save_png(fig, out_fig / "coop.png")
+    F.save_png(fig, out_fig / "coop.png")
 
     inits = [i for i in I.NAMES if any(r == f"finetune:{i}:{v}" for r in runs for v in views)]
     colours = {i.name: i.colour for i in I.INITS.values()}
-    fig = A._new_figure(5.0 * max(1, len(views)), 3.6)
+    fig = F.new_figure(5.0 * max(1, len(views)), 3.6)
     for k, view in enumerate(views):
         ax = fig.add_subplot(1, max(1, len(views)), k + 1)
         for init in inits:
@@ -288,7 +288,7 @@ def figures(metrics: dict[tuple[int, str], Path], scores: dict[tuple[int, str, s
         ax.set_xlabel("epoch")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    A._save_png(fig, out_fig / "finetune.png")
+    F.save_png(fig, out_fig / "finetune.png")
 
     per_class: dict = {}
     names: list[str] = []
@@ -301,7 +301,7 @@ def figures(metrics: dict[tuple[int, str], Path], scores: dict[tuple[int, str, s
     if per_class:
         keys = [(i, v) for v in views for i in I.NAMES if (i, v) in per_class]
         grid = np.array([np.nanmean(per_class[k], axis=0) for k in keys])
-        fig = A._new_figure(1.2 + 0.8 * len(names), 1.0 + 0.35 * len(keys))
+        fig = F.new_figure(1.2 + 0.8 * len(names), 1.0 + 0.35 * len(keys))
         ax = fig.add_subplot(1, 1, 1)
         im = ax.imshow(100 * grid, vmin=0, vmax=100, cmap="viridis", aspect="auto")
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
@@ -311,7 +311,7 @@ def figures(metrics: dict[tuple[int, str], Path], scores: dict[tuple[int, str, s
         ax.set_title("test top-1 per class (%), mean over seeds")
         fig.colorbar(im, ax=ax)
         fig.tight_layout()
-        A._save_png(fig, out_fig / "per_class.png")
+        F.save_png(fig, out_fig / "per_class.png")
         numbers["per_class"] = {f"{i}/{v}": g.tolist() for (i, v), g in zip(keys, grid)}
         numbers["class_names"] = list(names)
     return numbers

@@ -38,6 +38,7 @@ import numpy as np
 from cocon import inits as I
 from cocon.config import add_config_args, config_from_args
 from cocon.evaluate import analyses as A
+from cocon.evaluate import figures as F
 from cocon.evaluate.frozen import frozen_eval
 from cocon.files import read_h5, write_json, write_text
 from cocon.provenance import code_revision, library_versions
@@ -99,7 +100,7 @@ def classification(scores: dict, weights: dict, figures: Path) -> dict:
         if len(labels):
             cm = A.confusion_matrix(probs.argmax(axis=1), labels, len(names))
             entry["top5"] = A.top_k_accuracy(probs, labels, 5)
-            A.plot_confusion(
+            F.plot_confusion(
                 cm,
                 names,
                 figures / f"confusion_{init}_{view}.png",
@@ -150,12 +151,12 @@ def feature_analyses(features: dict, ev: dict, seed: int, figures: Path) -> dict
             }
             if len(same) and len(diff):
                 entry["cosine"]["gap"] = entry["cosine"]["same_class_mean"] - entry["cosine"]["other_class_mean"]
-            A.plot_cosine_histograms(
+            F.plot_cosine_histograms(
                 same, diff, figures / f"cosine_{init}_{view}.png", f"{title}: test cosine similarities"
             )
         if len(ql) >= 3:
             xy = A.tsne_embedding(te, seed=seed, perplexity=ev["tsne_perplexity"])
-            A.plot_tsne(xy, ql, names, figures / f"tsne_{init}_{view}.png", f"{title}: t-SNE of test videos")
+            F.plot_tsne(xy, ql, names, figures / f"tsne_{init}_{view}.png", f"{title}: t-SNE of test videos")
         sims.setdefault(init, {})[view] = A.class_similarity(te, ql, len(names))
         entry["alignment"] = alignments(arr, ev, init, view, title, figures)
         out.setdefault(init, {})[view] = entry
@@ -189,7 +190,7 @@ def alignments(arr: dict, ev: dict, init: str, view: str, title: str, figures: P
     for k, (a, b) in enumerate(pairs):
         m = A.soft_alignment(blocks[a], blocks[b], ev["alignment_sigma"])
         name = f"alignment_{init}_{view}_{k}.png"
-        A.plot_alignment(m, figures / name, f"{title}: soft alignment", f"{ids[b]} (block)", f"{ids[a]} (block)")
+        F.plot_alignment(m, figures / name, f"{title}: soft alignment", f"{ids[b]} (block)", f"{ids[a]} (block)")
         done.append(
             {
                 "figure": name,

@@ -41,13 +41,14 @@ import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from cocon import views as V
 from cocon.data.clips import discover, frame_map, view_frame_indices
 from cocon.data.shards import ShardReader
-from cocon.files import atomic_path, write_json
+from cocon.evaluate.colour import colour_wheel, flow_colour, overlay
+from cocon.evaluate.figures import new_figure, save_png
+from cocon.files import write_json
 from cocon.preprocess.flow import dequantize
 from cocon.runtime import setup_logging
 
@@ -69,70 +70,6 @@ ARROW_GRID = 6  # arrows per cell side (the longer side)
 MAX_FAILED_ROWS = 30  # rows of the failed-videos figure (the TSV and tables.html hold them all)
 OVERLAY_CMAP = {"pose": "inferno", "seg": "viridis"}
 OVERLAY_WHAT = {"pose": "keypoint confidence\n(max of channels)", "seg": "P(person)"}
-
-
-# ------------------------------------------------------------------ colour coding
-
-
-def _wheel() -> np.ndarray:
-    """The Middlebury colour wheel: float (55, 3) RGB in [0, 1], hues from red through yellow, green, cyan,
-    blue, magenta (Baker et al., "A Database and Evaluation Methodology for Optical Flow", 2011)."""
-    ry, yg, gc, cb, bm, mr = 15, 6, 4, 11, 13, 6
-    wheel = np.zeros((ry + yg + gc + cb + bm + mr, 3))
-    c = 0
-    for n, ch, rising, const in ((ry, 1, True, 0), (yg, 0, False, 1), (gc, 2, True, 1), (cb, 1, False, 2),
-                                 (bm, 0, True, 2), (mr, 2, False, 0)):  # fmt: skip
-        ramp = np.floor(255 * np.arange(n) / n)
-        wheel[c : c + n, ch] = ramp if rising else 255 - ramp
-        wheel[c : c + n, const] = 255
-        c += n
-    return wheel / 255.0
-
-
-WHEEL = _wheel()
-
-
-def flow_colour(u: np.ndarray, v: np.ndarray, max_px: float) -> np.ndarray:
-    """Flow (u, v) float px (H, W) each, u right and v down -> uint8 RGB (H, W, 3) on the Middlebury wheel:
-    hue = direction (u > 0 red, v > 0 yellow, u < 0 cyan, v < 0 blue), saturation = |f| / max_px, white at
-    0; beyond max_px the full colour darkened to 75 %."""
-    u, v = np.asarray(u, np.float64), np.asarray(v, np.float64)
-    rad = np.hypot(u, v) / float(max_px)
-    n = len(WHEEL)
-    fk = (np.arctan2(-v, -u) / np.pi + 1) / 2 * (n - 1)
-    k0 = np.floor(fk).astype(np.int64)
-    k1 = (k0 + 1) % n
-    f = (fk - k0)[..., None]
-    col = (1 - f) * WHEEL[k0] + f * WHEEL[k1]
-    inside = (rad <= 1)[..., None]
-    col = np.where(inside, 1 - np.minimum(rad, 1)[..., None] * (1 - col), col * 0.75)
-    return np.floor(255 * col).astype(np.uint8)
-
-
-def colour_wheel(size: int = 65) -> np.ndarray:
-    """The key of flow_colour: uint8 RGBA (size, size, 4); pixel (x, y) shows the flow pointing from the
-    centre to it, the rim being max_px; transparent outside the disc."""
-    c = (size - 1) / 2
-    y, x = np.mgrid[0:size, 0:size].astype(np.float64)
-    u, v = (x - c) / c, (y - c) / c
-    rgba = np.zeros((size, size, 4), np.uint8)
-    rgba[..., :3] = flow_colour(u, v, 1.0)
-    rgba[..., 3] = np.where(np.hypot(u, v) <= 1.0, 255, 0)
-    return rgba
-
-
-def overlay(rgb: np.ndarray, values: np.ndarray, cmap_name: str) -> np.ndarray:
-    """A confidence map values float [0, 1] (h, w) over an rgb frame uint8 (H, W, 3): the map resized
-    (bilinear) to (H, W), coloured by `cmap_name` and blended with alpha = 0.85 * value over the frame
-    dimmed to 60 % grey. -> uint8 (H, W, 3)."""
-    from matplotlib import colormaps
-
-    h, w = rgb.shape[:2]
-    m = np.clip(cv2.resize(values.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR), 0, 1)
-    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)[..., None] * 0.6
-    colour = colormaps[cmap_name](m)[..., :3] * 255.0
-    a = 0.85 * m[..., None]
-    return np.clip(np.rint(grey * (1 - a) + colour * a), 0, 255).astype(np.uint8)
 
 
 # ------------------------------------------------------------------ what to draw
@@ -228,22 +165,6 @@ def read_view(reader: ShardReader, view: str, row: int, rgb_frames: np.ndarray) 
 
 
 # ------------------------------------------------------------------ drawing
-
-
-def _new_figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), dpi=DPI)
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _save(figure, path: Path) -> None:
-    """PNG at DPI, no Software metadata (same bytes for the same figure), written atomically."""
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
-    figure.clear()
 
 
 def _pixels(figure, axes) -> list[int]:
@@ -350,7 +271,7 @@ def render_video(
     row_h = cell_h + CAPTION_IN
     width = LABEL_IN + n_cols * CELL_IN + KEY_IN
     height = TITLE_IN + len(data) * row_h + 0.1
-    fig = _new_figure(width, height)
+    fig = new_figure(width, height, DPI)
     meta = rgb.attrs
     title = (
         f"{choice.video_id}   label {choice.label}   {choice.role} (split {split})   "
@@ -438,7 +359,7 @@ def render_video(
         elif kind != "rgb":
             bar = ((left + 0.4) / width, y0 + 0.1 * cell_h / height, 0.12 / width, 0.8 * cell_h / height)
             _key_bar(fig.add_axes(bar), OVERLAY_CMAP.get(kind, "inferno"), OVERLAY_WHAT.get(kind, "value"))
-    _save(fig, path)
+    save_png(fig, path, DPI)
     return out
 
 
@@ -470,7 +391,7 @@ def render_failures(failed: list[dict], path: Path, n_views: int, limit: int = M
     with n_views views."""
     shown = failed[:limit]
     rows = max(1, len(shown)) + (1 if len(failed) > limit else 0)
-    fig = _new_figure(11.0, 0.7 + 0.2 * rows)
+    fig = new_figure(11.0, 0.7 + 0.2 * rows, DPI)
     title = f"Failed videos: {len(failed)}" if failed else "Failed videos: none (every video ok in every view)"
     fig.text(0.01, 1 - 0.12 / fig.get_figheight(), title, ha="left", va="top", fontsize=FONT + 3, weight="bold")
     ax = fig.add_axes((0.01, 0.02, 0.98, 1 - 0.45 / fig.get_figheight()))
@@ -486,7 +407,7 @@ def render_failures(failed: list[dict], path: Path, n_views: int, limit: int = M
         table.set_fontsize(FONT)
         for cell in table.get_celld().values():
             cell.PAD = 0.01
-    _save(fig, path)
+    save_png(fig, path, DPI)
 
 
 def run(
