@@ -161,3 +161,24 @@ def test_a_partial_config_merges_over_the_demo_and_a_recipe_replaces_it(tmp_path
     printed = _dry_run_printed(tmp_path / "ucf", tmp_path / "recipe.yaml")
     assert "(a recipe: it names its dataset, so" in printed and "config.yaml is not read" in printed
     assert '"epochs":100' in printed and '"width":64' in printed
+
+
+@pytest.mark.slow
+def test_kinetics_pretraining_over_two_nodes_requests_them_for_every_training_job(tmp_path):
+    cfg = _on_stand_in(tmp_path, "kinetics400_pretrain.yaml")
+    cfg.setdefault("runtime", {}).update(nodes=2, gpus=4)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "snakemake", "pretrain", "-n", "--cores", "4", "-s", str(REPO / "Snakefile")]
+    proc = subprocess.run([*cmd, "-d", str(tmp_path), "--configfile", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    resources = {}  # rule -> its resources line, for every scheduled job
+    for block in proc.stdout.split("\nrule ")[1:]:
+        name = block.split(":", 1)[0]
+        resources.setdefault(name, []).append(next(x for x in block.splitlines() if "resources:" in x))
+    assert len(resources["cpc"]) == 2 and len(resources["cocon"]) == len(resources["control"]) == 1
+    for rule in ("cpc", "cocon", "control"):
+        for line in resources[rule]:  # one SLURM job over 2 nodes, one srun task (a torchrun agent) per node
+            assert "nodes=2, tasks=2, mpi=srun, slurm_extra=--gpus-per-node=4" in line, line
+            assert "launcher=python -m cocon launch --nodes 2 --gpus-per-node 4" in line, line
+    assert all("nodes=" not in line for line in resources["frames"] + resources["flow"])  # preprocessing: one node
