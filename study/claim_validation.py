@@ -76,22 +76,38 @@ def best_val(path: Path) -> float:
         return max(float(r["val/top1"]) for r in csv.DictReader(fh))
 
 
-def validation_probes(features: dict, classes: int) -> dict:
-    """kNN and linear probe fitted on the training role minus the validation subset, scored on it: the
-    best of the grid (KS, CS), for every init alike."""
-    labeled = features.get("train/is_labeled", np.ones(len(features["train/label"]), bool)).astype(bool)
-    x, y = features["train/feature"][labeled], features["train/label"][labeled]
-    val = features["train/is_val"].astype(bool)[labeled]
-    knn = max(float((knn_predict(x[~val], y[~val], x[val], k, classes) == y[val]).mean()) for k in KS)
-    lin = max(float((probe_predict(x[~val], y[~val], x[val], c) == y[val]).mean()) for c in CS)
-    return {"knn": knn, "linear": lin, "n_val": int(val.sum())}
+def labeled_groups(video_ids: list[str], labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Scarce labels after the fact (design a): a bool mask keeping, per class, round(fraction x groups) of
+    the videos' groups (`..._gNN_cMM` -> `..._gNN`), drawn with `seed`. fraction 1 keeps every video."""
+    if fraction >= 1:
+        return np.ones(len(video_ids), bool)
+    groups = np.array([v.rsplit("_c", 1)[0] for v in video_ids])
+    keep = np.zeros(len(video_ids), bool)
+    rng = np.random.default_rng(seed)
+    for c in np.unique(labels):
+        names = sorted(set(groups[labels == c]))
+        chosen = rng.choice(names, size=max(1, round(fraction * len(names))), replace=False)
+        keep |= np.isin(groups, chosen)
+    return keep
 
 
-def summarise(cfg: dict, out: Path) -> dict:
+def validation_probes(features: dict, classes: int, fraction: float = 1.0, seed: int = 0) -> dict:
+    """kNN and linear probe fitted on the training role minus the validation subset (its labeled groups
+    only when `fraction` < 1), scored on the validation subset: the best of the grid (KS, CS), for every
+    init alike."""
+    y_all, val_all = features["train/label"], features["train/is_val"].astype(bool)
+    fit = ~val_all & labeled_groups(list(features["train/video_id"]), y_all, fraction, seed)
+    x, y = features["train/feature"], y_all
+    knn = max(float((knn_predict(x[fit], y[fit], x[val_all], k, classes) == y[val_all]).mean()) for k in KS)
+    lin = max(float((probe_predict(x[fit], y[fit], x[val_all], c) == y[val_all]).mean()) for c in CS)
+    return {"knn": knn, "linear": lin, "n_val": int(val_all.sum()), "n_fit": int(fit.sum())}
+
+
+def summarise(cfg: dict, out: Path, fraction: float = 1.0) -> dict:
     full = validate(json.loads(json.dumps(cfg)))
     views, inits = full["train"]["views"], I.possible(len(full["train"]["views"]))
     chance = 1.0 / (full["cpc"]["batch_size"] * full["cpc"]["pred_steps"])
-    res: dict = {"chance_cpc_top1": chance, "per_seed": {}}
+    res: dict = {"chance_cpc_top1": chance, "labeled_fraction": fraction, "per_seed": {}}
     for seed in full["claim"]["seeds"]:
         root = out / full["output_dir"] / "claim" / f"seed{seed}"
         entry: dict = {"cpc_val_top1": {}, "probes": {}, "finetune_val_top1": {}}
@@ -99,7 +115,7 @@ def summarise(cfg: dict, out: Path) -> dict:
             entry["cpc_val_top1"][v] = last_row(root / "train" / "cpc" / v / "metrics.csv").get(f"val/top1/{v}")
             for i in inits:
                 arr, attrs = read_h5(root / "features" / i / f"{v}.h5")
-                entry["probes"][f"{i}/{v}"] = validation_probes(arr, len(attrs["class_names"]))
+                entry["probes"][f"{i}/{v}"] = validation_probes(arr, len(attrs["class_names"]), fraction, seed)
                 entry["finetune_val_top1"][f"{i}/{v}"] = best_val(root / "finetune" / i / v / "metrics.csv")
         entry["gate"] = all(t is not None and t > 2 * chance for t in entry["cpc_val_top1"].values())
         res["per_seed"][str(seed)] = entry
@@ -152,6 +168,8 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[100, 101, 102])
     p.add_argument("--cores", type=int, default=2)
     p.add_argument("--rgb-gate", action="store_true", help="only the RGB gate (a random-init rgb fine-tune must fit)")
+    p.add_argument("--summarise-only", action="store_true", help="read a finished --out again; run nothing")
+    p.add_argument("--labeled", type=float, default=1.0, help="probes fitted on this fraction of the groups")
     a = p.parse_args()
     if REPORTED_SEEDS & set(a.seeds):
         raise SystemExit(f"seeds {sorted(REPORTED_SEEDS)} are the reported ones: choose on others")
@@ -162,9 +180,11 @@ def main() -> None:
         (a.out / "rgb_gate.json").write_text(json.dumps({"setting": setting, **gate}, indent=1))
         print(gate)
         return
-    run(cfg, a.out.resolve(), a.cores)
-    res = {"setting": setting, **summarise(cfg, a.out.resolve())}
-    (a.out / "validation.json").write_text(json.dumps(res, indent=1))
+    if not a.summarise_only:
+        run(cfg, a.out.resolve(), a.cores)
+    res = {"setting": setting, **summarise(cfg, a.out.resolve(), a.labeled)}
+    name = "validation.json" if a.labeled >= 1 else f"validation_labeled{a.labeled:g}.json"
+    (a.out / name).write_text(json.dumps(res, indent=1))
     print(table(res))
 
 
