@@ -268,6 +268,21 @@ def test_claim_mean_and_std_over_seeds(cfg, tmp_path):
     assert "± " in (tmp_path / "claim.md").read_text()
 
 
+def test_claim_says_whether_stage_1_learned(tmp_path):
+    from cocon.evaluate.claim import stage1, stage1_lines
+
+    metrics = {}
+    for seed, last in ((0, 0.05), (1, 0.2)):  # chance 1 / (8 x 3) = 0.042: seed 0 at 1.2x, seed 1 at 4.8x
+        path = tmp_path / f"cpc_{seed}.csv"
+        path.write_text(f"epoch,val/top1/rgb\n0,0.04\n1,{last}\n")
+        metrics[(seed, "cpc:rgb")] = path
+    metrics[(0, "cocon")] = path  # other runs are not stage 1
+    res = stage1({"cpc": {"batch_size": 8, "pred_steps": 3}}, metrics)
+    assert res["chance"] == pytest.approx(1 / 24) and res["val_top1"] == {"rgb": {0: 0.05, 1: 0.2}}
+    assert res["learned"] == {"rgb": {0: False, 1: True}}
+    assert "seed 0 0.050 (1.2×, not learned)" in "\n".join(stage1_lines(res))
+
+
 @pytest.mark.slow
 def test_finetune_resume_equals_an_uninterrupted_run(cfg, tmp_path, one_torch_thread):
     finetune_engine("rgb", "random", None, cfg, tmp_path / "straight").fit()

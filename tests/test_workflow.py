@@ -182,6 +182,9 @@ def test_claim_target_runs_every_seed_on_the_same_shards(demo_run):
         assert set(result["frozen"][measure]["accuracy"]["flow_tvl1"]) == inits
         assert "cpc<cocon" in result["frozen"][measure]["orderings"]["flow_tvl1"]
     assert {"collapse", "coop", "finetune", "per_class"} <= set(result["diagnostics"])
+    cpc = result["config"]["cpc"]  # did stage 1 learn: CPC's last validation top-1 per view and seed vs chance
+    assert result["stage1"]["chance"] == pytest.approx(1 / (cpc["batch_size"] * cpc["pred_steps"]))
+    assert {v: set(by) for v, by in result["stage1"]["val_top1"].items()} == {"rgb": {"4"}, "flow_tvl1": {"4"}}
     figures = {p.name for p in (demo_run / "results" / "claim" / "figures").glob("*.png")}
     assert figures == {"collapse.png", "coop.png", "finetune.png", "per_class.png"}
     from cocon.train.checkpoints import load_checkpoint

@@ -139,6 +139,38 @@ def table(summary: dict, orderings: dict) -> list[str]:
     return lines
 
 
+STAGE1_CLEARLY = 2.0  # CPC "learned" when its final validation top-1 exceeds this many times chance
+
+
+def stage1(cfg: dict, metrics: dict[tuple[int, str], Path]) -> dict:
+    """Did stage 1 learn? The last epoch's validation top-1 of each seed's CPC run per view against chance,
+    1 / (global batch x predicted blocks) (cpc.batch_size, cpc.pred_steps): a stage-2 comparison means
+    something only where CPC is clearly above it (> STAGE1_CLEARLY x chance)."""
+    chance = 1.0 / (cfg["cpc"]["batch_size"] * cfg["cpc"]["pred_steps"])
+    top1: dict = {}
+    for (seed, run), path in sorted(metrics.items()):
+        if run.startswith("cpc:"):
+            view = run.split(":", 1)[1]
+            curve = read_metrics(path).get(f"val/top1/{view}")
+            if curve is not None and len(curve):
+                top1.setdefault(view, {})[seed] = float(curve[-1])
+    learned = {v: {s: t > STAGE1_CLEARLY * chance for s, t in by.items()} for v, by in top1.items()}
+    return {"chance": chance, "clearly": STAGE1_CLEARLY, "val_top1": top1, "learned": learned}
+
+
+def stage1_lines(res: dict) -> list[str]:
+    head = f"CPC validation top-1 at its last epoch (chance 1/(B·P) = {res['chance']:.3f}; learned: > {res['clearly']:g}× chance):"
+    rows = [
+        f"- {view}: "
+        + ", ".join(
+            f"seed {s} {t:.3f} ({t / res['chance']:.1f}×{'' if res['learned'][view][s] else ', not learned'})"
+            for s, t in by.items()
+        )
+        for view, by in res["val_top1"].items()
+    ]
+    return [head, "", *rows]
+
+
 def claim(
     cfg: dict,
     scores: dict[tuple[int, str, str], Path],
@@ -180,6 +212,9 @@ def claim(
     if metrics:
         result["diagnostics"] = figures(metrics, scores, out)
     text = f"Mean ± std over seeds {seeds}; an ordering holds when the gap exceeds 2 pooled standard deviations.\n"
+    if metrics and "cpc" in cfg:
+        result["stage1"] = stage1(cfg, metrics)
+        text += "\n" + "\n".join(stage1_lines(result["stage1"])) + "\n"
     for title, summ, ords in sections:
         text += f"\n**{title}**\n\n" + "\n".join(table(summ, ords)) + "\n"
     write_text(out / "claim.md", text)

@@ -71,7 +71,16 @@ READS: dict[str, tuple[str, ...]] = {
         "runtime.workers",
     ),
     "report": ("seed", "dataset.name", "dataset.format", "dataset.split", "evaluate"),
-    "claim": ("seed", "dataset.name", "dataset.format", "dataset.split", "evaluate.ensemble_weights", "claim"),
+    "claim": (
+        "seed",
+        "dataset.name",
+        "dataset.format",
+        "dataset.split",
+        "evaluate.ensemble_weights",
+        "cpc.batch_size",  # chance of CPC's top-1, for the stage-1 gate
+        "cpc.pred_steps",
+        "claim",
+    ),
 }
 # Keys that change speed or placement, never a result beyond float rounding (the runtime part).
 SPEED_ONLY = (
