@@ -192,8 +192,12 @@ def job_sections(
         out["evaluate"]["ensemble_weights"] = {v: w for v, w in weights.items() if v in views}
     for key, value in STAGE2_VARIANTS.get(command, {}).items():
         _put(out, f"cocon.{key}", value)
-    if seed is not None:
+    if seed is not None:  # a job of the claim target: its seed, and its epochs where the claim sets them
         out["seed"] = int(seed)
+        for section in ("cpc", "cocon"):
+            epochs = _get(config, f"claim.{section}_epochs")
+            if epochs not in (None, _MISSING) and _get(out, f"{section}.epochs") is not _MISSING:
+                out[section]["epochs"] = int(epochs)
     runtime: dict = {}
     for path in SPEED_ONLY:
         value = _get(out, path)
