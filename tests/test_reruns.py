@@ -89,7 +89,7 @@ CASES = [
         {"evaluate": {"window_stride": 1}},
         {*evaluation(INITS, rules=("evaluate", "features")), "report"},
     ),
-    ("claim.seeds (not in the default target)", {"claim": {"seeds": [5]}}, set()),
+    ("claim.* (not in the default target)", {"claim": {"seeds": [5], "cpc_epochs": 3, "cocon_epochs": 2}}, set()),
     (
         "speed and placement: runtime.*, evaluate.batch_size, flow.tvl1 batch_size and device",
         {
@@ -176,3 +176,21 @@ def test_raising_the_epochs_continues_the_finished_run(finished, tmp_path):
         torch.testing.assert_close(continued["models"]["rgb"][k], t, rtol=0, atol=0)
     metrics = "results/train/cpc/rgb/metrics.csv"
     assert (work / metrics).read_bytes() == (tmp_path / "straight" / metrics).read_bytes()
+
+
+def test_the_claim_may_train_longer_than_the_default_run():
+    """claim.cpc_epochs / cocon_epochs reach the claim's training jobs (those with a seed) only."""
+    import json
+
+    from cocon.config import load_config
+    from cocon.workflow.jobs import job_config
+
+    cfg = load_config(overrides={**TINY, "claim": {"seeds": [3], "cpc_epochs": 7, "cocon_epochs": 5}})
+    epochs = lambda command, **kw: json.loads(job_config(cfg, command, **kw))  # noqa: E731
+    assert epochs("cpc", views="rgb")["cpc"]["epochs"] == TINY["cpc"]["epochs"]  # the default run's
+    assert epochs("cpc", views="rgb", seed=3)["cpc"]["epochs"] == 7
+    for stage2 in ("cocon", "control", "cocon_paper"):
+        job = epochs(stage2, seed=3)
+        assert job["cocon"]["epochs"] == 5 and job["cpc"]["epochs"] == 7 and job["seed"] == 3
+        assert epochs(stage2)["cocon"]["epochs"] == TINY["cocon"]["epochs"]
+    assert "epochs" not in epochs("finetune", views="rgb", seed=3).get("cpc", {})  # fine-tuning: its own epochs
