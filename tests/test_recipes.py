@@ -154,7 +154,8 @@ def test_a_partial_config_merges_over_the_demo_and_a_recipe_replaces_it(tmp_path
     printed = _dry_run_printed(tmp_path / "demo", overlay, "claim")
     assert f"config: {REPO / 'config.yaml'} (the demo), with {overlay} merged over it" in printed
     demo = yaml.safe_load((REPO / "config.yaml").read_text())
-    assert f'"epochs":{demo["cpc"]["epochs"]}' in printed and '"width":8' in printed  # the demo's, not the schema's
+    epochs = demo["claim"].get("cpc_epochs") or demo["cpc"]["epochs"]  # the claim's runs: the demo's claim epochs
+    assert f'"epochs":{epochs}' in printed and '"width":8' in printed  # the demo's, not the schema's
     assert printed.count("train cpc --views rgb") == 2  # one per claim seed
     cfg = _on_stand_in(tmp_path, "ucf101_split1.yaml")
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(cfg))
