@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from cocon import inits as I  # noqa: E402
 from cocon.config import _merge, validate  # noqa: E402
+from cocon.evaluate.claim import STAGE1_CLEARLY  # noqa: E402
 from cocon.evaluate.frozen import CS, KS, knn_predict, probe_predict  # noqa: E402
 from cocon.files import read_h5  # noqa: E402
 
@@ -117,7 +118,7 @@ def summarise(cfg: dict, out: Path, fraction: float = 1.0) -> dict:
                 arr, attrs = read_h5(root / "features" / i / f"{v}.h5")
                 entry["probes"][f"{i}/{v}"] = validation_probes(arr, len(attrs["class_names"]), fraction, seed)
                 entry["finetune_val_top1"][f"{i}/{v}"] = best_val(root / "finetune" / i / v / "metrics.csv")
-        entry["gate"] = all(t is not None and t > 2 * chance for t in entry["cpc_val_top1"].values())
+        entry["gate"] = all(t is not None and t > STAGE1_CLEARLY * chance for t in entry["cpc_val_top1"].values())
         res["per_seed"][str(seed)] = entry
     seeds = list(res["per_seed"].values())
     res["mean"] = {
