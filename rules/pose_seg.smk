@@ -14,7 +14,7 @@ rule seg:
         "benchmarks/seg/{shard}.tsv"
     conda:
         "../envs/mm.yaml"
-    threads: R.threads("seg")
+    threads: R.threads("seg", NET_THREADS)
     resources:
         gpu=view_gpus("seg"),
         mem_mb=R.mem_mb("seg"),
@@ -41,7 +41,7 @@ rule pose:
         "benchmarks/pose/{shard}.tsv"
     conda:
         "../envs/mm.yaml"
-    threads: R.threads("pose")
+    threads: R.threads("pose", NET_THREADS)
     resources:
         gpu=view_gpus("pose"),
         mem_mb=R.mem_mb("pose"),

@@ -248,7 +248,8 @@ def tiny_training(**sections: dict) -> dict:
         },
         "cpc": {"epochs": 1, "pred_steps": 2, "batch_size": 2, "max_steps_per_epoch": 1},
         "cocon": {"epochs": 1},
-        "runtime": {"workers": 0, "gpus": 0, "device": "cpu"},
+        # as the demo (config.yaml): one thread per network job, jobs side by side
+        "runtime": {"workers": 0, "threads": 1, "gpus": 0, "device": "cpu"},
     }
     for name, values in sections.items():
         out[name] = {**out.get(name, {}), **values}

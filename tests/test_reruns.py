@@ -103,7 +103,7 @@ CASES = [
                 "cudnn_benchmark": True,
                 "keep_checkpoints": 3,
                 "max_job_minutes": 600,
-                "threads": 1,
+                "threads": 2,
                 "nodes": 1,
             },
             "evaluate": {"batch_size": 2},

@@ -61,7 +61,7 @@ def training_placement(nodes: int, gpus_per_node: int) -> dict:
 
 
 # the rules whose jobs run a network: their threads can be set in the config (runtime.threads)
-NETWORK_RULES = ("cpc", "cocon", "finetune", "evaluate", "features")
+NETWORK_RULES = ("cpc", "cocon", "finetune", "evaluate", "features", "pose", "seg")
 
 
 def threads(rule: str, config_threads: int | None = None) -> int:
