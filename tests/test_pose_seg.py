@@ -372,12 +372,13 @@ def test_snakemake_runs_both_rules_and_the_summary_warns(tmp_path):
             "gpus": 0,
         },
         "train": {**TINY["train"], "views": ["rgb", "pose", "seg"]},
+        "shards": {"videos_per_shard": 4},  # 8 videos in 2 shards
     }
     proc = snakemake(tmp_path, cfg, "--cores", "2", *PREPROCESS)
     res = tmp_path / "results"
     for view in ("seg", "pose"):
         names = sorted(p.name for p in (res / "shards" / view).glob("*.h5"))
-        assert names == ["00000.h5", "00001.h5", "00002.h5"]
+        assert names == ["00000.h5", "00001.h5"]
         assert "WEIGHTS: NONE" in (tmp_path / "logs" / view / "00000.log").read_text()
         assert (tmp_path / "benchmarks" / view / "00000.tsv").exists()
     summary = json.loads((res / "reports" / "preprocess_summary.json").read_text())

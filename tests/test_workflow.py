@@ -127,7 +127,7 @@ EVAL_PAIRS = list(zip(I.DEFAULT_INITS, ["rgb", "flow_tvl1"] * 2))
 # byte between a local and a SLURM run of the whole DAG (tests/test_slurm.py).
 RERUN_TARGETS = [
     "results/reports/preprocess_summary.json",
-    "results/reports/views/index.json",
+    "results/reports/views",
     *(f"results/eval/{init}/{view}/scores.h5" for init, view in EVAL_PAIRS),
     *(f"results/features/{init}/{view}.h5" for init, view in EVAL_PAIRS),
 ]
