@@ -284,3 +284,43 @@ def demo_run(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("demo_run")
     snakemake(work, ALL_VIEWS, "--cores", "2")
     return work
+
+
+# ---- the SLURM runs (tests/slurm_runs.py): started with the session, read by tests/test_slurm.py at its end
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that read the SLURM runs go last (a stable sort): the runs, started when the session starts,
+    wait mostly for the queue, and have the rest of the suite's time to finish beside it."""
+    items.sort(key=lambda item: "slurm_runs" in item.fixturenames)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def slurm_background(request, tmp_path_factory):
+    """Starts the SLURM runs before the first test when a selected test reads them; stops what is left
+    (cluster daemons, runs of an aborted session) when the session ends."""
+    from slurm_runs import CALLS, SlurmRuns, unavailable
+
+    if not any("slurm_runs" in item.fixturenames for item in request.session.items) or unavailable():
+        yield None
+        return
+    folders = {name: tmp_path_factory.mktemp(name) for name in CALLS}
+    runs = SlurmRuns(tmp_path_factory.mktemp("slurm"), folders).start()
+    try:
+        yield runs
+    finally:
+        runs.close()
+
+
+@pytest.fixture(scope="session")
+def slurm_runs(slurm_background):
+    """(cluster, {run: (folder, what Snakemake printed, seconds)}, {run: id of the job cancelled in it}),
+    once every run has finished. Skipped where SLURM cannot run, unless COCON_REQUIRE_SLURM=1."""
+    from slurm_runs import unavailable
+
+    why = unavailable()
+    if why:
+        if os.environ.get("COCON_REQUIRE_SLURM") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
+    return slurm_background.result()

@@ -14,7 +14,7 @@ are bookkeeping only (plain files named in gres.conf; slurmd logs that they are 
 counts and allocates them like GPUs).
 
     with LocalSlurm(folder, nodes=2) as cluster:   # munged, slurmctld, a slurmd per node; waits until idle
-        subprocess.run(["sbatch", ...], env=cluster.env(os.environ))
+        subprocess.run(["sbatch", ...], env=cluster.env())
                                              # leaving the block stops every daemon it started
 """
 
@@ -51,9 +51,17 @@ def _free_ports(n: int) -> list[int]:
 
 class LocalSlurm:
     def __init__(
-        self, root: Path, cpus: int = 8, mem_mb: int = 262144, gpus: int = 2, node: str = "localhost", nodes: int = 1
+        self,
+        root: Path,
+        cpus: int = 8,
+        mem_mb: int = 262144,
+        gpus: int = 2,
+        node: str = "localhost",
+        nodes: int = 1,
+        env: dict[str, str] | None = None,
     ):
         self.root = Path(root).resolve()
+        self.base_env = dict(os.environ if env is None else env)  # what daemons and clients run with
         self.cpus, self.mem_mb, self.gpus = cpus, mem_mb, gpus
         # one node keeps the machine's name; several are node1, node2, ... (one slurmd each, all on 127.0.0.1)
         self.host = node  # slurmctld's host name
@@ -65,8 +73,9 @@ class LocalSlurm:
         self.started: list[str] = []
 
     def env(self, base: dict | None = None) -> dict[str, str]:
-        """`base` (default os.environ) with SLURM_CONF pointing at this cluster and its shims first on PATH."""
-        base = os.environ if base is None else base
+        """`base` (default: the environment given at construction, else os.environ then) with SLURM_CONF
+        pointing at this cluster and its shims first on PATH."""
+        base = self.base_env if base is None else base
         return {**base, "SLURM_CONF": str(self.conf), "PATH": f"{self.bin}{os.pathsep}{base.get('PATH', '')}"}
 
     def run(self, *cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -127,7 +136,8 @@ class LocalSlurm:
 
     # -- queries
     def jobs(self) -> list[dict[str, str]]:
-        """Every job slurmctld still remembers (MinJobAge is 10 min), as `scontrol show job` fields."""
+        """Every job slurmctld still remembers (MinJobAge: 2 hours, longer than a test session), as `scontrol
+        show job` fields."""
         out = self.run("scontrol", "show", "job", "--oneliner").stdout
         jobs = []
         for line in out.splitlines():
@@ -179,7 +189,7 @@ class LocalSlurm:
             "JobCompType=jobcomp/none",
             "MpiDefault=none",
             "ReturnToService=2",
-            "MinJobAge=600",
+            "MinJobAge=7200",
             "KillWait=5",
             "InactiveLimit=0",
             *(["GresTypes=gpu"] if self.gpus else []),

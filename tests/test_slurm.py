@@ -1,44 +1,33 @@
-"""The SLURM profile on a real SLURM: a private single-node cluster on localhost (tests/slurm_cluster.py)
+"""The SLURM profile on a real SLURM: a private two-node cluster on localhost (tests/slurm_cluster.py)
 runs the demo DAG with tiny settings through `--profile profiles/slurm`; the results must equal a local
 run's byte for byte. One training job is cancelled while it runs: the profile's retry resubmits it with
 doubled memory and runtime, and the results are still identical. A training job longer than its
 1-minute time limit, cancelled once mid-epoch too, finishes through retries (each stops itself before
-the limit and the next resumes) with the weights and metrics of an uninterrupted local run.
+the limit and the next resumes) with the weights and metrics of an uninterrupted local run. One training
+job spans both nodes.
 
-Needs Debian's slurm-wlm and munge, root (slurmd), and snakemake-executor-plugin-slurm (`make setup`).
-Skipped when they are missing, unless COCON_REQUIRE_SLURM=1 (set by .ci/run, which installs them).
+The runs start in the background when the session starts (tests/slurm_runs.py, conftest.py) and these
+tests, ordered last, check what they left. Needs Debian's slurm-wlm and munge, root (slurmd), and
+snakemake-executor-plugin-slurm (`make setup`). Skipped when they are missing, unless
+COCON_REQUIRE_SLURM=1 (set by .ci/run, which installs them).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from cocon.train.checkpoints import load_checkpoint
 
-from slurm_cluster import LocalSlurm, missing_binaries
-from workflow_runs import REPO, TINY, artefacts, comparable, snakemake
+from slurm_runs import LONG, LONG_TARGET
+from workflow_runs import artefacts, comparable
 
-pytestmark = pytest.mark.slow  # a private SLURM cluster and two DAG runs
+pytestmark = pytest.mark.slow  # a private SLURM cluster and five DAG runs (in the background: conftest.py)
 
-# Every rule of the default target on 8 videos in one shard, one flow method, CoCon init only: 13 SLURM
-# jobs (+ 3 local rules). runtime.gpus: 2, so every training job asks SLURM for 2 GPUs and every test or
-# feature job for 1 (the test node's 8 GPUs are bookkeeping only: everything computes on the CPU, as
-# in the local run).
-SMALL = {
-    **TINY,
-    "shards": {"videos_per_shard": 8},
-    "flow": {**TINY["flow"], "methods": ["tvl1"]},
-    "runtime": {**TINY["runtime"], "gpus": 2},
-    "finetune": {**TINY["finetune"], "inits": ["cocon"]},
-}
+# the SLURM jobs of the demo DAG run (slurm_runs.SMALL) by rule, and the GPUs each asks for
 JOBS = {
     "frames": 1,
     "flow": 1,
@@ -51,124 +40,17 @@ JOBS = {
     "report": 1,
 }
 GPUS = {"cpc": 2, "cocon": 2, "finetune": 2, "evaluate": 1, "features": 1}
-# The profile as users run it, with the partition chosen on the command line (as README says; not the
-# cluster's default one), plus what this one-node test cluster needs: no job accounting (squeue for
-# status), 2 real cores (every job gets at most 2 threads, as in the local run with --cores 2, so that
-# both runs do the same arithmetic), and quick status polls.
-PROFILE = [
-    "--profile",
-    str(REPO / "profiles" / "slurm"),
-    "--default-resources",
-    "slurm_partition=long",
-    "--max-threads",
-    "2",
-    "--slurm-status-command",
-    "squeue",
-    "--slurm-init-seconds-before-status-checks",
-    "2",
-]
-TRAINING = ("rule_cpc", "rule_cocon", "rule_finetune")
-
-
-def _unavailable() -> str | None:
-    missing = missing_binaries()
-    if missing:
-        return f"SLURM is not installed (no {', '.join(missing)}): apt-get install slurm-wlm munge"
-    if os.geteuid() != 0:
-        return "the test cluster's slurmd must run as root"
-    try:
-        import snakemake_executor_plugin_slurm  # noqa: F401
-    except ImportError:
-        return "snakemake-executor-plugin-slurm is not installed (make setup)"
-    return None
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    why = _unavailable()
-    if why:
-        if os.environ.get("COCON_REQUIRE_SLURM") == "1":
-            pytest.fail(why)
-        pytest.skip(why)
-    with LocalSlurm(tmp_path_factory.mktemp("slurm"), gpus=8, nodes=2) as c:
-        saved = dict(os.environ)
-        os.environ.update(c.env())  # snakemake, the plugin's sbatch/squeue and the jobs find this cluster
-        try:
-            yield c
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
-
-
-def running_jobs(cluster: LocalSlurm, work: Path) -> list[tuple[str, str]]:
-    """(job id, comment) of the RUNNING jobs of the run in folder `work`."""
-    out = cluster.run("squeue", "-h", "-o", "%i|%T|%Z|%k", check=False).stdout
-    rows = [(line.split("|", 3) + ["", "", ""])[:4] for line in out.splitlines()]
-    return [(i, comment) for i, state, wd, comment in rows if state == "RUNNING" and wd == str(work)]
-
-
-class CancelFirstTrainingJob(threading.Thread):
-    """Watch the queue; `scancel` the first training job of the run in `work` 1 s after it starts running."""
-
-    def __init__(self, cluster: LocalSlurm, work: Path):
-        super().__init__(daemon=True)
-        self.cluster, self.work, self.killed, self.done = cluster, work, None, threading.Event()
-
-    def run(self):
-        while not self.done.is_set() and self.killed is None:
-            for job_id, comment in running_jobs(self.cluster, self.work):
-                if comment.startswith(TRAINING):
-                    time.sleep(1.0)
-                    self.cluster.run("scancel", job_id, check=False)
-                    self.killed = job_id
-                    return
-            time.sleep(0.3)
+def cluster(slurm_runs):
+    return slurm_runs[0]
 
 
 @pytest.fixture(scope="module")
-def runs(cluster, tmp_path_factory):
-    """Every run of this module side by side (the SLURM runs mostly wait for the queue): the demo DAG
-    locally and through the profile (one training job cancelled while it runs), CPC longer than its
-    time limit locally and through the profile (cancelled once mid-epoch), and CPC over two nodes.
-    {name: (folder, what Snakemake printed, seconds)} and the cancelled jobs' ids."""
-    folders = {
-        n: tmp_path_factory.mktemp(n) for n in ("local_run", "slurm_run", "local_long", "slurm_long", "two_nodes")
-    }
-    calls = {
-        "local_run": (SMALL, "--cores", "2"),
-        "slurm_run": (SMALL, *PROFILE),
-        "local_long": (LONG, "--cores", "2", LONG_TARGET),
-        "slurm_long": (LONG, *PROFILE, "--set-resources=cpc:runtime=1", LONG_TARGET),
-        "two_nodes": (TWO_NODES, *PROFILE, "results/train/cpc/rgb/model.pt"),
-    }
-    watchers = [CancelFirstTrainingJob(cluster, folders["slurm_run"]), CancelMidEpoch(cluster, folders["slurm_long"])]
-
-    def timed(name):
-        t0 = time.monotonic()
-        proc = snakemake(folders[name], *calls[name])
-        return folders[name], proc.stdout + proc.stderr, time.monotonic() - t0
-
-    for w in watchers:
-        w.start()
-    try:
-        with ThreadPoolExecutor(len(calls)) as pool:
-            # the time-limited run bounds the module: it parses the workflow and submits its first job
-            # before the others load the two cores
-            futures = {"slurm_long": pool.submit(timed, "slurm_long")}
-            time.sleep(LONG_HEAD_START)
-            futures.update({name: pool.submit(timed, name) for name in calls if name not in futures})
-            done = {name: f.result() for name, f in futures.items()}
-    finally:
-        for w in watchers:
-            w.done.set()
-            w.join()
-    return done, {"slurm_run": watchers[0].killed, "slurm_long": watchers[1].killed}
-
-
-@pytest.fixture(scope="module")
-def slurm_run(runs):
+def slurm_run(slurm_runs):
     """(local run's folder, SLURM run's folder, the SLURM run's wall time, id of the cancelled job)."""
-    done, killed = runs
+    _, done, killed = slurm_runs
     return done["local_run"][0], done["slurm_run"][0], done["slurm_run"][2], killed["slurm_run"]
 
 
@@ -231,48 +113,15 @@ def test_cancelled_job_is_resubmitted_with_doubled_resources(slurm_run, cluster)
     assert _hours(again[0]["TimeLimit"]) == 2 * _hours(first["TimeLimit"])  # runtime: "... * attempt"
 
 
-# ---- a training job longer than its time limit
-
-# CPC on rgb alone, ~46 s of epochs of ~0.7 s on one idle core (28 training videos, 10 steps of 2 clips per
-# epoch, width 32): more than one 1-minute allocation holds (each trains ~40 s after its start-up), and
-# beside this module's other runs (epochs ~1.7x slower) two of them hold the rest after the cancelled one
-LONG = {
-    **SMALL,
-    "demo": {**SMALL["demo"], "groups_per_class": 8},
-    "shards": {"videos_per_shard": 32},
-    "train": {**SMALL["train"], "width": 32},
-    "cpc": {**SMALL["cpc"], "epochs": 66, "max_steps_per_epoch": 10},
-}
-LONG_TARGET = "results/train/cpc/rgb/model.pt"
-LONG_HEAD_START = 12  # seconds
-
-
-class CancelMidEpoch(threading.Thread):
-    """`scancel` (SIGTERM to every process, then SIGKILL) the first cpc job once its first epoch is
-    checkpointed, i.e. in the middle of a later epoch."""
-
-    def __init__(self, cluster: LocalSlurm, work: Path):
-        super().__init__(daemon=True)
-        self.cluster, self.work, self.killed, self.done = cluster, work, None, threading.Event()
-        self.last = work / "results/train/cpc/rgb/checkpoints/last.pt"
-
-    def run(self):
-        while not self.done.is_set() and not self.last.exists():
-            time.sleep(0.2)
-        for job_id, comment in running_jobs(self.cluster, self.work):
-            if comment.startswith("rule_cpc"):
-                time.sleep(0.5)
-                self.cluster.run("scancel", job_id, check=False)
-                self.killed = job_id
-                return
+# ---- a training job longer than its time limit (slurm_runs.LONG)
 
 
 @pytest.fixture(scope="module")
-def time_limited_run(runs):
+def time_limited_run(slurm_runs):
     """(local run's folder, SLURM run's folder, id of the job cancelled mid-epoch, what Snakemake printed):
     CPC on rgb through the profile with `runtime` 1 minute for every attempt (--set-resources), beside an
     uninterrupted local run."""
-    done, killed = runs
+    _, done, killed = slurm_runs
     return done["local_long"][0], done["slurm_long"][0], killed["slurm_long"], done["slurm_long"][1]
 
 
@@ -298,15 +147,12 @@ def test_training_longer_than_its_time_limit_finishes_through_retries(time_limit
         assert (work / path).read_bytes() == (local / path).read_bytes(), name
 
 
-# ---- one training job over two nodes
-
-# CPC on rgb over 2 nodes x 1 GPU (bookkeeping GPUs: one process per node on the CPU), global batch 2
-TWO_NODES = {**SMALL, "runtime": {**SMALL["runtime"], "nodes": 2, "gpus": 1}, "cpc": {**SMALL["cpc"], "epochs": 2}}
+# ---- one training job over two nodes (slurm_runs.TWO_NODES)
 
 
 @pytest.fixture(scope="module")
-def two_node_run(runs):
-    return runs[0]["two_nodes"][:2]
+def two_node_run(slurm_runs):
+    return slurm_runs[1]["two_nodes"][:2]
 
 
 def test_a_training_job_spans_two_nodes_as_one_ddp_run(two_node_run, cluster):

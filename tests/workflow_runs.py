@@ -58,12 +58,18 @@ ALL_VIEWS = {
 PREPROCESS = ["--until", "preprocess_summary"]
 
 
-def snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the repository's workflow in `workdir` with `config` written to workdir/config.yaml."""
+def snakemake_command(workdir: Path, config: dict, *args: str) -> list[str]:
+    """The command that runs the repository's workflow in `workdir` with `config`, written here to
+    workdir/config.yaml."""
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = workdir / "config.yaml"
     cfg.write_text(yaml.safe_dump(config))
-    cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile", str(cfg), *args]
+    return [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile", str(cfg), *args]
+
+
+def snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the repository's workflow in `workdir` with `config` written to workdir/config.yaml."""
+    cmd = snakemake_command(workdir, config, *args)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
