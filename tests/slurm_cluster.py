@@ -112,19 +112,20 @@ class LocalSlurm:
         return self
 
     def stop(self) -> None:
-        """Stop the daemons this object started (by their PID files), newest first; wait for them."""
-        for name in reversed(self.started):
-            pid = self._pid(name)
-            if pid is None:
-                continue
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                continue
+        """Stop the daemons this object started (by their PID files): the SLURM daemons together (each
+        takes ~2 s to exit), then munged, which they talk through; wait for them."""
+        slurm = [name for name in self.started if name != "munged"]
+        for group in (slurm, [name for name in self.started if name == "munged"]):
+            pids = [pid for pid in map(self._pid, group) if pid is not None]
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
             deadline = time.monotonic() + 15
-            while time.monotonic() < deadline and _alive(pid):
+            while time.monotonic() < deadline and any(map(_alive, pids)):
                 time.sleep(0.1)
-            if _alive(pid):
+            for pid in filter(_alive, pids):
                 os.kill(pid, signal.SIGKILL)
         self.started.clear()
 

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from cocon import inits as I
+from cocon import views as V
 from cocon.data.shards import ShardReader
 from cocon.sources.records import VideoRecord, assign_shards, write_manifest
 
@@ -121,13 +122,13 @@ def test_rerun_in_place_does_nothing(demo_run):
 
 
 EVAL_PAIRS = list(zip(I.DEFAULT_INITS, ["rgb", "flow_tvl1"] * 2))
-# A clean rerun runs every job kind of the default target at least once: every shard of every view (the
-# summary), the views figure, both stage-1 runs, CoCon and the control, and one fine-tune, dense test and
-# feature file per init kind (both views among them). The report over all of them is compared byte for
-# byte between a local and a SLURM run of the whole DAG (tests/test_slurm.py).
+# A clean rerun runs every job kind of the training DAG at least once: one shard of each view the training
+# does not read (Farneback flow, pose, seg) and every shard of those it does (rgb, TVL1 flow), both stage-1
+# runs, CoCon and the control, and one fine-tune, dense test and feature file per init kind (both views
+# among them). The report over all of them is compared byte for byte between a local and a SLURM run of the
+# whole DAG (tests/test_slurm.py), the views figure by tests/test_views_figure.py.
 RERUN_TARGETS = [
-    "results/reports/preprocess_summary.json",
-    "results/reports/views",
+    *(f"results/shards/{view}/00000.h5" for view in ("flow_farneback", "pose", "seg")),
     *(f"results/eval/{init}/{view}/scores.h5" for init, view in EVAL_PAIRS),
     *(f"results/features/{init}/{view}.h5" for init, view in EVAL_PAIRS),
 ]
@@ -137,14 +138,14 @@ def test_rerun_from_clean_directory_is_byte_identical(demo_run, tmp_path):
     snakemake(tmp_path, ALL_VIEWS, "--cores", "2", *RERUN_TARGETS)
     first, second = artefacts(demo_run), artefacts(tmp_path)
     assert comparable(second) <= comparable(first)
-    for rule in ("shards/rgb/", "shards/flow_tvl1/", "shards/flow_farneback/", "shards/pose/", "shards/seg/"):
-        assert sum(k.startswith(rule) for k in second) == 3, rule
+    shards = {view: sum(k.startswith(f"shards/{view}/") for k in second) for view in V.all_views()}
+    assert shards == {"rgb": 3, "flow_tvl1": 3, "flow_farneback": 1, "pose": 1, "seg": 1}
     for run in ("cpc/rgb", "cpc/flow_tvl1", "cocon", "control"):
         assert f"train/{run}/model.pt" in second, run
     assert {k.split("/")[1] for k in second if k.startswith("finetune/") and k.endswith("model.pt")} == set(
         I.DEFAULT_INITS
     )
-    # videos, manifest, shards, summary, figures, checkpoints, models, scores and features are identical
+    # videos, manifest, shards, checkpoints, models, scores and features are identical
     different = [k for k in comparable(second) if first[k] != second[k]]
     assert different == []
 
@@ -158,13 +159,13 @@ def test_four_views_train_end_to_end(demo_run, tmp_path):
     cfg = {
         **ALL_VIEWS,
         "train": {**TINY["train"], "views": views, "input_size": {"rgb": 32, "flow": 32, "pose": 32, "seg": 32}},
-        "finetune": {**TINY["finetune"], "inits": ["random", "cocon"]},
+        "finetune": {**TINY["finetune"], "inits": ["cocon"]},
     }
     dry = job_counts(snakemake(work, cfg, "--cores", "2", "-n").stdout)
     assert not {"frames", "flow", "seg", "pose"} & set(dry)  # the shards are reused
-    # only what the new views can change (docs/reruns.md): their CPC, stage 2 (its views changed), their
-    # random-init fine-tunes and every CoCon fine-tune; rgb's and flow's CPC and random fine-tunes stay
-    assert (dry["cpc"], dry["cocon"], dry["finetune"], dry["evaluate"]) == (2, 1, 6, 6)
+    # only what the new views can change (docs/reruns.md): their CPC, stage 2 (its views changed) and every
+    # CoCon fine-tune; rgb's and flow's CPC stay (tests/test_reruns.py checks each change's job set)
+    assert (dry["cpc"], dry["cocon"], dry["finetune"], dry["evaluate"]) == (2, 1, 4, 4)
     snakemake(work, cfg, "--cores", "2")
     header = (work / "results" / "train" / "cocon" / "metrics.csv").read_text().splitlines()[0].split(",")
     pairs = {c.split("/")[-1] for c in header if c.startswith("val/sync/")}

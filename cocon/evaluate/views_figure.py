@@ -17,7 +17,8 @@ Videos: per role (train, test of `--split`), the first `--per-split` videos that
 order (shards in order, rows in order), one per class while unseen classes remain. Frames: `--frames` rgb
 frames evenly spaced over the video, on the frames every strided view (pose, seg) computed when there are
 enough of them, so that a correctly aligned map lies exactly on its rgb frame. Each view's index comes from
-the loader's own frame map (cocon.data.clips.frame_map, view_frame_indices). Only those frames are read.
+the loader's own frame map (cocon.data.index.frame_map, cocon.data.sampling.view_frame_indices). Only those
+frames are read.
 
 Colour conventions: flow = Middlebury colour wheel (Baker et al. 2011): hue = direction (right = red,
 down = yellow, left = cyan, up = blue/magenta), saturation = magnitude / `flow_max` px (default: the
@@ -44,7 +45,8 @@ from pathlib import Path
 import numpy as np
 
 from cocon import views as V
-from cocon.data.clips import discover, frame_map, view_frame_indices
+from cocon.data.index import discover, frame_map
+from cocon.data.sampling import view_frame_indices
 from cocon.data.shards import ShardReader
 from cocon.evaluate.colour import colour_wheel, flow_colour, overlay
 from cocon.evaluate.figures import new_figure, save_png

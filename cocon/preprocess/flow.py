@@ -21,17 +21,16 @@ Stored as uint8 (T, H, W, 2), channel 0 = u (x), channel 1 = v (y).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
-import torch
 
 from cocon.preprocess import stage
-from cocon.preprocess import tvl1 as tvl1_torch
 from cocon.preprocess.video import BadVideo
-from cocon.runtime import resolve_device
+from cocon.runtime import resolve_device, set_threads
 from cocon.views import tvl1_placement
 
 log = logging.getLogger("cocon")
@@ -78,11 +77,21 @@ def make_tvl1(p: dict):
 def tvl1_backend(p: dict) -> tuple[str, str]:
     """(backend, device) that TVL1 runs on in this job for the flow.tvl1 section `p`
     (cocon.views.tvl1_placement with the GPUs torch sees; an explicit cuda device without one fails)."""
+    if p.get("backend", "opencv") == "opencv":
+        return tvl1_placement(p, False)
+    if p.get("device", "auto") != "auto":
+        resolve_device(p["device"])  # an explicit cuda device without a GPU fails here, naming it
+    return tvl1_placement(p, _gpu_visible())
+
+
+def _gpu_visible() -> bool:
+    """Whether torch sees a GPU; without importing torch (~1.5 s, ~200 MB per job) where
+    CUDA_VISIBLE_DEVICES hides every GPU, as `cocon gpus 0` does for a job given none."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES") == "":
+        return False
     import torch
 
-    if p.get("backend", "opencv") != "opencv":
-        resolve_device(p.get("device", "auto"))
-    return tvl1_placement(p, torch.cuda.is_available())
+    return torch.cuda.is_available()
 
 
 class FlowComputer:
@@ -99,6 +108,8 @@ class FlowComputer:
         self.backend, self.device = tvl1_backend(self.params) if method == "tvl1" else ("opencv", "cpu")
         self.batched = self.backend == "torch"
         if self.batched:
+            from cocon.preprocess import tvl1 as tvl1_torch  # torch: only for this backend
+
             self.batch_size = self.params["batch_size"]
             self._tvl1 = tvl1_torch.TVL1(self.params, self.device, compile=self.device.startswith("cuda"))
 
@@ -157,6 +168,8 @@ def video_flow(frames: np.ndarray, compute: FlowComputer, bound: float, pool_map
 def run(method: str, rgb: str, shard: str, out: str, params: dict, dataset: dict, threads: int = 1):
     """Write the flow shard `out` from the rgb shard `rgb`; returns the failures (id, reason)."""
     compute = FlowComputer(method, params)
+    if compute.batched:  # the torch TVL1 backend (an OpenCV job never imports torch)
+        set_threads(threads)
     view = f"flow_{method}"
     attrs = {"flow_index": FLOW_INDEX}
     meta = {"method": method, "bound": float(params["bound"])}
@@ -186,7 +199,6 @@ def main(argv=None) -> None:
     method = p.parse_known_args(argv)[0].method
     a, params, dataset = stage.stage_args(p, argv, "flow", method)
     stage.setup(a.threads)
-    torch.set_num_threads(a.threads)
     run(a.method, a.rgb, a.shard, a.out, params, dataset, a.threads)
 
 
