@@ -7,8 +7,15 @@ down gives u > 0 and v > 0)."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
+
+# One OpenMP thread per process (torch, OpenBLAS, and the jobs the tests start), unless the caller chose:
+# the SLURM runs work beside the tests (slurm_runs.py), and OpenMP threads that spin-wait for a core
+# another process holds burn it (tests/test_clips.py beside two busy processes: 24 s and 13.6 s of CPU
+# with 2 threads, 15 s and 5.1 s with 1; alone 9-11 s either way).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
