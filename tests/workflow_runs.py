@@ -58,11 +58,11 @@ ALL_VIEWS = {
 PREPROCESS = ["--until", "preprocess_summary"]
 
 
-def snakemake_command(workdir: Path, config: dict, *args: str) -> list[str]:
+def snakemake_command(workdir: Path, config: dict, *args: str, configfile: Path | None = None) -> list[str]:
     """The command that runs the repository's workflow in `workdir` with `config`, written here to
-    workdir/config.yaml."""
+    `configfile` (default workdir/config.yaml)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    cfg = workdir / "config.yaml"
+    cfg = configfile or workdir / "config.yaml"
     cfg.write_text(yaml.safe_dump(config))
     return [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile", str(cfg), *args]
 
