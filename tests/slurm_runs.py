@@ -148,6 +148,8 @@ class SlurmRuns:
         self.env = dict(os.environ)  # as the session started: tests that change os.environ do not reach the runs
         self.cluster: LocalSlurm | None = None
         self.procs: list[subprocess.Popen] = []
+        self.closing = threading.Event()  # set when the session ends: start nothing more
+        self._procs_lock = threading.Lock()
         self.future: Future | None = None
         self._pool = ThreadPoolExecutor(len(CALLS) + 1)
 
@@ -160,12 +162,13 @@ class SlurmRuns:
 
     def close(self) -> None:
         """Stop what still runs (an aborted session), then the cluster's daemons."""
-        for proc in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
+        self.closing.set()
+        with self._procs_lock:
+            _stop(self.procs)
         self._pool.shutdown(wait=True)
         if self.cluster is not None:
             self.cluster.stop()
+        _kill_leftovers(self.folders.values())
 
     def _run_all(self):
         self.cluster = LocalSlurm(self.root, gpus=8, nodes=2, env=self.env).start()
@@ -179,7 +182,7 @@ class SlurmRuns:
         try:
             first, *others = CALLS
             futures = {first: self._pool.submit(self._snakemake, first, env)}
-            time.sleep(LONG_HEAD_START)
+            self.closing.wait(LONG_HEAD_START)
             futures.update({name: self._pool.submit(self._snakemake, name, env) for name in others})
             done = {name: f.result() for name, f in futures.items()}
         finally:
@@ -192,11 +195,53 @@ class SlurmRuns:
         config, *args = CALLS[name]
         t0 = time.monotonic()
         cmd = snakemake_command(self.folders[name], config, *args)
-        proc = subprocess.Popen(
-            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-        )
-        self.procs.append(proc)
+        with self._procs_lock:
+            if self.closing.is_set():
+                raise RuntimeError(f"{name} not started: the test session ended")
+            proc = subprocess.Popen(
+                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+            )
+            self.procs.append(proc)
         printed, _ = proc.communicate(timeout=1800)
         if proc.returncode != 0:
             raise AssertionError(f"snakemake {name} failed ({proc.returncode}):\n{printed[-8000:]}")
         return self.folders[name], printed, time.monotonic() - t0
+
+
+def _stop(procs: list[subprocess.Popen], grace: float = 15) -> None:
+    """SIGTERM to each running snakemake's process group (they cancel their SLURM jobs), SIGKILL to those
+    still running `grace` seconds later."""
+    running = [p for p in procs if p.poll() is None]
+    for proc in running:
+        _signal_group(proc, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in running:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _signal_group(proc, signal.SIGKILL)
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _kill_leftovers(folders) -> None:
+    """SIGKILL every process still working in one of `folders`: the job processes a cancelled SLURM job can
+    leave behind (the test cluster tracks a job's processes by parentage only, proctrack/linuxproc)."""
+    roots = [str(Path(f).resolve()) for f in folders]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if any(cwd == r or cwd.startswith(r + os.sep) for r in roots):
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
