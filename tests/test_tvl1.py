@@ -6,6 +6,8 @@ The flow stage with the torch backend is tested in test_flow.py (same shard form
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -202,6 +204,21 @@ def test_backend_resolution_without_a_gpu():
     c = FlowComputer("tvl1", {"tvl1": {**DEFAULT, "backend": "torch", "batch_size": 7}})
     assert (c.batched, c.batch_size, c.device) == (True, 7, "cpu")
     assert not FlowComputer("tvl1", {"tvl1": DEFAULT}).batched
+
+
+def test_an_opencv_flow_job_does_not_start_torch():
+    """OpenCV flow (TVL1 on the CPU, Farneback) never imports torch (~1.5 s and ~200 MB per job), also with
+    backend auto when CUDA_VISIBLE_DEVICES hides every GPU (`cocon gpus 0`); the torch backend does."""
+    code = (
+        "import sys; from cocon.preprocess.flow import FlowComputer; from cocon.config import load_config; "
+        "p = load_config()['flow']; p['tvl1']['backend'] = sys.argv[1]; "
+        "c = FlowComputer('tvl1', p); FlowComputer('farneback', p); print(c.backend, 'torch' in sys.modules)"
+    )
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    for backend, expected in (("opencv", "opencv False"), ("auto", "opencv False"), ("torch", "torch True")):
+        proc = subprocess.run([sys.executable, "-c", code, backend], env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split() == expected.split(), backend
 
 
 @pytest.mark.parametrize(
