@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -90,33 +91,40 @@ def test_two_nodes_equal_one_node_with_two_processes(shards_dir, tmp_path):
     one, two = tmp_path / "one_node", tmp_path / "two_nodes"
     for base in (one, two):
         base.mkdir()
-    one_node_two_processes("cpc", ["rgb"], one / "cpc_rgb", config)
-    wait(two_nodes("cpc", ["rgb"], two / "cpc_rgb", config))
+    # the runs that do not depend on each other side by side (each waits for its peers at every step)
+    nodes = two_nodes("cpc", ["rgb"], two / "cpc_rgb", config)
+    with ThreadPoolExecutor(2) as pool:
+        rgb = pool.submit(one_node_two_processes, "cpc", ["rgb"], one / "cpc_rgb", config)
+        flow = pool.submit(one_node_two_processes, "cpc", ["flow_tvl1"], one / "cpc_flow", config)
+        rgb.result(), flow.result()
+    wait(nodes)
     assert_same_run(one / "cpc_rgb", two / "cpc_rgb")
     log = (two / "cpc_rgb.node0.log").read_text() + (two / "cpc_rgb.node1.log").read_text()
     assert "2 process(es)" in log and "node0 rank" in log and "node1 rank" in log  # one process on each node
     # stage 2 from each run's own rgb model and one flow_tvl1 model (trained once, as the init only)
-    one_node_two_processes("cpc", ["flow_tvl1"], one / "cpc_flow", config)
     stage1 = lambda base: {"rgb": base / "cpc_rgb" / "model.pt", "flow_tvl1": one / "cpc_flow" / "model.pt"}  # noqa: E731
+    nodes = two_nodes("cocon", VIEWS, two / "cocon", config, stage1(two))
     one_node_two_processes("cocon", VIEWS, one / "cocon", config, stage1(one))
-    wait(two_nodes("cocon", VIEWS, two / "cocon", config, stage1(two)))
+    wait(nodes)
     assert_same_run(one / "cocon", two / "cocon")
 
 
 def test_a_killed_two_node_run_resumes_exactly(shards_dir, tmp_path):
     config = _config(tmp_path, shards_dir, cpc={"epochs": 6})
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    one_node_two_processes("cpc", ["rgb"], straight, config)
     procs = two_nodes("cpc", ["rgb"], killed, config)
-    last = killed / "checkpoints" / "last.pt"
-    deadline = time.monotonic() + 300
-    while not last.exists() and time.monotonic() < deadline and all(p.poll() is None for p in procs):
-        time.sleep(0.05)
-    for p in procs:  # both nodes, every process (torchrun agents and workers)
-        os.killpg(p.pid, signal.SIGKILL)
-        p.wait()
-    assert last.exists() and not (killed / "model.pt").exists(), "killed too late: give the run more epochs"
-    wait(two_nodes("cpc", ["rgb"], killed, config))
+    with ThreadPoolExecutor(1) as pool:  # the uninterrupted run beside the one to kill
+        uninterrupted = pool.submit(one_node_two_processes, "cpc", ["rgb"], straight, config)
+        last = killed / "checkpoints" / "last.pt"
+        deadline = time.monotonic() + 300
+        while not last.exists() and time.monotonic() < deadline and all(p.poll() is None for p in procs):
+            time.sleep(0.05)
+        for p in procs:  # both nodes, every process (torchrun agents and workers)
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        assert last.exists() and not (killed / "model.pt").exists(), "killed too late: give the run more epochs"
+        wait(two_nodes("cpc", ["rgb"], killed, config))
+        uninterrupted.result()
     log = (tmp_path / "killed.node0.log").read_text() + (tmp_path / "killed.node1.log").read_text()
     assert "resumed from" in log
     assert_same_run(straight, killed)
